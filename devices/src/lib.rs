@@ -1,0 +1,7 @@
+//! Device models for passvm: the PIO/MMIO buses, legacy PC devices, the PCI bus and the
+//! VFIO passthrough device.
+
+#![deny(missing_docs)]
+
+pub mod bus;
+pub mod pci;
