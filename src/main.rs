@@ -1,6 +1,10 @@
 //! passvm: parse the command line, run, turn the outcome into an exit code.
 
+mod boot;
 mod cli;
+mod commands;
+mod memory;
+mod vmm;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -9,17 +13,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = cli::Cli::parse();
     match cli.command {
-        Some(cmd) => {
-            eprintln!("passvm: {cmd:?}: not implemented yet");
-            ExitCode::from(2)
-        }
-        None if cli.vm.kernel.is_some() => {
-            eprintln!("passvm: running a VM is not implemented yet");
-            ExitCode::from(2)
-        }
-        None => {
-            eprintln!("passvm: nothing to do: give --kernel PATH to boot a VM, or see --help");
-            ExitCode::from(2)
-        }
+        Some(cmd) => commands::run(cmd),
+        None => vmm::run(cli.vm),
     }
 }
