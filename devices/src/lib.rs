@@ -4,4 +4,6 @@
 #![deny(missing_docs)]
 
 pub mod bus;
+pub mod legacy;
 pub mod pci;
+pub mod vfio;

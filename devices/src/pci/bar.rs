@@ -1,0 +1,1 @@
+//! PCI bar helpers (OWNER: passthrough helper).

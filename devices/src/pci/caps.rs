@@ -1,0 +1,1 @@
+//! PCI caps helpers (OWNER: passthrough helper).

@@ -1,0 +1,1 @@
+//! PCI config space helpers (OWNER: passthrough helper).

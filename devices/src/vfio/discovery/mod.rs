@@ -1,0 +1,1 @@
+//! Host device discovery and assignability checks (OWNER: discovery helper).

@@ -1,0 +1,1 @@
+//! Every `--device` form resolved to a device (OWNER: discovery helper).
