@@ -1,7 +1,11 @@
 //! VFIO: from a `--device` string to a device the guest drives.
 //!
-//! OWNER of this file: passthrough helper (add your modules here). `naming` and
-//! `discovery` belong to the discovery helper.
+//! `naming` and `discovery` resolve what the user typed; the rest is the passthrough
+//! device model: [`backend`] is the seam to the kernel's VFIO device, [`vm`] the seam to
+//! the VMM, and `device` ties config space, BARs and interrupts together.
 
+pub mod backend;
 pub mod discovery;
 pub mod naming;
+mod sys;
+pub mod vm;

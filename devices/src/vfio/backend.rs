@@ -1,0 +1,299 @@
+//! The seam between the PCI device model and VFIO.
+//!
+//! [`VfioDeviceOps`] is everything [`super::device::VfioPciDevice`] needs from a VFIO device
+//! fd: region and IRQ info, region I/O, interrupt wiring, reset and the fd to mmap BARs
+//! from. It is implemented for `vfio_ioctls::VfioDevice` (both the group and the cdev
+//! backends open one) and by a fake in the unit tests, so the config-space, BAR and
+//! interrupt logic runs without hardware.
+
+use std::os::unix::io::{AsRawFd, RawFd};
+
+use vfio_bindings::bindings::vfio::{
+    vfio_device_info, VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_MSI_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
+};
+use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::sys::{VFIO_DEVICE_GET_INFO, VFIO_DEVICE_RESET};
+
+/// Region index of BAR0 (BAR n is `n`).
+pub const BAR0_REGION: u32 = 0;
+/// Region index of the expansion ROM.
+pub const ROM_REGION: u32 = 6;
+/// Region index of the PCI config space.
+pub const CONFIG_REGION: u32 = 7;
+
+/// The VFIO interrupt indexes a PCI device model uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrqIndex {
+    /// Legacy level-triggered INTx.
+    Intx,
+    /// MSI (capability 0x05).
+    Msi,
+    /// MSI-X (capability 0x11).
+    Msix,
+}
+
+impl IrqIndex {
+    /// The `VFIO_PCI_*_IRQ_INDEX` value.
+    pub fn raw(self) -> u32 {
+        match self {
+            IrqIndex::Intx => VFIO_PCI_INTX_IRQ_INDEX,
+            IrqIndex::Msi => VFIO_PCI_MSI_IRQ_INDEX,
+            IrqIndex::Msix => VFIO_PCI_MSIX_IRQ_INDEX,
+        }
+    }
+}
+
+/// One mmappable window inside a region, as the kernel's sparse-mmap capability lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmapArea {
+    /// Offset from the start of the region.
+    pub offset: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+/// What the kernel says about one region (`VFIO_DEVICE_GET_REGION_INFO`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// `VFIO_REGION_INFO_FLAG_*`.
+    pub flags: u32,
+    /// Size in bytes; 0 for an unimplemented BAR or the upper half of a 64-bit BAR.
+    pub size: u64,
+    /// Offset of the region in the device fd (for pread/pwrite/mmap).
+    pub offset: u64,
+    /// The sparse-mmap list, when the kernel gave one: only these areas may be mmapped.
+    pub sparse_areas: Option<Vec<MmapArea>>,
+    /// `VFIO_REGION_INFO_CAP_MSIX_MAPPABLE`: the MSI-X table may be mmapped (we still trap it).
+    pub msix_mappable: bool,
+}
+
+impl RegionInfo {
+    /// The region can be read.
+    pub fn readable(&self) -> bool {
+        self.flags & VFIO_REGION_INFO_FLAG_READ != 0
+    }
+    /// The region can be written.
+    pub fn writable(&self) -> bool {
+        self.flags & VFIO_REGION_INFO_FLAG_WRITE != 0
+    }
+    /// The region (or its sparse areas) can be mmapped.
+    pub fn mappable(&self) -> bool {
+        self.flags & VFIO_REGION_INFO_FLAG_MMAP != 0
+    }
+}
+
+/// What the kernel says about one interrupt index (`VFIO_DEVICE_GET_IRQ_INFO`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IrqInfo {
+    /// `VFIO_IRQ_INFO_*` flags.
+    pub flags: u32,
+    /// Number of vectors (0: the index is not supported).
+    pub count: u32,
+}
+
+/// A VFIO device operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The kernel refused an operation; vfio-ioctls does not keep the errno for IRQ calls.
+    #[error("VFIO {op} failed: {detail}")]
+    Failed {
+        /// The operation, e.g. "enable MSI-X".
+        op: &'static str,
+        /// What the crate or the kernel reported.
+        detail: String,
+    },
+    /// An ioctl failed with a known errno.
+    #[error("VFIO {op} failed: {source}")]
+    Errno {
+        /// The operation.
+        op: &'static str,
+        /// The kernel's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything the PCI device model needs from a VFIO device.
+pub trait VfioDeviceOps: Send + Sync {
+    /// `VFIO_DEVICE_FLAGS_*` from `VFIO_DEVICE_GET_INFO`.
+    fn device_flags(&self) -> u32;
+    /// Info for region `index`, or `None` when the device has no such region.
+    fn region_info(&self, index: u32) -> Option<RegionInfo>;
+    /// Reads `data.len()` bytes at `offset` of region `index`. Failures leave `data` untouched.
+    fn region_read(&self, index: u32, offset: u64, data: &mut [u8]);
+    /// Writes `data` at `offset` of region `index`. Failures are logged and dropped.
+    fn region_write(&self, index: u32, offset: u64, data: &[u8]);
+    /// Info for an interrupt index, or `None` when the device does not have it.
+    fn irq_info(&self, index: IrqIndex) -> Option<IrqInfo>;
+    /// Points vectors `0..fds.len()` of `index` at `fds` (`ACTION_TRIGGER`).
+    fn enable_irq(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), BackendError>;
+    /// Tears down every vector of `index`.
+    fn disable_irq(&self, index: IrqIndex) -> Result<(), BackendError>;
+    /// Unmasks INTx (VFIO auto-masks it on every assertion).
+    fn unmask_intx(&self) -> Result<(), BackendError>;
+    /// Makes a write to `fd` unmask INTx inside the kernel (`ACTION_UNMASK` + eventfd).
+    fn set_intx_unmask_fd(&self, fd: &EventFd) -> Result<(), BackendError>;
+    /// Issues `VFIO_DEVICE_RESET`. `Ok(false)` when the device has no reset.
+    fn reset(&self) -> Result<bool, BackendError>;
+    /// The device fd, to mmap BAR areas at `RegionInfo::offset + area.offset`.
+    fn mmap_fd(&self) -> RawFd;
+}
+
+/// `VFIO_DEVICE_GET_INFO` on a device fd; vfio-ioctls keeps the flags private.
+fn query_device_flags(fd: RawFd) -> Result<u32, BackendError> {
+    let mut info = vfio_device_info {
+        argsz: std::mem::size_of::<vfio_device_info>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `info` is a valid, correctly sized vfio_device_info the kernel fills in; argsz
+    // tells it how much it may write. The fd is a VFIO device fd owned by the caller.
+    let ret = unsafe {
+        vmm_sys_util::ioctl::ioctl_with_mut_ref(&Fd(fd), VFIO_DEVICE_GET_INFO(), &mut info)
+    };
+    if ret < 0 {
+        return Err(BackendError::Errno {
+            op: "get device info",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(info.flags)
+}
+
+/// Borrowed raw fd for the ioctl helpers, which take `&impl AsRawFd`.
+struct Fd(RawFd);
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+fn region_info_of(dev: &VfioDevice, index: u32) -> Option<RegionInfo> {
+    // Indexes above CONFIG are not used: vfio-ioctls shifts device-specific regions
+    // (index >= 9) by one slot, so asking for them would return the wrong region.
+    if index > CONFIG_REGION {
+        return None;
+    }
+    let flags = dev.get_region_flags(index);
+    let size = dev.get_region_size(index);
+    if flags == 0 && size == 0 {
+        return None;
+    }
+    let mut info = RegionInfo {
+        flags,
+        size,
+        offset: dev.get_region_offset(index),
+        ..Default::default()
+    };
+    for cap in dev.get_region_caps(index) {
+        match cap {
+            VfioRegionInfoCap::SparseMmap(s) => {
+                info.sparse_areas = Some(
+                    s.areas
+                        .iter()
+                        .map(|a| MmapArea {
+                            offset: a.offset,
+                            size: a.size,
+                        })
+                        .collect(),
+                )
+            }
+            VfioRegionInfoCap::MsixMappable => info.msix_mappable = true,
+            _ => {}
+        }
+    }
+    Some(info)
+}
+
+fn in_bounds(dev: &VfioDevice, index: u32, offset: u64, len: usize) -> bool {
+    index <= CONFIG_REGION
+        && offset
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= dev.get_region_size(index))
+}
+
+impl VfioDeviceOps for VfioDevice {
+    fn device_flags(&self) -> u32 {
+        query_device_flags(self.as_raw_fd()).unwrap_or_else(|e| {
+            log::warn!("{e}; assuming the device has no reset");
+            0
+        })
+    }
+
+    fn region_info(&self, index: u32) -> Option<RegionInfo> {
+        region_info_of(self, index)
+    }
+
+    fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) {
+        // vfio-ioctls adds offset + len unchecked; keep overflowing values away from it.
+        if in_bounds(self, index, offset, data.len()) {
+            VfioDevice::region_read(self, index, data, offset);
+        }
+    }
+
+    fn region_write(&self, index: u32, offset: u64, data: &[u8]) {
+        if in_bounds(self, index, offset, data.len()) {
+            VfioDevice::region_write(self, index, data, offset);
+        }
+    }
+
+    fn irq_info(&self, index: IrqIndex) -> Option<IrqInfo> {
+        self.get_irq_info(index.raw()).map(|i| IrqInfo {
+            flags: i.flags,
+            count: i.count,
+        })
+    }
+
+    fn enable_irq(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), BackendError> {
+        VfioDevice::enable_irq(self, index.raw(), fds.to_vec()).map_err(|e| BackendError::Failed {
+            op: "enable interrupts",
+            detail: format!("{index:?} with {} vectors: {e}", fds.len()),
+        })
+    }
+
+    fn disable_irq(&self, index: IrqIndex) -> Result<(), BackendError> {
+        VfioDevice::disable_irq(self, index.raw()).map_err(|e| BackendError::Failed {
+            op: "disable interrupts",
+            detail: format!("{index:?}: {e}"),
+        })
+    }
+
+    fn unmask_intx(&self) -> Result<(), BackendError> {
+        self.unmask_irq(VFIO_PCI_INTX_IRQ_INDEX)
+            .map_err(|e| BackendError::Failed {
+                op: "unmask INTx",
+                detail: e.to_string(),
+            })
+    }
+
+    fn set_intx_unmask_fd(&self, fd: &EventFd) -> Result<(), BackendError> {
+        self.set_irq_resample_fd(VFIO_PCI_INTX_IRQ_INDEX, vec![fd])
+            .map_err(|e| BackendError::Failed {
+                op: "set the INTx unmask eventfd",
+                detail: e.to_string(),
+            })
+    }
+
+    fn reset(&self) -> Result<bool, BackendError> {
+        if self.device_flags() & VFIO_DEVICE_FLAGS_RESET == 0 {
+            return Ok(false);
+        }
+        // Our own ioctl rather than VfioDevice::reset(), which throws the result away.
+        // SAFETY: VFIO_DEVICE_RESET takes no argument; the fd is this device's fd.
+        let ret = unsafe { vmm_sys_util::ioctl::ioctl(self, VFIO_DEVICE_RESET()) };
+        if ret < 0 {
+            return Err(BackendError::Errno {
+                op: "device reset",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(true)
+    }
+
+    fn mmap_fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+}
