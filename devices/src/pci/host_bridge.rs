@@ -1,1 +1,264 @@
-//! The PCI host bridge on the 0xCF8/0xCFC config mechanism (OWNER: VMM-core helper).
+//! PCI bus 0 behind configuration mechanism #1: CONFIG_ADDRESS at 0xCF8, CONFIG_DATA at
+//! 0xCFC-0xCFF. A host bridge function sits at 00.0 so guests recognise the bus (Linux's
+//! direct-probe sanity check looks for a host bridge class on bus 0); every other slot is
+//! empty until a device is added with [`PciRoot::add_device`].
+//!
+//! Only bus 0, function 0 of each slot and the first 256 bytes of config space exist; absent
+//! functions read all-ones, which is how a guest learns there is nothing there.
+
+use std::sync::{Arc, Mutex};
+
+use super::PciDevice;
+use crate::bus::BusDevice;
+
+/// CONFIG_ADDRESS port.
+pub const PCI_CONFIG_BASE: u64 = 0xcf8;
+/// CONFIG_ADDRESS (4 bytes) + CONFIG_DATA (4 bytes).
+pub const PCI_CONFIG_PORTS: u64 = 8;
+/// Slots on a conventional bus.
+pub const PCI_SLOTS: u8 = 32;
+
+/// Vendor ID of the host bridge: Red Hat, Inc. (the virtual-device vendor that QEMU also uses).
+pub const HOST_BRIDGE_VENDOR: u16 = 0x1b36;
+/// Device ID of the host bridge: Red Hat's generic PCIe host bridge; guests bind no driver to it.
+pub const HOST_BRIDGE_DEVICE: u16 = 0x0008;
+
+const ENABLE: u32 = 1 << 31;
+/// Bits of CONFIG_ADDRESS that are writable: enable, bus, device, function, register.
+const ADDRESS_MASK: u32 = ENABLE | 0x00ff_fffc;
+
+/// A shared handle to a PCI function.
+pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
+
+/// Errors from placing devices on the bus.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PciRootError {
+    /// The slot number is out of range.
+    #[error("PCI slot {0} does not exist (bus 0 has slots 0-31)")]
+    NoSuchSlot(u8),
+    /// The slot is taken (slot 0 is always the host bridge).
+    #[error("PCI slot {0} is already in use")]
+    SlotInUse(u8),
+    /// Every slot is taken.
+    #[error("no free slot on PCI bus 0 (31 devices at most)")]
+    BusFull,
+}
+
+/// The host bridge function at 00.0: a read-only type 0 header with class 06/00.
+#[derive(Debug, Default)]
+pub struct HostBridge;
+
+impl PciDevice for HostBridge {
+    fn read_config_register(&mut self, reg_idx: usize) -> u32 {
+        match reg_idx {
+            0 => u32::from(HOST_BRIDGE_DEVICE) << 16 | u32::from(HOST_BRIDGE_VENDOR),
+            2 => 0x0600_0000, // class 06 (bridge), subclass 00 (host), prog-if 0, revision 0
+            _ => 0,           // header type 0, single function, no BARs, no capabilities
+        }
+    }
+
+    fn write_config_register(&mut self, _reg_idx: usize, _offset: u64, _data: &[u8]) {}
+}
+
+/// Bus 0 and its configuration mechanism, as one port-I/O device on 0xCF8..0xD00.
+pub struct PciRoot {
+    config_address: u32,
+    slots: Vec<Option<SharedPciDevice>>,
+}
+
+impl Default for PciRoot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PciRoot {
+    /// A bus with the host bridge at 00.0 and nothing else.
+    pub fn new() -> Self {
+        let mut slots: Vec<Option<SharedPciDevice>> = vec![None; usize::from(PCI_SLOTS)];
+        slots[0] = Some(Arc::new(Mutex::new(HostBridge)));
+        Self { config_address: 0, slots }
+    }
+
+    /// Puts `device` at function 0 of `slot`.
+    pub fn add_device(&mut self, slot: u8, device: SharedPciDevice) -> Result<(), PciRootError> {
+        let entry = self.slots.get_mut(usize::from(slot)).ok_or(PciRootError::NoSuchSlot(slot))?;
+        if entry.is_some() {
+            return Err(PciRootError::SlotInUse(slot));
+        }
+        *entry = Some(device);
+        Ok(())
+    }
+
+    /// The lowest free slot.
+    pub fn free_slot(&self) -> Result<u8, PciRootError> {
+        let i = self.slots.iter().position(Option::is_none).ok_or(PciRootError::BusFull)?;
+        u8::try_from(i).map_err(|_| PciRootError::BusFull)
+    }
+
+    /// Adds `device` at the lowest free slot and returns the slot.
+    pub fn add_device_any_slot(&mut self, device: SharedPciDevice) -> Result<u8, PciRootError> {
+        let slot = self.free_slot()?;
+        self.add_device(slot, device)?;
+        Ok(slot)
+    }
+
+    /// The function CONFIG_ADDRESS selects, and the register index, if it exists.
+    fn selected(&self) -> Option<(&SharedPciDevice, usize)> {
+        let a = self.config_address;
+        let (bus, slot, function) = ((a >> 16) & 0xff, (a >> 11) & 0x1f, (a >> 8) & 0x7);
+        if a & ENABLE == 0 || bus != 0 || function != 0 {
+            return None;
+        }
+        let reg = ((a >> 2) & 0x3f) as usize;
+        self.slots.get(slot as usize)?.as_ref().map(|d| (d, reg))
+    }
+
+    fn read_data(&self, byte: usize, data: &mut [u8]) {
+        let value = match self.selected() {
+            Some((dev, reg)) => dev.lock().unwrap_or_else(|p| p.into_inner()).read_config_register(reg),
+            None => u32::MAX,
+        };
+        let bytes = value.to_le_bytes();
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = bytes.get(byte + i).copied().unwrap_or(0xff);
+        }
+    }
+
+    fn write_data(&self, byte: usize, data: &[u8]) {
+        if let Some((dev, reg)) = self.selected() {
+            dev.lock().unwrap_or_else(|p| p.into_inner()).write_config_register(reg, byte as u64, data);
+        }
+    }
+}
+
+impl BusDevice for PciRoot {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        match (offset, data.len()) {
+            // CONFIG_ADDRESS is a dword register; byte and word accesses to 0xCF8-0xCFB are
+            // other chipset ports (e.g. 0xCF9 reset control) that this bus does not decode.
+            (0, 4) => data.copy_from_slice(&self.config_address.to_le_bytes()),
+            (4..=7, 1 | 2 | 4) if offset as usize - 4 + data.len() <= 4 => {
+                self.read_data(offset as usize - 4, data)
+            }
+            _ => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        match (offset, data) {
+            (0, &[a, b, c, d]) => self.config_address = u32::from_le_bytes([a, b, c, d]) & ADDRESS_MASK,
+            (4..=7, _) if matches!(data.len(), 1 | 2 | 4) && offset as usize - 4 + data.len() <= 4 => {
+                self.write_data(offset as usize - 4, data)
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A function with 64 writable dwords, to check byte/word/dword placement.
+    struct Regs([u32; 64]);
+    impl PciDevice for Regs {
+        fn read_config_register(&mut self, reg_idx: usize) -> u32 {
+            self.0.get(reg_idx).copied().unwrap_or(0)
+        }
+        fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]) {
+            let Some(r) = self.0.get_mut(reg_idx) else { return };
+            let mut b = r.to_le_bytes();
+            b[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+            *r = u32::from_le_bytes(b);
+        }
+    }
+
+    fn select(root: &mut PciRoot, bus: u32, slot: u32, func: u32, reg: u32) {
+        let addr = ENABLE | bus << 16 | slot << 11 | func << 8 | reg << 2;
+        root.write(PCI_CONFIG_BASE, 0, &addr.to_le_bytes());
+    }
+
+    fn read(root: &mut PciRoot, offset: u64, len: usize) -> u32 {
+        let mut b = [0u8; 4];
+        root.read(PCI_CONFIG_BASE, offset, &mut b[..len]);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn host_bridge_is_found_at_00_0() {
+        let mut root = PciRoot::new();
+        select(&mut root, 0, 0, 0, 0);
+        assert_eq!(read(&mut root, 4, 4), 0x0008_1b36);
+        assert_eq!(read(&mut root, 4, 2), 0x1b36, "vendor as a word");
+        assert_eq!(read(&mut root, 6, 2), 0x0008, "device as a word at 0xCFE");
+        select(&mut root, 0, 0, 0, 2);
+        assert_eq!(read(&mut root, 7, 1), 0x06, "base class byte at 0xCFF");
+        assert_eq!(read(&mut root, 6, 1), 0x00, "subclass host");
+        select(&mut root, 0, 0, 0, 3);
+        assert_eq!(read(&mut root, 6, 1) & 0x80, 0, "single function");
+    }
+
+    #[test]
+    fn address_register_reads_back_masked() {
+        let mut root = PciRoot::new();
+        root.write(PCI_CONFIG_BASE, 0, &0xffff_ffffu32.to_le_bytes());
+        assert_eq!(read(&mut root, 0, 4), 0x80ff_fffc);
+        // Linux's conf1 probe: write 0x80000000, expect to read it back.
+        root.write(PCI_CONFIG_BASE, 0, &0x8000_0000u32.to_le_bytes());
+        assert_eq!(read(&mut root, 0, 4), 0x8000_0000);
+        // Byte access to 0xCF8/0xCF9 is not CONFIG_ADDRESS.
+        root.write(PCI_CONFIG_BASE, 1, &[0x06]);
+        assert_eq!(read(&mut root, 0, 4), 0x8000_0000);
+        assert_eq!(read(&mut root, 1, 1), 0xff);
+    }
+
+    #[test]
+    fn absent_functions_and_disabled_cycles_read_all_ones() {
+        let mut root = PciRoot::new();
+        select(&mut root, 0, 5, 0, 0);
+        assert_eq!(read(&mut root, 4, 4), 0xffff_ffff, "empty slot");
+        select(&mut root, 0, 0, 1, 0);
+        assert_eq!(read(&mut root, 4, 4), 0xffff_ffff, "function 1 of the bridge");
+        select(&mut root, 1, 0, 0, 0);
+        assert_eq!(read(&mut root, 4, 4), 0xffff_ffff, "bus 1");
+        root.write(PCI_CONFIG_BASE, 0, &0u32.to_le_bytes()); // enable bit clear
+        assert_eq!(read(&mut root, 4, 4), 0xffff_ffff);
+        assert_eq!(read(&mut root, 6, 2), 0xffff);
+    }
+
+    #[test]
+    fn added_device_sees_byte_word_dword_writes_at_the_right_place() {
+        let mut root = PciRoot::new();
+        let dev = Arc::new(Mutex::new(Regs([0; 64])));
+        root.add_device(3, dev.clone()).unwrap();
+        select(&mut root, 0, 3, 0, 4);
+        root.write(PCI_CONFIG_BASE, 4, &0x1122_3344u32.to_le_bytes());
+        root.write(PCI_CONFIG_BASE, 7, &[0xaa]);
+        root.write(PCI_CONFIG_BASE, 4, &[0x55, 0x66]);
+        assert_eq!(dev.lock().unwrap().0[4], 0xaa22_6655);
+        assert_eq!(read(&mut root, 5, 2), 0x2266);
+        // An access crossing the dword is not a config cycle.
+        root.write(PCI_CONFIG_BASE, 6, &0u32.to_le_bytes());
+        assert_eq!(dev.lock().unwrap().0[4], 0xaa22_6655);
+        // Disabled: the write goes nowhere.
+        root.write(PCI_CONFIG_BASE, 0, &((3u32 << 11) | (4 << 2)).to_le_bytes());
+        root.write(PCI_CONFIG_BASE, 4, &0u32.to_le_bytes());
+        assert_eq!(dev.lock().unwrap().0[4], 0xaa22_6655);
+    }
+
+    #[test]
+    fn slots_are_checked() {
+        let mut root = PciRoot::new();
+        let d = || -> SharedPciDevice { Arc::new(Mutex::new(Regs([0; 64]))) };
+        assert_eq!(root.add_device(0, d()), Err(PciRootError::SlotInUse(0)));
+        assert_eq!(root.add_device(32, d()), Err(PciRootError::NoSuchSlot(32)));
+        assert_eq!(root.add_device_any_slot(d()), Ok(1));
+        root.add_device(2, d()).unwrap();
+        assert_eq!(root.add_device_any_slot(d()), Ok(3));
+        for _ in 4..32 {
+            root.add_device_any_slot(d()).unwrap();
+        }
+        assert_eq!(root.add_device_any_slot(d()), Err(PciRootError::BusFull));
+    }
+}
