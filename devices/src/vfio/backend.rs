@@ -26,7 +26,7 @@ pub const ROM_REGION: u32 = 6;
 pub const CONFIG_REGION: u32 = 7;
 
 /// The VFIO interrupt indexes a PCI device model uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IrqIndex {
     /// Legacy level-triggered INTx.
     Intx,

@@ -6,6 +6,10 @@
 
 pub mod backend;
 pub mod discovery;
+mod irq;
+pub mod msix;
 pub mod naming;
 mod sys;
+#[cfg(test)]
+mod testing;
 pub mod vm;

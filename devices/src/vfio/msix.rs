@@ -1,0 +1,483 @@
+//! MSI-X: the capability's control word, the emulated vector table and PBA.
+//!
+//! The table lives in a BAR, but vfio-pci drops accesses to it through the region fd and
+//! the real table must hold host vectors, so the guest's table is ours: trapped, kept in
+//! memory, and turned into KVM MSI routes. Each vector is an [`irq::Vector`]; VFIO gets
+//! all `table size` eventfds in one `SET_IRQS` when the guest enables MSI-X (vfio-ioctls
+//! can only send the whole range, and kernels with `NORESIZE` cannot grow it later).
+//!
+//! All vectors start masked and MSI-X disabled. A vector delivers only while MSI-X is
+//! enabled, the function mask is clear and its own mask bit is clear. The PBA reads as
+//! zero: pending state is kept in each vector's eventfd count, which is delivered when
+//! the vector is unmasked.
+
+use super::backend::{IrqIndex, VfioDeviceOps};
+use super::irq::Vector;
+use crate::pci::{InterruptRouting, MsiMessage};
+
+/// MSI-X control: enable.
+pub const CTRL_ENABLE: u16 = 1 << 15;
+/// MSI-X control: function mask.
+pub const CTRL_FUNCTION_MASK: u16 = 1 << 14;
+const ENTRY_SIZE: u64 = 16;
+const VECTOR_MASKED: u32 = 1;
+
+/// The MSI-X capability's fixed fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsixCap {
+    /// Config offset of the capability.
+    pub offset: usize,
+    /// Number of table entries.
+    pub table_size: u16,
+    /// BAR holding the table.
+    pub table_bar: u8,
+    /// Offset of the table in that BAR.
+    pub table_offset: u64,
+    /// BAR holding the PBA.
+    pub pba_bar: u8,
+    /// Offset of the PBA in that BAR.
+    pub pba_offset: u64,
+}
+
+impl MsixCap {
+    /// Parses the capability at `offset` of a config snapshot; `None` if it does not fit
+    /// or names a BAR that cannot exist.
+    pub fn parse(cfg: &[u8], offset: usize) -> Option<Self> {
+        let rd = |o: usize| -> Option<u32> {
+            let b = cfg.get(offset + o..offset + o + 4)?;
+            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let ctrl = (rd(0)? >> 16) as u16;
+        let table = rd(4)?;
+        let pba = rd(8)?;
+        let cap = Self {
+            offset,
+            table_size: (ctrl & 0x7ff) + 1,
+            table_bar: (table & 7) as u8,
+            table_offset: (table & !7) as u64,
+            pba_bar: (pba & 7) as u8,
+            pba_offset: (pba & !7) as u64,
+        };
+        (cap.table_bar < 6 && cap.pba_bar < 6).then_some(cap)
+    }
+
+    /// Table length in bytes.
+    pub fn table_len(&self) -> u64 {
+        self.table_size as u64 * ENTRY_SIZE
+    }
+
+    /// PBA length in bytes (one bit per vector, in qwords).
+    pub fn pba_len(&self) -> u64 {
+        (self.table_size as u64).div_ceil(64) * 8
+    }
+}
+
+/// The guest-visible MSI-X state of one function.
+#[derive(Debug)]
+pub struct Msix {
+    cap: MsixCap,
+    enabled: bool,
+    function_mask: bool,
+    /// Each entry as four dwords: address low, address high, data, vector control.
+    table: Vec<[u32; 4]>,
+    vectors: Vec<Vector>,
+    /// How many vectors VFIO can signal (may be below the table size).
+    hw_count: usize,
+}
+
+impl Msix {
+    /// MSI-X for `cap`, with `hw_count` vectors VFIO reports for the MSI-X index.
+    pub fn new(cap: MsixCap, hw_count: u32) -> std::io::Result<Self> {
+        let n = cap.table_size as usize;
+        let hw_count = (hw_count as usize).min(n);
+        let vectors = (0..hw_count)
+            .map(|_| Vector::new())
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            cap,
+            enabled: false,
+            function_mask: false,
+            table: vec![[0, 0, 0, VECTOR_MASKED]; n],
+            vectors,
+            hw_count,
+        })
+    }
+
+    /// The capability.
+    pub fn cap(&self) -> &MsixCap {
+        &self.cap
+    }
+
+    /// True while the guest has MSI-X enabled.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The enable and function-mask bits as the guest reads them.
+    pub fn control_bits(&self) -> u16 {
+        (if self.enabled { CTRL_ENABLE } else { 0 })
+            | (if self.function_mask {
+                CTRL_FUNCTION_MASK
+            } else {
+                0
+            })
+    }
+
+    /// True if a control word `ctrl` would turn MSI-X on from off.
+    pub fn would_enable(&self, ctrl: u16) -> bool {
+        !self.enabled && ctrl & CTRL_ENABLE != 0
+    }
+
+    /// The eventfd of vector `i` (tests and the VMM's diagnostics).
+    pub fn eventfd(&self, i: usize) -> Option<&vmm_sys_util::eventfd::EventFd> {
+        self.vectors.get(i).map(|v| &v.eventfd)
+    }
+
+    /// The GSI of vector `i`, once it was first unmasked.
+    pub fn gsi(&self, i: usize) -> Option<u32> {
+        self.vectors.get(i).and_then(|v| v.gsi())
+    }
+
+    /// The guest wrote the control word (only enable and function mask are writable).
+    pub fn write_control(
+        &mut self,
+        ctrl: u16,
+        dev: &dyn VfioDeviceOps,
+        routing: &dyn InterruptRouting,
+    ) {
+        let enable = ctrl & CTRL_ENABLE != 0;
+        let was = self.enabled;
+        self.function_mask = ctrl & CTRL_FUNCTION_MASK != 0;
+        match (was, enable) {
+            (false, true) => {
+                self.enabled = true;
+                let fds: Vec<_> = self.vectors.iter().map(|v| &v.eventfd).collect();
+                if fds.is_empty() {
+                    log::warn!("VFIO: the device reports no MSI-X vectors; MSI-X stays silent");
+                } else if let Err(e) = dev.enable_irq(IrqIndex::Msix, &fds) {
+                    log::error!("VFIO: {e}; the guest's MSI-X interrupts will not arrive");
+                }
+                self.sync_all(routing);
+            }
+            (true, false) => {
+                self.enabled = false;
+                self.sync_all(routing);
+                if let Err(e) = dev.disable_irq(IrqIndex::Msix) {
+                    log::warn!("VFIO: {e}");
+                }
+            }
+            _ => self.sync_all(routing),
+        }
+    }
+
+    fn wanted(&self, i: usize) -> Option<MsiMessage> {
+        let e = self.table.get(i)?;
+        let deliver = self.enabled && !self.function_mask && e[3] & VECTOR_MASKED == 0;
+        deliver.then_some(MsiMessage {
+            address_lo: e[0],
+            address_hi: e[1],
+            data: e[2],
+        })
+    }
+
+    fn sync_vector(&mut self, i: usize, routing: &dyn InterruptRouting) {
+        let want = self.wanted(i);
+        if let Some(v) = self.vectors.get_mut(i) {
+            if let Err(e) = v.sync(want, routing) {
+                log::error!("VFIO: MSI-X vector {i}: {e}");
+            }
+        }
+    }
+
+    fn sync_all(&mut self, routing: &dyn InterruptRouting) {
+        for i in 0..self.hw_count {
+            self.sync_vector(i, routing);
+        }
+    }
+
+    /// A guest read of the table (`offset` from the table start). Accesses of any width
+    /// inside the table are served; anything else reads as zero.
+    pub fn read_table(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if !in_range(offset, data.len(), self.cap.table_len()) {
+            return;
+        }
+        for (i, b) in data.iter_mut().enumerate() {
+            let o = offset + i as u64;
+            let (entry, field, byte) = locate(o);
+            if let Some(e) = self.table.get(entry) {
+                *b = (e[field] >> (byte * 8)) as u8;
+            }
+        }
+    }
+
+    /// A guest write to the table; out-of-range writes are dropped.
+    pub fn write_table(&mut self, offset: u64, data: &[u8], routing: &dyn InterruptRouting) {
+        if !in_range(offset, data.len(), self.cap.table_len()) {
+            return;
+        }
+        let mut touched = Vec::with_capacity(1);
+        for (i, b) in data.iter().enumerate() {
+            let (entry, field, byte) = locate(offset + i as u64);
+            if let Some(e) = self.table.get_mut(entry) {
+                let shift = byte * 8;
+                let mut v = (e[field] & !(0xff << shift)) | ((*b as u32) << shift);
+                if field == 3 {
+                    // Only the mask bit of vector control is writable.
+                    v &= VECTOR_MASKED;
+                }
+                e[field] = v;
+                if !touched.contains(&entry) {
+                    touched.push(entry);
+                }
+            }
+        }
+        for entry in touched {
+            self.sync_vector(entry, routing);
+        }
+    }
+
+    /// A guest read of the PBA: nothing is ever pending from the guest's point of view.
+    pub fn read_pba(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let _ = offset;
+    }
+
+    /// Quiets every vector, disables MSI-X in VFIO if it was on, frees the GSIs, and
+    /// returns to the reset state (disabled, all masked).
+    pub fn reset(&mut self, dev: &dyn VfioDeviceOps, routing: &dyn InterruptRouting) {
+        for v in &mut self.vectors {
+            v.release(routing);
+        }
+        if self.enabled {
+            if let Err(e) = dev.disable_irq(IrqIndex::Msix) {
+                log::warn!("VFIO: {e}");
+            }
+        }
+        self.enabled = false;
+        self.function_mask = false;
+        for e in &mut self.table {
+            *e = [0, 0, 0, VECTOR_MASKED];
+        }
+    }
+}
+
+fn in_range(offset: u64, len: usize, size: u64) -> bool {
+    len > 0
+        && len <= 8
+        && offset
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= size)
+}
+
+/// (entry, dword field, byte in field) of a table byte offset.
+fn locate(o: u64) -> (usize, usize, usize) {
+    (
+        (o / ENTRY_SIZE) as usize,
+        ((o % ENTRY_SIZE) / 4) as usize,
+        (o % 4) as usize,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfio::backend::IrqInfo;
+    use crate::vfio::testing::{DevCall, FakeDevice, RecordingVm, VmCall};
+
+    fn cap(n: u16) -> MsixCap {
+        MsixCap {
+            offset: 0x70,
+            table_size: n,
+            table_bar: 0,
+            table_offset: 0x2000,
+            pba_bar: 0,
+            pba_offset: 0x3000,
+        }
+    }
+
+    fn setup(n: u16) -> (Msix, FakeDevice, RecordingVm) {
+        let mut dev = FakeDevice::new(vec![0; 256]);
+        dev.irqs.insert(
+            IrqIndex::Msix,
+            IrqInfo {
+                flags: 1,
+                count: n as u32,
+            },
+        );
+        (
+            Msix::new(cap(n), n as u32).unwrap(),
+            dev,
+            RecordingVm::new(),
+        )
+    }
+
+    fn program(m: &mut Msix, vm: &RecordingVm, i: u64, addr: u32, data: u32) {
+        m.write_table(i * 16, &addr.to_le_bytes(), vm);
+        m.write_table(i * 16 + 4, &0u32.to_le_bytes(), vm);
+        m.write_table(i * 16 + 8, &data.to_le_bytes(), vm);
+    }
+
+    #[test]
+    fn parses_the_capability() {
+        let mut cfg = vec![0u8; 256];
+        cfg[0x70..0x74].copy_from_slice(&(0x11u32 | (0x003f << 16)).to_le_bytes());
+        cfg[0x74..0x78].copy_from_slice(&0x2000u32.to_le_bytes());
+        cfg[0x78..0x7c].copy_from_slice(&0x3002u32.to_le_bytes());
+        let c = MsixCap::parse(&cfg, 0x70).unwrap();
+        assert_eq!((c.table_size, c.table_bar, c.table_offset), (64, 0, 0x2000));
+        assert_eq!(
+            (c.pba_bar, c.pba_offset, c.pba_len(), c.table_len()),
+            (2, 0x3000, 8, 1024)
+        );
+        cfg[0x74] = 7; // BIR 7 does not exist
+        assert!(MsixCap::parse(&cfg, 0x70).is_none());
+        assert!(MsixCap::parse(&cfg, 0xfc).is_none(), "runs off the end");
+    }
+
+    #[test]
+    fn starts_masked_and_disabled_and_routes_nothing() {
+        let (mut m, dev, vm) = setup(4);
+        assert_eq!(m.control_bits(), 0);
+        let mut b = [0u8; 4];
+        m.read_table(12, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 1, "vector 0 masked");
+        program(&mut m, &vm, 0, 0xfee0_0000, 0x41);
+        m.write_control(CTRL_ENABLE, &dev, &vm);
+        assert_eq!(
+            dev.calls(),
+            vec![DevCall::Enable(IrqIndex::Msix, 4)],
+            "all eventfds at once"
+        );
+        assert!(
+            vm.routes().is_empty() && vm.irqfds().is_empty(),
+            "masked vectors stay quiet"
+        );
+    }
+
+    #[test]
+    fn unmask_sets_route_before_irqfd_and_mask_reverses_it() {
+        let (mut m, dev, vm) = setup(2);
+        m.write_control(CTRL_ENABLE, &dev, &vm);
+        program(&mut m, &vm, 1, 0xfee0_1000, 0x42);
+        vm.clear();
+        m.write_table(16 + 12, &0u32.to_le_bytes(), &vm); // unmask vector 1
+        let msg = MsiMessage {
+            address_lo: 0xfee0_1000,
+            address_hi: 0,
+            data: 0x42,
+        };
+        assert_eq!(
+            vm.calls(),
+            vec![
+                VmCall::AllocGsi(24),
+                VmCall::SetRoute(24, msg),
+                VmCall::Irqfd(24)
+            ]
+        );
+        vm.clear();
+        m.write_table(16 + 12, &1u32.to_le_bytes(), &vm); // mask
+        assert_eq!(
+            vm.calls(),
+            vec![VmCall::UnregisterIrqfd(24), VmCall::RemoveRoute(24)]
+        );
+        vm.clear();
+        m.write_table(16 + 12, &0u32.to_le_bytes(), &vm); // unmask again: same GSI
+        assert_eq!(
+            vm.calls(),
+            vec![VmCall::SetRoute(24, msg), VmCall::Irqfd(24)]
+        );
+    }
+
+    #[test]
+    fn qword_writes_and_live_updates_change_the_route_only() {
+        let (mut m, dev, vm) = setup(1);
+        m.write_control(CTRL_ENABLE, &dev, &vm);
+        let addr = 0x0000_0000_fee0_2000u64;
+        m.write_table(0, &addr.to_le_bytes(), &vm);
+        let data_ctrl = 0x43u64; // data 0x43, vector control 0 (unmasked)
+        m.write_table(8, &data_ctrl.to_le_bytes(), &vm);
+        assert_eq!(vm.irqfds().len(), 1);
+        vm.clear();
+        m.write_table(8, &[0x44], &vm); // byte write of the data field while live
+        let msg = MsiMessage {
+            address_lo: 0xfee0_2000,
+            address_hi: 0,
+            data: 0x44,
+        };
+        assert_eq!(vm.calls(), vec![VmCall::SetRoute(24, msg)]);
+        let mut q = [0u8; 8];
+        m.read_table(0, &mut q);
+        assert_eq!(u64::from_le_bytes(q), addr);
+    }
+
+    #[test]
+    fn function_mask_and_disable_quiet_every_vector_in_order() {
+        let (mut m, dev, vm) = setup(2);
+        m.write_control(CTRL_ENABLE, &dev, &vm);
+        for i in 0..2 {
+            program(&mut m, &vm, i, 0xfee0_0000, 0x50 + i as u32);
+            m.write_table(i * 16 + 12, &0u32.to_le_bytes(), &vm);
+        }
+        assert_eq!(vm.irqfds().len(), 2);
+        vm.clear();
+        m.write_control(CTRL_ENABLE | CTRL_FUNCTION_MASK, &dev, &vm);
+        assert!(vm.irqfds().is_empty() && vm.routes().is_empty());
+        let calls = vm.calls();
+        for g in [24, 25] {
+            let off = calls
+                .iter()
+                .position(|c| *c == VmCall::UnregisterIrqfd(g))
+                .unwrap();
+            let rm = calls
+                .iter()
+                .position(|c| *c == VmCall::RemoveRoute(g))
+                .unwrap();
+            assert!(off < rm, "irqfd off before the route goes");
+        }
+        m.write_control(CTRL_ENABLE, &dev, &vm);
+        assert_eq!(vm.irqfds().len(), 2, "function unmask restores");
+        dev.clear_calls();
+        m.write_control(0, &dev, &vm);
+        assert!(vm.irqfds().is_empty());
+        assert_eq!(dev.calls(), vec![DevCall::Disable(IrqIndex::Msix)]);
+    }
+
+    #[test]
+    fn hostile_table_accesses_are_contained() {
+        let (mut m, _dev, vm) = setup(2);
+        let mut b = [0xaau8; 4];
+        m.read_table(32, &mut b); // one past the table
+        assert_eq!(b, [0; 4]);
+        m.read_table(u64::MAX - 1, &mut b);
+        m.write_table(u64::MAX - 2, &[1, 2, 3, 4], &vm);
+        m.write_table(30, &[0; 4], &vm); // straddles the end
+        m.write_table(0, &[0; 16], &vm); // too wide for one access
+        m.write_table(12, &0xffff_fffeu32.to_le_bytes(), &vm); // reserved control bits
+        m.read_table(12, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0, "only the mask bit is writable");
+        assert!(vm.calls().is_empty(), "disabled: nothing reached KVM");
+    }
+
+    #[test]
+    fn reset_frees_gsis_and_masks_again() {
+        let (mut m, dev, vm) = setup(1);
+        m.write_control(CTRL_ENABLE, &dev, &vm);
+        program(&mut m, &vm, 0, 0xfee0_0000, 0x30);
+        m.write_table(12, &0u32.to_le_bytes(), &vm);
+        vm.clear();
+        m.reset(&dev, &vm);
+        assert_eq!(
+            vm.calls(),
+            vec![
+                VmCall::UnregisterIrqfd(24),
+                VmCall::RemoveRoute(24),
+                VmCall::FreeGsi(24)
+            ]
+        );
+        assert_eq!(m.control_bits(), 0);
+        let mut b = [0u8; 4];
+        m.read_table(12, &mut b);
+        assert_eq!(b[0], 1);
+    }
+}
