@@ -6,7 +6,9 @@
 
 pub mod backend;
 pub mod discovery;
+pub mod intx;
 mod irq;
+pub mod msi;
 pub mod msix;
 pub mod naming;
 mod sys;
