@@ -5,6 +5,7 @@
 //! the VMM, and `device` ties config space, BARs and interrupts together.
 
 pub mod backend;
+pub mod bars;
 pub mod discovery;
 pub mod intx;
 mod irq;
