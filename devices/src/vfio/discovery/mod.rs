@@ -1,1 +1,56 @@
-//! Host device discovery and assignability checks (OWNER: discovery helper).
+//! Host device discovery: from `--device` strings to checked devices and a VFIO backend.
+//!
+//! # For the VMM core (`--device`, `--vfio-backend`, `--iommufd-fd`, `--dry-run`)
+//!
+//! ```no_run
+//! use devices::vfio::discovery::{plan, BackendChoice, Roots};
+//! # fn run(device: Vec<String>, vfio_backend: &str, iommufd_fd: Option<i32>, ram: u64, dry_run: bool)
+//! #     -> Result<(), devices::vfio::discovery::DiscoveryError> {
+//! let choice: BackendChoice = vfio_backend.parse()?;          // auto | iommufd | group
+//! let p = plan(&device, choice, iommufd_fd, ram, &Roots::host())?;
+//! print!("{p}");                                               // one line per device + notes
+//! if dry_run { return Ok(()); }
+//! // managed=on devices: bind now, keep the guards until the VM is gone (Drop restores).
+//! let (_guards, p) = if p.needs_binding() { p.bind_managed()? } else { (Vec::new(), p) };
+//! for d in &p.devices { /* open d.cdev / d.fd (iommufd) or d.sysfs (group) per p.backend() */ }
+//! # Ok(()) }
+//! ```
+//!
+//! Every [`DiscoveryError`] carries its exit code ([`DiscoveryError::exit_code`]): 2 for
+//! anything the user can fix (bad name, device not assignable, backend impossible),
+//! 1 for an unexpected host failure. Its `Display` is the whole message, fix included.
+//!
+//! After opening a device, call [`check_device_flags`] on `vfio_device_info.flags`:
+//! platform, ccw and other non-PCI VFIO devices are refused there, as the uAPI intends.
+//!
+//! The sysfs and `/dev` roots are parameters ([`Roots`]) so that everything here runs
+//! against a fake tree in unit tests.
+
+pub mod assignable;
+pub mod backend_choice;
+pub mod bind;
+pub mod class_names;
+pub mod device_type;
+pub mod error;
+pub mod group;
+pub mod inventory;
+pub mod irq_remap;
+pub mod memlock;
+pub mod plan;
+pub mod resolve;
+pub mod sysfs;
+
+#[cfg(test)]
+mod fake_tree;
+#[cfg(test)]
+mod tests;
+
+pub use assignable::{Problem, ProblemKind};
+pub use backend_choice::{Backend, BackendChoice, BackendDecision};
+pub use bind::{bind, unbind, BindOutcome, KernelSysfs, ManagedBinding, UnbindOutcome};
+pub use device_type::{check_device_flags, UnsupportedDeviceType};
+pub use error::DiscoveryError;
+pub use inventory::{inventory, Inventory};
+pub use plan::{plan, plan_with_limits, Plan};
+pub use resolve::{resolve, Cdev, DeviceKind, ResolvedDevice};
+pub use sysfs::Roots;

@@ -1,0 +1,736 @@
+//! Resolution, backend choice, checks and binding against a fake host tree.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::assignable::ProblemKind;
+use super::backend_choice::{choose, Backend, BackendChoice};
+use super::bind::{bind, unbind, BindOutcome, ManagedBinding, SysfsWriter};
+use super::error::DiscoveryError;
+use super::fake_tree::FakeHost;
+use super::memlock::HostLimits;
+use super::plan::plan_with_limits;
+use super::resolve::{resolve, DeviceKind, ResolvedDevice};
+use super::sysfs::link_name;
+use crate::vfio::naming::parse_device_spec;
+
+const STORAGE: u32 = 0x010000;
+const BRIDGE: u32 = 0x060400;
+const UUID: &str = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
+/// The numbers of /dev/null: a node with them can be opened, which the node checks do.
+const NULL: (u32, u32) = (1, 3);
+const ZERO: (u32, u32) = (1, 5);
+
+const UNLIMITED: HostLimits = HostLimits {
+    memlock: None,
+    ipc_lock: false,
+};
+
+fn res(h: &FakeHost, s: &str) -> Result<Vec<ResolvedDevice>, DiscoveryError> {
+    resolve(&parse_device_spec(s)?, &h.roots)
+}
+
+fn one(h: &FakeHost, s: &str) -> ResolvedDevice {
+    let mut v = res(h, s).unwrap_or_else(|e| panic!("{s}: {e}"));
+    assert_eq!(v.len(), 1, "{s}");
+    v.remove(0)
+}
+
+fn err(h: &FakeHost, s: &str) -> String {
+    match res(h, s) {
+        Ok(v) => panic!(
+            "{s} resolved to {:?}",
+            v.iter().map(|d| &d.name).collect::<Vec<_>>()
+        ),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A host with one virtio-blk on vfio-pci (group 0, cdev vfio0) and the iommufd bits.
+fn cdev_host() -> (FakeHost, PathBuf) {
+    let h = FakeHost::new();
+    let dir = h.pci("0000:00:03.0", STORAGE, Some("vfio-pci"), Some(0));
+    h.group_node(0);
+    h.cdev(&dir, 0, NULL, Some(NULL));
+    (h, dir)
+}
+
+#[test]
+fn every_naming_form_reaches_the_same_device() {
+    let (h, dir) = cdev_host();
+    let canon = fs::canonicalize(&dir).unwrap();
+    let link = h.roots.sys.parent().unwrap().join("mydisk");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    for s in [
+        "/dev/vfio/devices/vfio0",
+        "/dev/vfio/pci/0000:00:03.0",
+        "/dev/vfio/pci/00:03.0",
+        "/sys/bus/pci/devices/0000:00:03.0",
+        "/sys/bus/pci/devices/0000:00:03.0/",
+        "/sys/bus/pci/devices/0000:00:03.0//",
+        "/sys/devices/pci0000:00/0000:00:03.0",
+        "/sys/bus/pci/devices/../devices/0000:00:03.0",
+        "/sys/class/vfio-dev/vfio0",
+        "0000:00:03.0",
+        "00:03.0",
+        "/dev/vfio/0",
+        "path=/dev/vfio/0,bdf=00:03.0",
+        link.to_str().unwrap(),
+    ] {
+        let d = one(&h, s);
+        assert_eq!(d.sysfs, canon, "{s}");
+        assert_eq!(d.name, "0000:00:03.0", "{s}");
+        assert_eq!(d.kind, DeviceKind::Pci);
+        assert_eq!(d.vendor_device(), "1af4:1042");
+        assert_eq!(d.class, Some(STORAGE));
+        assert_eq!(d.driver.as_deref(), Some("vfio-pci"));
+        assert_eq!(d.group, Some(0));
+        assert_eq!(
+            d.cdev.as_ref().map(|c| c.name.as_str()),
+            Some("vfio0"),
+            "{s}"
+        );
+        let want_given = s.split(',').next().unwrap().trim_start_matches("path=");
+        assert_eq!(d.given_as, want_given);
+    }
+}
+
+#[test]
+fn options_carry_through() {
+    let (h, _) = cdev_host();
+    let d = one(&h, "path=00:03.0,id=disk0,managed=on");
+    assert_eq!(d.id.as_deref(), Some("disk0"));
+    assert!(d.managed);
+}
+
+#[test]
+fn stale_and_foreign_cdev_nodes_are_refused() {
+    let h = FakeHost::new();
+    let dir = h.pci("0000:00:03.0", STORAGE, Some("vfio-pci"), Some(0));
+    // sysfs says 1:3, the node says 1:5: left from another device or boot.
+    h.cdev(&dir, 0, NULL, Some(ZERO));
+    let e = err(&h, "/dev/vfio/devices/vfio0");
+    assert!(
+        e.contains("1:5") && e.contains("1:3") && e.contains("stale"),
+        "{e}"
+    );
+    // Resolving by address still works, and says why there is no usable cdev.
+    let d = one(&h, "00:03.0");
+    assert!(d.cdev.is_none());
+    assert!(d.cdev_absent.unwrap().contains("stale"));
+
+    // A node for which sysfs has no vfio-dev entry at all.
+    crate::vfio::discovery::fake_tree::mknod_char(&h.roots.dev.join("vfio/devices/vfio7"), 1, 3);
+    let e = err(&h, "/dev/vfio/devices/vfio7");
+    assert!(e.contains("no /sys/class/vfio-dev entry"), "{e}");
+
+    // Not a character device at all.
+    fs::write(h.roots.dev.join("vfio/devices/vfio8"), "").unwrap();
+    let e = err(&h, "/dev/vfio/devices/vfio8");
+    assert!(e.contains("not a character device"), "{e}");
+}
+
+#[test]
+fn missing_cdev_node_and_kernel_without_cdevs() {
+    let h = FakeHost::new();
+    let a = h.pci("0000:00:03.0", STORAGE, Some("vfio-pci"), Some(0));
+    h.cdev(&a, 0, NULL, None);
+    let e = err(&h, "/dev/vfio/devices/vfio0");
+    assert!(e.contains("does not exist"), "{e}");
+    let d = one(&h, "00:03.0");
+    assert!(d.cdev_absent.unwrap().contains("devtmpfs"));
+
+    let b = h.pci("0000:00:04.0", STORAGE, Some("vfio-pci"), Some(1));
+    h.vfio_dev_without_cdev(&b, 1);
+    let d = one(&h, "00:04.0");
+    assert!(d.cdev.is_none());
+    assert!(d.cdev_absent.unwrap().contains("CONFIG_VFIO_DEVICE_CDEV"));
+}
+
+#[test]
+fn two_buses_with_the_same_name_do_not_collide() {
+    let (h, dir) = cdev_host();
+    let other = h.other_bus_device("platform", "0000:00:03.0");
+    let d = one(&h, "/dev/vfio/pci/0000:00:03.0");
+    assert_eq!(d.sysfs, fs::canonicalize(dir).unwrap());
+    let e = err(&h, "/dev/vfio/platform/0000:00:03.0");
+    assert!(e.contains("is a platform device"), "{e}");
+    assert!(e.contains(other.file_name().unwrap().to_str().unwrap()));
+    let e = err(&h, "/dev/vfio/usb/0000:00:03.0");
+    assert!(e.contains("bus type \"usb\"") && e.contains("pci"), "{e}");
+}
+
+#[test]
+fn groups_expand_skip_bridges_and_narrow() {
+    let h = FakeHost::new();
+    h.pci("0000:00:04.0", STORAGE, Some("vfio-pci"), Some(3));
+    h.pci("0000:00:04.1", STORAGE, Some("virtio-pci"), Some(3));
+    h.pci("0000:00:1c.0", BRIDGE, Some("pcieport"), Some(3));
+    h.group_node(3);
+    let all = res(&h, "/dev/vfio/3").unwrap();
+    let names: Vec<_> = all.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["0000:00:04.0", "0000:00:04.1"]);
+    assert_eq!(all[0].group_members.len(), 3);
+    assert_eq!(one(&h, "/dev/vfio/3,bdf=00:04.1").name, "0000:00:04.1");
+    let e = err(&h, "/dev/vfio/3,bdf=00:05.0");
+    assert!(
+        e.contains("not in IOMMU group 3") && e.contains("0000:00:04.1"),
+        "{e}"
+    );
+    let e = err(&h, "/dev/vfio/9");
+    assert!(
+        e.contains("IOMMU group 9") && e.contains("does not exist"),
+        "{e}"
+    );
+    let e = err(&h, "/sys/kernel/iommu_groups/3");
+    assert!(e.contains("not a device directory"), "{e}");
+}
+
+#[test]
+fn mdev_by_sysfs_and_bus_name() {
+    let h = FakeHost::new();
+    let parent = h.sys("devices/virtual/mtty/mtty");
+    let dir = h.mdev(&parent, UUID, 5);
+    h.group_node(5);
+    for s in [
+        format!("/sys/bus/mdev/devices/{UUID}"),
+        format!("/sys/bus/mdev/devices/{UUID}/"),
+        format!("/dev/vfio/mdev/{UUID}"),
+        "/dev/vfio/5".to_string(),
+    ] {
+        let d = one(&h, &s);
+        assert_eq!(d.kind, DeviceKind::Mdev, "{s}");
+        assert_eq!(d.name, UUID);
+        assert_eq!(d.sysfs, fs::canonicalize(&dir).unwrap());
+        assert_eq!(d.parent.as_deref(), Some("mtty"));
+        assert_eq!(d.mdev_type.as_deref(), Some("mtty-2"));
+        assert_eq!(d.group, Some(5));
+        assert!(d.vfio_bound, "an mdev driver is a VFIO driver");
+        assert!(d.bdf.is_none());
+    }
+}
+
+#[test]
+fn nonexistent_and_garbage_names_explain_themselves() {
+    let (h, _) = cdev_host();
+    let cases = [
+        ("00:09.0", "PCI device 0000:00:09.0 does not exist"),
+        ("/sys/bus/pci/devices/0000:00:09.0", "does not exist"),
+        ("/dev/vfio/devices/vfio3", "does not exist"),
+        ("/dev/vfio/vfio", "container"),
+        ("/sys/bus/pci", "not a device directory"),
+        ("/sys/bus/pci/devices", "not a device directory"),
+        ("/etc", "neither under /sys nor under /dev"),
+        ("/nonexistent/x", "does not exist"),
+        ("hello", "accepted forms"),
+        ("00:03.0,colour=blue", "unknown option"),
+    ];
+    for (s, want) in cases {
+        let e = err(&h, s);
+        assert!(e.contains(want), "{s}: {e}");
+    }
+}
+
+#[test]
+fn odd_strings_never_panic_on_a_real_tree() {
+    let (h, _) = cdev_host();
+    let odd = [
+        "/dev/vfio/pci/..",
+        "/dev/vfio/../../etc/passwd",
+        "/sys/../dev/vfio/0",
+        "/sys/bus/pci/devices/0000:00:03.0/..",
+        "/sys/bus/pci/devices/0000:00:03.0/vfio-dev",
+        "/dev/vfio/devices/vfio0/..",
+        "/dev/vfio/0/1",
+        "/dev/vfio/pci/ff:1f.7",
+        "/dev/vfio/mdev/..%2f",
+        "/dev/vfio/4294967295",
+        "/dev/vfio/4294967296",
+        "./",
+        "../",
+        ".",
+        "/",
+        "fd=999999",
+        "fd=0",
+        "/dev/null",
+        "/dev/vfio/devices/vfio99999999999999999999",
+    ];
+    for s in odd {
+        let _ = res(&h, s);
+        let _ = plan_with_limits(
+            &[s.to_string()],
+            BackendChoice::Auto,
+            None,
+            1 << 20,
+            &h.roots,
+            &UNLIMITED,
+        );
+    }
+}
+
+#[test]
+fn fd_form_checks_the_descriptor() {
+    let (h, dir) = cdev_host();
+    // vfio0's numbers are /dev/null's, so an open /dev/null is "the cdev".
+    let null = fs::File::open("/dev/null").unwrap();
+    let d = one(&h, &format!("fd={}", null.as_raw_fd()));
+    assert_eq!(d.sysfs, fs::canonicalize(&dir).unwrap());
+    assert_eq!(d.fd, Some(null.as_raw_fd()));
+    assert_eq!(d.given_as, format!("fd={}", null.as_raw_fd()));
+
+    let zero = fs::File::open("/dev/zero").unwrap();
+    h.char_link(ZERO, &h.sys("devices/virtual/mem/zero"));
+    let e = err(&h, &format!("fd={}", zero.as_raw_fd()));
+    assert!(e.contains("not a VFIO device cdev"), "{e}");
+
+    let file = fs::File::open(h.roots.dev.join("iommu")).unwrap();
+    let e = err(&h, &format!("fd={}", file.as_raw_fd()));
+    assert!(e.contains("not a character device"), "{e}");
+
+    let e = err(&h, "fd=987654");
+    assert!(e.contains("not an open file descriptor"), "{e}");
+
+    // The plan wants the iommufd fd too, and it must be /dev/iommu.
+    let spec = vec![format!("fd={}", null.as_raw_fd())];
+    let e =
+        plan_with_limits(&spec, BackendChoice::Auto, None, 0, &h.roots, &UNLIMITED).unwrap_err();
+    assert!(e.to_string().contains("--iommufd-fd"), "{e}");
+    let e = plan_with_limits(
+        &spec,
+        BackendChoice::Auto,
+        Some(zero.as_raw_fd()),
+        0,
+        &h.roots,
+        &UNLIMITED,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("is not /dev/iommu"), "{e}");
+    let full = fs::File::open("/dev/full").unwrap();
+    h.char_link((1, 7), &h.sys("devices/virtual/misc/iommu"));
+    let p = plan_with_limits(
+        &spec,
+        BackendChoice::Auto,
+        Some(full.as_raw_fd()),
+        0,
+        &h.roots,
+        &UNLIMITED,
+    )
+    .unwrap();
+    assert_eq!(p.backend(), Backend::Iommufd);
+    let e = plan_with_limits(
+        &spec,
+        BackendChoice::Group,
+        Some(full.as_raw_fd()),
+        0,
+        &h.roots,
+        &UNLIMITED,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("only works with iommufd"), "{e}");
+}
+
+#[test]
+fn backend_choice_prefers_iommufd_and_falls_back() {
+    let (h, _) = cdev_host();
+    let d = res(&h, "00:03.0").unwrap();
+    let c = choose(&d, BackendChoice::Auto, &h.roots, None).unwrap();
+    assert_eq!(c.backend, Backend::Iommufd);
+    assert_eq!(
+        choose(&d, BackendChoice::Group, &h.roots, None)
+            .unwrap()
+            .backend,
+        Backend::Group
+    );
+
+    // A second device without a cdev: the whole VM falls back to groups.
+    let b = h.pci("0000:00:04.0", STORAGE, Some("vfio-pci"), Some(1));
+    h.group_node(1);
+    let _ = b;
+    let mut two = res(&h, "00:03.0").unwrap();
+    two.extend(res(&h, "00:04.0").unwrap());
+    let c = choose(&two, BackendChoice::Auto, &h.roots, None).unwrap();
+    assert_eq!(c.backend, Backend::Group);
+    assert!(c.why.contains("0000:00:04.0 has no VFIO cdev"), "{}", c.why);
+    let e = choose(&two, BackendChoice::Iommufd, &h.roots, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("0000:00:04.0 has no VFIO cdev"), "{e}");
+
+    // No /dev/iommu: groups, and asking for iommufd names the kernel options.
+    h.without_iommufd();
+    let c = choose(&d, BackendChoice::Auto, &h.roots, None).unwrap();
+    assert_eq!(c.backend, Backend::Group);
+    let e = choose(&d, BackendChoice::Iommufd, &h.roots, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("CONFIG_IOMMUFD") && e.contains("CONFIG_VFIO_DEVICE_CDEV"),
+        "{e}"
+    );
+    assert!("bogus".parse::<BackendChoice>().is_err());
+}
+
+#[test]
+fn plan_lines_say_what_and_why() {
+    let (h, _) = cdev_host();
+    let p = plan_with_limits(
+        &["/dev/vfio/devices/vfio0,id=d0".into()],
+        BackendChoice::Auto,
+        None,
+        1 << 30,
+        &h.roots,
+        &UNLIMITED,
+    )
+    .unwrap();
+    let text = p.to_string();
+    let first = text.lines().next().unwrap();
+    for want in [
+        "/dev/vfio/devices/vfio0 -> 0000:00:03.0",
+        "1af4:1042 SCSI storage controller",
+        "id=d0",
+        "driver vfio-pci",
+        "group 0 (/dev/vfio/0)",
+        "cdev vfio0 (/dev/vfio/devices/vfio0)",
+        "backend iommufd (/dev/iommu exists and every device has a cdev)",
+    ] {
+        assert!(first.contains(want), "missing {want:?} in {first}");
+    }
+    assert!(text.contains("interrupt remapping"), "{text}");
+    assert!(text.contains("pinning 1G"), "{text}");
+}
+
+#[test]
+fn same_device_twice_is_refused() {
+    let (h, _) = cdev_host();
+    let e = plan_with_limits(
+        &["00:03.0".into(), "/dev/vfio/devices/vfio0".into()],
+        BackendChoice::Auto,
+        None,
+        0,
+        &h.roots,
+        &UNLIMITED,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("named twice"), "{e}");
+    assert_eq!(e.exit_code(), 2);
+}
+
+fn problems(e: DiscoveryError) -> Vec<(String, ProblemKind, String)> {
+    match e {
+        DiscoveryError::NotAssignable { ref problems } => problems
+            .iter()
+            .map(|(d, p)| (d.clone(), p.kind, p.to_string()))
+            .collect(),
+        other => panic!("expected NotAssignable, got {other}"),
+    }
+}
+
+#[test]
+fn non_viable_group_names_the_culprit_and_exits_2() {
+    let h = FakeHost::new();
+    h.pci("0000:00:04.0", STORAGE, Some("vfio-pci"), Some(3));
+    h.pci("0000:00:04.1", STORAGE, Some("virtio-pci"), Some(3));
+    h.pci("0000:00:04.2", STORAGE, None, Some(3));
+    h.pci("0000:00:1c.0", BRIDGE, Some("pcieport"), Some(3));
+    h.group_node(3);
+    let e = plan_with_limits(
+        &["00:04.0".into()],
+        BackendChoice::Auto,
+        None,
+        0,
+        &h.roots,
+        &UNLIMITED,
+    )
+    .unwrap_err();
+    assert_eq!(e.exit_code(), 2);
+    let msg = e.to_string();
+    let ps = problems(e);
+    assert_eq!(ps.len(), 1, "{msg}");
+    assert_eq!(ps[0].1, ProblemKind::GroupNotViable);
+    assert!(
+        ps[0].2.contains("0000:00:04.1 (driver virtio-pci)"),
+        "{msg}"
+    );
+    assert!(ps[0].2.contains("passvm bind 0000:00:04.1"), "{msg}");
+    assert!(
+        !ps[0].2.contains("04.2") && !ps[0].2.contains("1c.0"),
+        "{msg}"
+    );
+
+    // Managing the other function makes the plan viable (it will be bound at start).
+    let p = plan_with_limits(
+        &["00:04.0".into(), "00:04.1,managed=on".into()],
+        BackendChoice::Auto,
+        None,
+        0,
+        &h.roots,
+        &UNLIMITED,
+    )
+    .unwrap();
+    assert!(p.needs_binding());
+    assert!(p
+        .to_string()
+        .contains("driver virtio-pci -> vfio-pci at start (managed)"));
+}
+
+#[test]
+fn host_driver_no_iommu_and_memlock_are_reported_with_fixes() {
+    let h = FakeHost::new();
+    h.pci("0000:00:05.0", STORAGE, Some("virtio-pci"), Some(4));
+    h.pci("0000:00:06.0", STORAGE, Some("e1000e"), None);
+    fs::remove_dir(h.sys("class/iommu/virtio0")).unwrap();
+    let low = HostLimits {
+        memlock: Some(8 << 20),
+        ipc_lock: false,
+    };
+    let e = plan_with_limits(
+        &["00:05.0".into(), "00:06.0".into()],
+        BackendChoice::Auto,
+        None,
+        512 << 20,
+        &h.roots,
+        &low,
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    let ps = problems(e);
+    let kinds: Vec<_> = ps.iter().map(|p| (p.0.as_str(), p.1)).collect();
+    assert!(
+        kinds.contains(&("0000:00:05.0", ProblemKind::NotVfioDriver)),
+        "{msg}"
+    );
+    assert!(
+        kinds.contains(&("0000:00:06.0", ProblemKind::NoIommu)),
+        "{msg}"
+    );
+    assert!(kinds.contains(&("vm", ProblemKind::Memlock)), "{msg}");
+    assert!(msg.contains("bound to the host driver virtio-pci"), "{msg}");
+    assert!(msg.contains("passvm bind 0000:00:05.0"), "{msg}");
+    assert!(
+        msg.contains("intel_iommu=on") && msg.contains("amd_iommu=on"),
+        "{msg}"
+    );
+    assert!(msg.contains("virtio-iommu-pci"), "{msg}");
+    assert!(msg.contains("ulimit -l"), "{msg}");
+}
+
+#[test]
+fn missing_group_node_and_remapping_block_the_group_backend() {
+    let h = FakeHost::new();
+    h.without_iommufd();
+    h.pci("0000:00:05.0", STORAGE, Some("vfio-pci"), Some(4));
+    // No /dev/vfio/4, no remapping and the type1 opt-in off.
+    let irq = h.sys("kernel/irq/24");
+    fs::create_dir_all(&irq).unwrap();
+    fs::write(irq.join("chip_name"), "PCI-MSIX-0000:00:05.0\n").unwrap();
+    let params = h.sys("module/vfio_iommu_type1/parameters");
+    fs::create_dir_all(&params).unwrap();
+    fs::write(params.join("allow_unsafe_interrupts"), "N\n").unwrap();
+    let e = plan_with_limits(
+        &["00:05.0".into()],
+        BackendChoice::Auto,
+        None,
+        0,
+        &h.roots,
+        &UNLIMITED,
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    let ps = problems(e);
+    assert!(
+        ps.iter()
+            .any(|p| p.1 == ProblemKind::NodeMissing && p.2.contains("/dev/vfio/4")),
+        "{msg}"
+    );
+    assert!(
+        ps.iter().any(|p| p.1 == ProblemKind::InterruptRemapping
+            && p.2.contains("vfio_iommu_type1.allow_unsafe_interrupts=1")),
+        "{msg}"
+    );
+}
+
+#[test]
+fn node_errors_map_to_fixes() {
+    let (h, _) = cdev_host();
+    let node = h.roots.dev.join("vfio/0");
+    let p = super::assignable::node_error_problem(
+        &node,
+        &std::io::Error::from_raw_os_error(libc::EACCES),
+        &h.roots,
+    );
+    assert_eq!(p.kind, ProblemKind::NodePermission);
+    assert!(p.to_string().contains("chown $USER /dev/vfio/0"), "{p}");
+    let p = super::assignable::node_error_problem(
+        &node,
+        &std::io::Error::from_raw_os_error(libc::EBUSY),
+        &h.roots,
+    );
+    assert_eq!(p.kind, ProblemKind::NodeBusy);
+    assert!(p.to_string().contains("fuser"), "{p}");
+}
+
+#[test]
+fn inventory_lists_and_judges() {
+    let h = FakeHost::new();
+    let a = h.pci("0000:00:03.0", STORAGE, Some("vfio-pci"), Some(0));
+    h.group_node(0);
+    h.cdev(&a, 0, NULL, Some(NULL));
+    h.pci("0000:00:05.0", STORAGE, Some("virtio-pci"), Some(2));
+    h.pci("0000:00:1c.0", BRIDGE, Some("pcieport"), Some(7));
+    h.mdev(&h.sys("devices/virtual/mtty/mtty"), UUID, 9);
+    h.group_node(9);
+    let inv = super::inventory(&h.roots);
+    let names: Vec<_> = inv.entries.iter().map(|e| e.device.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["0000:00:03.0", "0000:00:05.0", "0000:00:1c.0", UUID]
+    );
+    assert!(inv.entries[0].problems.is_empty());
+    assert_eq!(inv.entries[1].problems[0].kind, ProblemKind::NotVfioDriver);
+    assert!(inv.entries[2].bridge);
+    assert!(
+        inv.entries[3].problems.is_empty(),
+        "{:?}",
+        inv.entries[3].problems
+    );
+}
+
+/// Performs the kernel's side of the sysfs driver files on the fake tree.
+struct FakeKernel {
+    host_sys: PathBuf,
+}
+
+impl SysfsWriter for FakeKernel {
+    fn write(&self, path: &Path, value: &str) -> std::io::Result<()> {
+        fs::write(path, value)?;
+        let bdf = value.trim();
+        let dev = self.host_sys.join("bus/pci/devices").join(bdf);
+        let set = |drv: Option<&str>| {
+            let at = dev.join("driver");
+            let _ = fs::remove_file(&at);
+            if let Some(d) = drv {
+                std::os::unix::fs::symlink(self.host_sys.join("bus/pci/drivers").join(d), &at)
+                    .unwrap();
+            }
+        };
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        match name {
+            "unbind" => set(None),
+            "bind" => set(path
+                .parent()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str())),
+            "drivers_probe" => {
+                let ov = fs::read_to_string(dev.join("driver_override")).unwrap_or_default();
+                let ov = ov.trim();
+                // Without an override the fake "native" driver is virtio-pci.
+                set(Some(if ov.is_empty() || ov == "(null)" {
+                    "virtio-pci"
+                } else {
+                    ov
+                }));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn bind_then_unbind_restores_the_original_driver() {
+    let h = FakeHost::new();
+    let dir = h.pci("0000:00:05.0", STORAGE, Some("e1000e"), Some(2));
+    let k = FakeKernel {
+        host_sys: h.roots.sys.clone(),
+    };
+    let bdf = "0000:00:05.0".parse().unwrap();
+    let out = bind(&bdf, &h.roots, &k).unwrap();
+    assert_eq!(
+        out,
+        BindOutcome::Bound {
+            previous: Some("e1000e".into())
+        }
+    );
+    assert_eq!(link_name(&dir.join("driver")).as_deref(), Some("vfio-pci"));
+    assert_eq!(
+        fs::read_to_string(dir.join("driver_override")).unwrap(),
+        "vfio-pci"
+    );
+    let record = fs::read_to_string(h.roots.state.join("bind/0000:00:05.0")).unwrap();
+    assert!(record.contains("driver=e1000e"), "{record}");
+    // Binding again is a no-op.
+    assert!(matches!(
+        bind(&bdf, &h.roots, &k).unwrap(),
+        BindOutcome::AlreadyBound { .. }
+    ));
+
+    let out = unbind(&bdf, &h.roots, &k).unwrap();
+    assert_eq!(out.now.as_deref(), Some("e1000e"));
+    assert!(out.had_record);
+    assert_eq!(
+        fs::read_to_string(dir.join("driver_override")).unwrap(),
+        "\n"
+    );
+    assert!(!h.roots.state.join("bind/0000:00:05.0").exists());
+}
+
+#[test]
+fn unbind_without_record_lets_the_kernel_choose() {
+    let h = FakeHost::new();
+    let dir = h.pci("0000:00:05.0", STORAGE, Some("vfio-pci"), Some(2));
+    let k = FakeKernel {
+        host_sys: h.roots.sys.clone(),
+    };
+    let out = unbind(&"00:05.0".parse().unwrap(), &h.roots, &k).unwrap();
+    assert!(!out.had_record);
+    assert_eq!(
+        link_name(&dir.join("driver")).as_deref(),
+        Some("virtio-pci")
+    );
+}
+
+#[test]
+fn bind_errors_are_explained() {
+    let h = FakeHost::new();
+    let k = FakeKernel {
+        host_sys: h.roots.sys.clone(),
+    };
+    let e = bind(&"00:09.0".parse().unwrap(), &h.roots, &k)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not exist"), "{e}");
+    h.pci("0000:00:05.0", STORAGE, Some("e1000e"), Some(2));
+    fs::remove_dir(h.sys("bus/pci/drivers/vfio-pci")).unwrap();
+    let e = bind(&"00:05.0".parse().unwrap(), &h.roots, &k)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("modprobe vfio-pci"), "{e}");
+}
+
+#[test]
+fn managed_binding_restores_on_drop() {
+    let h = FakeHost::new();
+    let dir = h.pci("0000:00:05.0", STORAGE, Some("e1000e"), Some(2));
+    let k = FakeKernel {
+        host_sys: h.roots.sys.clone(),
+    };
+    {
+        let g =
+            ManagedBinding::with_writer("00:05.0".parse().unwrap(), &h.roots, Box::new(k)).unwrap();
+        assert_eq!(g.bdf().to_string(), "0000:00:05.0");
+        assert_eq!(link_name(&dir.join("driver")).as_deref(), Some("vfio-pci"));
+    }
+    assert_eq!(link_name(&dir.join("driver")).as_deref(), Some("e1000e"));
+
+    // A device that was already on vfio-pci stays there.
+    let other = h.pci("0000:00:06.0", STORAGE, Some("vfio-pci"), Some(3));
+    let k = FakeKernel {
+        host_sys: h.roots.sys.clone(),
+    };
+    drop(ManagedBinding::with_writer("00:06.0".parse().unwrap(), &h.roots, Box::new(k)).unwrap());
+    assert_eq!(
+        link_name(&other.join("driver")).as_deref(),
+        Some("vfio-pci")
+    );
+}
