@@ -1,0 +1,125 @@
+# Helpers for bed scenarios (busybox sh in L1), sourced before
+# resources/scenarios/NAME.sh. A scenario's stdout/stderr already carry the
+# "L1| " prefix; passvm's output is routed by bed_passvm.
+
+PASSVM=/bin/passvm
+# L2's kernel (the bed kernel: vmlinux has the PVH entry, bzImage the 64-bit
+# boot protocol) and its initramfs (resources/l2).
+L2_VMLINUX=/bed/l2/vmlinux
+L2_BZIMAGE=/bed/l2/bzImage
+L2_INITRD=/bed/l2/initrd.cpio.gz
+
+# A marker for the host-side test: "L1| BED key=value" (Outcome::marker).
+bed_report() { echo "BED $1=$2"; }
+
+# Fail the scenario with a reason (reported as marker "fail").
+bed_fail() { echo "BED fail=$*"; exit 1; }
+
+# The value of NAME=... on L1's kernel command line.
+bed_cmdline_arg() {
+    for a in $(cat /proc/cmdline); do
+        case "$a" in "$1"=*) echo "${a#"$1"=}"; return 0 ;; esac
+    done
+    return 1
+}
+
+# PCI address of a device the launcher attached, by the name the scenario gave
+# it (bed.sh --device blk:NAME; Rust: Device::Blk("NAME")). Fails if unknown.
+bed_bdf() {
+    entry="$(bed_cmdline_arg passvm.devices | tr ',' '\n' | grep "^$1@")" ||
+        bed_fail "no device named '$1' (passvm.devices=$(bed_cmdline_arg passvm.devices))"
+    echo "${entry#*@}"
+}
+
+# PCI addresses with vendor:device (hex, no 0x), e.g. 1af4:1042 (virtio-blk).
+bed_find_pci() {
+    for d in /sys/bus/pci/devices/*; do
+        [ "$(cat "$d/vendor"):$(cat "$d/device")" = "0x${1%:*}:0x${1#*:}" ] && basename "$d"
+    done
+    return 0
+}
+bed_blk_bdfs() { bed_find_pci 1af4:1042; }
+
+bed_driver() {
+    [ -e "/sys/bus/pci/devices/$1/driver" ] && basename "$(readlink "/sys/bus/pci/devices/$1/driver")"
+    return 0
+}
+bed_iommu_group() { basename "$(readlink "/sys/bus/pci/devices/$1/iommu_group")"; }
+
+# Bind a PCI device to vfio-pci the way an administrator does: unbind its
+# driver, set driver_override, reprobe. Fails unless vfio-pci ends up bound.
+bed_bind_vfio() {
+    dev="/sys/bus/pci/devices/$1"
+    [ -e "$dev" ] || bed_fail "no PCI device $1"
+    [ -e "$dev/driver" ] && echo "$1" >"$dev/driver/unbind"
+    echo vfio-pci >"$dev/driver_override"
+    echo "$1" >/sys/bus/pci/drivers_probe
+    [ "$(bed_driver "$1")" = vfio-pci ] || bed_fail "$1 is not bound to vfio-pci (driver: $(bed_driver "$1"))"
+    bed_report bound "$1 group=$(bed_iommu_group "$1")"
+}
+
+# Return a device to its default driver.
+bed_unbind_vfio() {
+    dev="/sys/bus/pci/devices/$1"
+    [ -e "$dev/driver" ] && echo "$1" >"$dev/driver/unbind"
+    echo >"$dev/driver_override"
+    echo "$1" >/sys/bus/pci/drivers_probe
+}
+
+# The VFIO cdev of a bound device (/dev/vfio/devices/vfioN), empty without one.
+bed_vfio_cdev() {
+    for c in /sys/bus/pci/devices/"$1"/vfio-dev/vfio*; do
+        [ -e "$c" ] && echo "/dev/vfio/devices/$(basename "$c")"
+    done
+    return 0
+}
+
+# Report what the host offers a VMM: markers kvm, iommu, vfio_container,
+# vfio_group (one per group node), vfio_cdev (one per cdev), each yes/no or a path.
+bed_report_host() {
+    for f in /dev/kvm /dev/iommu /dev/vfio/vfio; do
+        case "$f" in /dev/vfio/vfio) k=vfio_container ;; *) k="${f#/dev/}" ;; esac
+        if [ -c "$f" ]; then bed_report "$k" yes; else bed_report "$k" no; fi
+    done
+    for g in /dev/vfio/[0-9]*; do [ -c "$g" ] && bed_report vfio_group "$g"; done
+    for c in /dev/vfio/devices/vfio*; do [ -c "$c" ] && bed_report vfio_cdev "$c"; done
+    return 0
+}
+
+# Create an mtty mediated device (a PCI UART; own kernel only) and print its
+# sysfs path, /sys/bus/mdev/devices/<uuid>.
+bed_mtty_create() {
+    uuid="$(cat /proc/sys/kernel/random/uuid)"
+    echo "$uuid" >/sys/class/mdev_bus/mtty/mdev_supported_types/mtty-${1:-2}/create ||
+        bed_fail "cannot create an mtty mdev (is this the bed's own kernel?)"
+    echo "/sys/bus/mdev/devices/$uuid"
+}
+
+# The L2 kernel command line for an L2 check (resources/l2/checks/NAME.sh).
+bed_l2_cmdline() {
+    echo "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd passvm.check=$1${2:+ $2}"
+}
+
+# Run passvm with its stdout (the guest's serial console) shown as "L2| ..." and
+# its stderr as "VMM| ...", straight on the console. Returns passvm's exit
+# status and reports markers passvm_rc and passvm_ms (wall time).
+# stdin is /dev/null: the console is L1's, not the guest's.
+BED_PV_RUNS=0
+bed_passvm() {
+    BED_PV_RUNS=$((BED_PV_RUNS + 1))
+    pv_fifo="/tmp/.passvm-$BED_PV_RUNS"
+    mkfifo "$pv_fifo.out" "$pv_fifo.err"
+    awk '{ print "L2| " $0; fflush() }' <"$pv_fifo.out" >&3 &
+    p_out=$!
+    awk '{ print "VMM| " $0; fflush() }' <"$pv_fifo.err" >&3 &
+    p_err=$!
+    t0="$(cut -d' ' -f1 /proc/uptime)"
+    "$PASSVM" "$@" </dev/null >"$pv_fifo.out" 2>"$pv_fifo.err"
+    pv_rc=$?
+    t1="$(cut -d' ' -f1 /proc/uptime)"
+    wait "$p_out" "$p_err"
+    rm -f "$pv_fifo.out" "$pv_fifo.err"
+    bed_report passvm_rc "$pv_rc"
+    bed_report passvm_ms "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%d", (b - a) * 1000 }')"
+    return "$pv_rc"
+}

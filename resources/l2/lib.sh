@@ -1,0 +1,19 @@
+# Helpers for L2 checks (busybox sh), sourced before resources/l2/checks/NAME.sh.
+
+# A marker the host-side test reads: appears as "L2| BED key=value" in the log.
+bed_report() { echo "BED $1=$2"; }
+
+# Stop the check with a reason; the init reports rc=1.
+bed_fail() { echo "BED fail=$*"; exit 1; }
+
+# Disks the launcher prepared start with "PASSVM-DISK name=NAME" in sector 0;
+# writes from L2 go to sector 2048 (1 MiB), where the host test looks for them.
+BED_WRITE_OFFSET_SECTORS=2048
+
+# Block devices of virtio-blk disks in this guest (vda vdb ...).
+bed_disks() { ls /sys/block 2>/dev/null | grep '^vd' || true; }
+
+# The name the launcher gave a disk, from its first sector.
+bed_disk_name() {
+    dd if="/dev/$1" bs=512 count=1 2>/dev/null | head -n 1 | sed -n 's/^PASSVM-DISK name=//p'
+}

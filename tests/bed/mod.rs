@@ -1,0 +1,582 @@
+//! The nested test bed, driven from integration tests.
+//!
+//! A [`Scenario`] boots L0 (QEMU, TCG) → L1 (a Linux with VFIO, iommufd and nested
+//! KVM) and runs one script from `resources/scenarios/` there; the script binds devices
+//! and runs passvm, which boots L2. [`Scenario::run`] returns an [`Outcome`]: QEMU's
+//! exit status, the whole serial log, the markers the scripts reported and the disk
+//! images for inspection. See `docs/test-bed.md` for the console protocol and for
+//! how to add a scenario.
+//!
+//! ```ignore
+//! mod bed;
+//! use bed::{Device, L1Kernel, Scenario};
+//!
+//! #[test]
+//! #[ignore = "nested bed: run with `cargo test -- --ignored`"]
+//! fn disk_reaches_l2() {
+//!     let out = Scenario::new("vm-disk").l1(L1Kernel::Own).device(Device::blk("d0")).run();
+//!     out.assert_ok();
+//!     assert_eq!(out.l2_marker("disk"), Some("vda d0"));
+//! }
+//! ```
+//!
+//! Guarantees: the bed is prepared (kernel builds, images) once per test binary;
+//! scenarios never overlap, across threads and test processes (one L0 takes both
+//! cores); every scenario has a deadline after which its process group is killed;
+//! no QEMU outlives its scenario, even when the test panics; and when a test fails
+//! while an [`Outcome`] is alive, the tail of its log is printed.
+
+// Each nested_*.rs test binary compiles this module and uses part of it.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Where the launcher writes a disk's name ("PASSVM-DISK name=NAME\n").
+pub const DISK_HEADER_OFFSET: u64 = 0;
+/// Where L2's `disk` check writes "PASSVM-L2-WROTE name=NAME\n" (sector 2048).
+pub const DISK_WRITE_OFFSET: u64 = 1 << 20;
+/// Default deadline of a scenario; a normal one takes well under a minute.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Which kernel L1 runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L1Kernel {
+    /// The bed's own kernel: iommufd, VFIO device cdevs, groups, mtty, all built in.
+    Own,
+    /// Debian's packaged 6.12 with its modules: VFIO groups only (no iommufd).
+    Debian,
+}
+
+impl L1Kernel {
+    fn as_arg(self) -> &'static str {
+        match self {
+            L1Kernel::Own => "own",
+            L1Kernel::Debian => "debian",
+        }
+    }
+}
+
+/// A device L0 gives L1. Names are how a scenario script finds it (`bed_bdf NAME`)
+/// and, for disks, the image file name (`NAME.img`) and its header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Device {
+    /// virtio-blk on the root bus (`0000:00:xx.0`): its own IOMMU group, no reset method.
+    Blk(String),
+    /// virtio-blk behind a PCIe root port (`0000:0N:00.0`): its own group, FLR/PM/bus reset.
+    BlkRootPort(String),
+    /// Two virtio-blk functions of one multifunction slot: one IOMMU group of two devices.
+    BlkMultifunction(String, String),
+    /// An e1000e NIC on QEMU's user network (10.0.2.2 answers ping).
+    E1000e(String),
+    /// QEMU's `edu` teaching device.
+    Edu(String),
+}
+
+impl Device {
+    /// Shorthand for [`Device::Blk`].
+    pub fn blk(name: &str) -> Self {
+        Device::Blk(name.to_owned())
+    }
+
+    /// Shorthand for [`Device::BlkRootPort`].
+    pub fn blk_root_port(name: &str) -> Self {
+        Device::BlkRootPort(name.to_owned())
+    }
+
+    /// Shorthand for [`Device::BlkMultifunction`].
+    pub fn blk_multifunction(a: &str, b: &str) -> Self {
+        Device::BlkMultifunction(a.to_owned(), b.to_owned())
+    }
+
+    /// Shorthand for [`Device::E1000e`].
+    pub fn e1000e(name: &str) -> Self {
+        Device::E1000e(name.to_owned())
+    }
+
+    fn spec(&self) -> String {
+        match self {
+            Device::Blk(n) => format!("blk:{n}"),
+            Device::BlkRootPort(n) => format!("blk-rp:{n}"),
+            Device::BlkMultifunction(a, b) => format!("blk-mf:{a}+{b}"),
+            Device::E1000e(n) => format!("e1000e:{n}"),
+            Device::Edu(n) => format!("edu:{n}"),
+        }
+    }
+
+    fn disks(&self) -> Vec<&str> {
+        match self {
+            Device::Blk(n) | Device::BlkRootPort(n) => vec![n.as_str()],
+            Device::BlkMultifunction(a, b) => vec![a.as_str(), b.as_str()],
+            Device::E1000e(_) | Device::Edu(_) => vec![],
+        }
+    }
+}
+
+/// One run of a scenario script (`resources/scenarios/NAME.sh`) in L1.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    name: String,
+    l1: L1Kernel,
+    devices: Vec<Device>,
+    timeout: Duration,
+    l1_append: Vec<String>,
+    memory_mib: u32,
+}
+
+impl Scenario {
+    /// A scenario running `resources/scenarios/NAME.sh` on the bed's own L1 kernel,
+    /// with no devices and the default deadline.
+    pub fn new(name: &str) -> Self {
+        Scenario {
+            name: name.to_owned(),
+            l1: L1Kernel::Own,
+            devices: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+            l1_append: Vec::new(),
+            memory_mib: 3072,
+        }
+    }
+
+    /// The L1 kernel.
+    pub fn l1(mut self, kernel: L1Kernel) -> Self {
+        self.l1 = kernel;
+        self
+    }
+
+    /// Adds a virtio-blk disk on the root bus ([`Device::Blk`]).
+    pub fn disk(self, name: &str) -> Self {
+        self.device(Device::blk(name))
+    }
+
+    /// Adds a device; L0 attaches them in this order.
+    pub fn device(mut self, device: Device) -> Self {
+        self.devices.push(device);
+        self
+    }
+
+    /// The deadline for the whole run (L0 start to L0 exit). QEMU is killed after it.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Extra L1 kernel arguments (e.g. `loglevel=7` while debugging).
+    pub fn l1_append(mut self, args: &str) -> Self {
+        self.l1_append.push(args.to_owned());
+        self
+    }
+
+    /// L1's RAM in MiB (default 3072).
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Prepares the bed if this test binary has not yet, waits for the bed to be free,
+    /// runs the scenario to its end or its deadline and returns what happened.
+    ///
+    /// Panics only when the bed itself cannot be set up or started (a test of the
+    /// scenario's outcome is the caller's job: see [`Outcome::assert_ok`]).
+    pub fn run(self) -> Outcome {
+        prepare();
+        let workdir = new_workdir(&self.name);
+        let _bed = BedLock::acquire();
+        let log_path = workdir.join("serial.log");
+        let mut log_file = File::create(&log_path).expect("create the serial log");
+
+        let mut cmd = Command::new("bash");
+        // stderr into the same pipe keeps the launcher's and QEMU's messages in
+        // order with the console.
+        cmd.arg("-c")
+            .arg(r#"exec "$0" "$@" 2>&1"#)
+            .arg(resources().join("bed.sh"))
+            .arg("launch")
+            .args(["--scenario", &self.name])
+            .args(["--l1", self.l1.as_arg()])
+            .arg("--workdir")
+            .arg(&workdir)
+            // The launcher's own deadline is a backstop; ours comes first.
+            .args(["--timeout", &(self.timeout.as_secs() + 30).to_string()])
+            .args(["--memory", &self.memory_mib.to_string()]);
+        for d in &self.devices {
+            cmd.args(["--device", &d.spec()]);
+        }
+        if !self.l1_append.is_empty() {
+            cmd.args(["--append", &self.l1_append.join(" ")]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            // Its own process group, so the deadline and Drop can kill QEMU and
+            // everything else the launcher started with one signal.
+            .process_group(0);
+
+        let start = Instant::now();
+        let mut group = ProcessGroup(cmd.spawn().expect("start resources/bed.sh launch"));
+        let stdout = group.0.stdout.take().expect("piped stdout");
+        let log = Arc::new(Mutex::new(String::new()));
+        let reader = {
+            let log = Arc::clone(&log);
+            let echo = std::env::var_os("PASSVM_BED_VERBOSE").is_some();
+            thread::spawn(move || {
+                let mut lines = BufReader::new(stdout);
+                let mut buf = Vec::new();
+                while matches!(lines.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                    let line = String::from_utf8_lossy(&buf);
+                    let _ = log_file.write_all(line.as_bytes());
+                    if echo {
+                        eprint!("{line}");
+                    }
+                    log.lock().unwrap().push_str(&line);
+                    buf.clear();
+                }
+            })
+        };
+
+        let mut timed_out = false;
+        let status = loop {
+            if let Some(status) = group.0.try_wait().expect("wait for the launcher") {
+                break status;
+            }
+            if start.elapsed() > self.timeout {
+                timed_out = true;
+                group.kill();
+                break group.0.wait().expect("wait for the killed launcher");
+            }
+            thread::sleep(Duration::from_millis(100));
+        };
+        // Nothing may survive the launcher (its QEMU is `exec`ed, but be sure).
+        group.kill();
+        let _ = reader.join();
+        let elapsed = start.elapsed();
+
+        let mut log = std::mem::take(&mut *log.lock().unwrap());
+        // Serial consoles end lines with CRLF.
+        log.retain(|c| c != '\r');
+        let disks = self
+            .devices
+            .iter()
+            .flat_map(|d| d.disks())
+            .map(|n| (n.to_owned(), workdir.join(format!("{n}.img"))))
+            .collect();
+        let outcome = Outcome {
+            scenario: self.name,
+            status: status.code(),
+            signal: status.signal(),
+            timed_out,
+            elapsed,
+            timeout: self.timeout,
+            log,
+            log_path,
+            workdir,
+            disks,
+        };
+        eprintln!(
+            "[bed] scenario {} finished in {:.1} s: {}",
+            outcome.scenario,
+            elapsed.as_secs_f64(),
+            outcome.summary()
+        );
+        outcome
+    }
+}
+
+/// What a scenario run produced. When the test panics while this is alive, the tail
+/// of the log is printed and the work directory (serial log, disk images) is kept.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The launcher's exit status: QEMU's (0 after L1 powered off), 124 when its
+    /// backstop deadline fired, `None` when it was killed by a signal.
+    pub status: Option<i32>,
+    /// The signal that ended the launcher, if any.
+    pub signal: Option<i32>,
+    /// The deadline passed and the run was killed.
+    pub timed_out: bool,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// The deadline the run had.
+    pub timeout: Duration,
+    /// Everything L0 printed: L1's console (kernel, `L1| `, `L2| `, `VMM| ` lines),
+    /// the launcher's `[bed]` lines and QEMU's messages; CR removed.
+    pub log: String,
+    /// The same log on disk (kept after the test).
+    pub log_path: PathBuf,
+    /// The run's directory: `serial.log` and the disk images.
+    pub workdir: PathBuf,
+    /// Disk name → raw image L0 used (L2's writes land here).
+    pub disks: BTreeMap<String, PathBuf>,
+}
+
+impl Outcome {
+    /// Lines L1's userspace printed (init and scenario), without the `L1| ` prefix.
+    pub fn l1_lines(&self) -> impl Iterator<Item = &str> {
+        self.prefixed("L1| ")
+    }
+
+    /// Lines of L2's serial console (passvm's stdout), without the `L2| ` prefix.
+    pub fn l2_lines(&self) -> impl Iterator<Item = &str> {
+        self.prefixed("L2| ")
+    }
+
+    /// Lines passvm printed on stderr (its log and errors), without `VMM| `.
+    pub fn vmm_lines(&self) -> impl Iterator<Item = &str> {
+        self.prefixed("VMM| ")
+    }
+
+    fn prefixed<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.log.lines().filter_map(move |l| l.strip_prefix(prefix))
+    }
+
+    /// Every value of an L1 marker (`bed_report KEY VALUE` in a scenario), in order.
+    pub fn markers(&self, key: &str) -> Vec<&str> {
+        markers_in(self.l1_lines(), key)
+    }
+
+    /// The first value of an L1 marker.
+    pub fn marker(&self, key: &str) -> Option<&str> {
+        self.markers(key).into_iter().next()
+    }
+
+    /// Every value of an L2 marker (`bed_report KEY VALUE` in an L2 check).
+    pub fn l2_markers(&self, key: &str) -> Vec<&str> {
+        markers_in(self.l2_lines(), key)
+    }
+
+    /// The first value of an L2 marker.
+    pub fn l2_marker(&self, key: &str) -> Option<&str> {
+        self.l2_markers(key).into_iter().next()
+    }
+
+    /// The scenario script's exit status from L1's final
+    /// `PASSVM-BED-RESULT scenario=NAME rc=N` line; `None` if L1 never got there.
+    pub fn scenario_rc(&self) -> Option<i32> {
+        self.result_rc("PASSVM-BED-RESULT ", self.log.lines())
+    }
+
+    /// The L2 check's exit status from `PASSVM-L2-RESULT check=NAME rc=N`; `None` if
+    /// L2 never got there.
+    pub fn l2_rc(&self) -> Option<i32> {
+        self.result_rc("PASSVM-L2-RESULT ", self.l2_lines())
+    }
+
+    fn result_rc<'a>(&self, tag: &str, mut lines: impl Iterator<Item = &'a str>) -> Option<i32> {
+        lines
+            .find_map(|l| l.strip_prefix(tag))
+            .and_then(|rest| rest.split_whitespace().find_map(|w| w.strip_prefix("rc=")))
+            .and_then(|rc| rc.parse().ok())
+    }
+
+    /// The raw image of disk `name`.
+    pub fn disk(&self, name: &str) -> &Path {
+        self.disks
+            .get(name)
+            .unwrap_or_else(|| panic!("scenario {} has no disk named {name}", self.scenario))
+    }
+
+    /// `len` bytes of disk `name` at `offset`, as L0 sees them after the run.
+    pub fn read_disk(&self, name: &str, offset: u64, len: usize) -> Vec<u8> {
+        let mut f = File::open(self.disk(name)).expect("open disk image");
+        f.seek(SeekFrom::Start(offset)).expect("seek disk image");
+        let mut buf = vec![0; len];
+        f.read_exact(&mut buf).expect("read disk image");
+        buf
+    }
+
+    /// Whether L2's `disk` check wrote its line to disk `name` (checked in L0's image).
+    pub fn l2_wrote(&self, name: &str) -> bool {
+        let want = format!("PASSVM-L2-WROTE name={name}\n");
+        self.read_disk(name, DISK_WRITE_OFFSET, want.len()) == want.as_bytes()
+    }
+
+    /// QEMU exited by itself (L1 powered off) and the scenario script returned 0.
+    pub fn succeeded(&self) -> bool {
+        !self.timed_out && self.status == Some(0) && self.scenario_rc() == Some(0)
+    }
+
+    /// One line saying how the run ended.
+    pub fn summary(&self) -> String {
+        if self.timed_out {
+            return format!("killed at its {} s deadline", self.timeout.as_secs());
+        }
+        let l0 = match (self.status, self.signal) {
+            (Some(0), _) => "QEMU exited".to_owned(),
+            (Some(124), _) => "QEMU stopped by the launcher's deadline".to_owned(),
+            (Some(c), _) => format!("QEMU failed with status {c}"),
+            (None, Some(s)) => format!("launcher killed by signal {s}"),
+            (None, None) => "launcher ended without a status".to_owned(),
+        };
+        match self.scenario_rc() {
+            Some(rc) => format!("{l0}, scenario rc={rc}"),
+            None => format!("{l0}, L1 never reported a scenario result"),
+        }
+    }
+
+    /// Panics (printing the log tail) unless [`Outcome::succeeded`].
+    pub fn assert_ok(&self) {
+        assert!(
+            self.succeeded(),
+            "scenario {} did not succeed: {}",
+            self.scenario,
+            self.summary()
+        );
+    }
+
+    /// The last `n` lines of the log.
+    pub fn tail(&self, n: usize) -> String {
+        let lines: Vec<&str> = self.log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "\n[bed] ---- scenario {} ({}): last lines of {} ----\n{}\n[bed] ---- end of log (full log and disks kept in {}) ----",
+                self.scenario,
+                self.summary(),
+                self.log_path.display(),
+                self.tail(60),
+                self.workdir.display()
+            );
+        } else {
+            // Keep the log of a passing run; its disk images are just weight.
+            for img in self.disks.values() {
+                let _ = fs::remove_file(img);
+            }
+        }
+    }
+}
+
+fn markers_in<'a>(lines: impl Iterator<Item = &'a str>, key: &str) -> Vec<&'a str> {
+    lines
+        .filter_map(|l| l.strip_prefix("BED "))
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// The launcher's process group; killed on drop so a panicking test leaves no QEMU.
+struct ProcessGroup(Child);
+
+impl ProcessGroup {
+    fn kill(&mut self) {
+        let Ok(pgid) = i32::try_from(self.0.id()) else {
+            return;
+        };
+        // SAFETY: kill(2) takes no pointers; -pgid names the group created by
+        // process_group(0) at spawn, whose leader is our still-unreaped child, so the
+        // id cannot have been reused by an unrelated group.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Held while a scenario runs: an flock on a file in the bed's cache, so scenarios
+/// of every thread and test process on this machine run one at a time.
+struct BedLock(File);
+
+impl BedLock {
+    fn acquire() -> Self {
+        let dir = cache_dir();
+        fs::create_dir_all(&dir).expect("create the bed cache directory");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("bed.lock"))
+            .expect("open the bed lock");
+        let waited = Instant::now();
+        loop {
+            // SAFETY: flock(2) on a descriptor `file` owns; no memory is shared.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            assert_eq!(
+                err.kind(),
+                std::io::ErrorKind::Interrupted,
+                "flock the bed lock: {err}"
+            );
+        }
+        if waited.elapsed() > Duration::from_secs(1) {
+            eprintln!(
+                "[bed] waited {:.0} s for the bed",
+                waited.elapsed().as_secs_f64()
+            );
+        }
+        BedLock(file)
+    }
+}
+
+fn resources() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("resources")
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PASSVM_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME must be set for the bed cache");
+    base.join("passvm")
+}
+
+/// Runs `resources/bed.sh prepare` once per test binary (kernel, Debian kernel,
+/// static passvm, images; cached, so cheap when nothing changed).
+fn prepare() {
+    static PREPARED: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = PREPARED.get_or_init(|| {
+        let start = Instant::now();
+        let status = Command::new(resources().join("bed.sh"))
+            .arg("prepare")
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run resources/bed.sh: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "resources/bed.sh prepare failed ({status}): see its output above"
+            ));
+        }
+        eprintln!("[bed] prepared in {:.1} s", start.elapsed().as_secs_f64());
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("the nested bed is not ready: {e}");
+    }
+}
+
+fn new_workdir(name: &str) -> PathBuf {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, Ordering::Relaxed);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("bed")
+        .join(format!("{name}-{}-{n}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create the scenario's work directory");
+    dir
+}

@@ -1,0 +1,110 @@
+//! The nested bed itself (issue 2): L1 on each kernel, a virtio-blk bound to vfio-pci,
+//! and what a VMM then finds. Both run `resources/scenarios/bed-vfio.sh`; the
+//! assertions are on the markers L1 reports, so they fail if the device is not bound
+//! or the kernel lacks what the test expects.
+
+mod bed;
+
+use bed::{L1Kernel, Outcome, Scenario};
+
+/// The disk's BDF and IOMMU group from the `bound` marker ("BDF group=N").
+fn bound(out: &Outcome) -> (String, String) {
+    let bound = out
+        .marker("bound")
+        .expect("L1 reported no device bound to vfio-pci");
+    let (bdf, group) = bound
+        .split_once(" group=")
+        .unwrap_or_else(|| panic!("malformed bound marker {bound:?}"));
+    (bdf.to_owned(), group.to_owned())
+}
+
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_bed -- --ignored"]
+fn own_kernel_offers_kvm_iommufd_and_a_vfio_cdev() {
+    let out = Scenario::new("bed-vfio").l1(L1Kernel::Own).disk("d0").run();
+    out.assert_ok();
+
+    let (bdf, group) = bound(&out);
+    assert_eq!(bdf, "0000:00:10.0", "d0 is the first root-bus device");
+    assert_eq!(
+        out.marker("driver_before"),
+        Some("0000:00:10.0 virtio-pci"),
+        "L1's virtio driver had the disk before the bind"
+    );
+    assert_eq!(out.marker("kvm"), Some("yes"), "nested KVM: /dev/kvm in L1");
+    assert_eq!(
+        out.marker("iommu"),
+        Some("yes"),
+        "iommufd: /dev/iommu in L1"
+    );
+
+    // The cdev the device's sysfs names must be the one in /dev, and the only one.
+    let sysfs = out.marker("sysfs_cdev").expect("sysfs_cdev marker");
+    let cdev = sysfs
+        .strip_prefix(&format!("{bdf} "))
+        .unwrap_or_else(|| panic!("sysfs_cdev {sysfs:?} is not for {bdf}"));
+    assert!(
+        cdev.starts_with("/dev/vfio/devices/vfio"),
+        "{bdf} has no vfio-dev/vfioN in sysfs ({sysfs:?})"
+    );
+    assert_eq!(out.markers("vfio_cdev"), vec![cdev]);
+    // The group interface stays available next to the cdev.
+    assert_eq!(
+        out.markers("vfio_group"),
+        vec![format!("/dev/vfio/{group}")]
+    );
+    assert_eq!(out.marker("vfio_container"), Some("yes"));
+    assert_eq!(
+        out.marker("modules"),
+        None,
+        "the bed kernel has everything built in"
+    );
+}
+
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_bed -- --ignored"]
+fn debian_kernel_offers_the_vfio_group_only() {
+    let out = Scenario::new("bed-vfio")
+        .l1(L1Kernel::Debian)
+        .disk("d0")
+        .run();
+    out.assert_ok();
+
+    let modules = out
+        .marker("modules")
+        .expect("L1 reported no module loading");
+    for m in [
+        "kvm_amd",
+        "virtio_iommu",
+        "vfio",
+        "vfio_iommu_type1",
+        "vfio_pci",
+    ] {
+        assert!(
+            modules.split(',').any(|x| x == m),
+            "module {m} was not loaded (loaded: {modules})"
+        );
+    }
+    let (bdf, group) = bound(&out);
+    assert_eq!(bdf, "0000:00:10.0");
+    assert_eq!(out.marker("driver_before"), Some("0000:00:10.0 virtio-pci"));
+    assert_eq!(out.marker("kvm"), Some("yes"), "nested KVM: /dev/kvm in L1");
+    assert_eq!(
+        out.marker("iommu"),
+        Some("no"),
+        "Debian 6.12 has no CONFIG_IOMMUFD"
+    );
+    assert_eq!(
+        out.markers("vfio_group"),
+        vec![format!("/dev/vfio/{group}")]
+    );
+    assert_eq!(out.marker("vfio_container"), Some("yes"));
+    assert!(
+        out.markers("vfio_cdev").is_empty(),
+        "no /dev/vfio/devices without iommufd"
+    );
+    assert_eq!(
+        out.marker("sysfs_cdev"),
+        Some(format!("{bdf} none").as_str())
+    );
+}
