@@ -173,12 +173,24 @@ mod tests {
         let mut bus = Bus::new();
         let d = || Arc::new(Mutex::new(Recorder::default()));
         bus.insert(d(), 0x100, 0x100).unwrap();
-        assert!(matches!(bus.insert(d(), 0x1ff, 1), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(d(), 0x80, 0x81), Err(BusError::Overlap { .. })));
+        assert!(matches!(
+            bus.insert(d(), 0x1ff, 1),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), 0x80, 0x81),
+            Err(BusError::Overlap { .. })
+        ));
         assert!(bus.insert(d(), 0x200, 1).is_ok());
         assert!(bus.insert(d(), 0x80, 0x80).is_ok());
-        assert!(matches!(bus.insert(d(), 0x1000, 0), Err(BusError::InvalidRange { .. })));
-        assert!(matches!(bus.insert(d(), u64::MAX, 2), Err(BusError::InvalidRange { .. })));
+        assert!(matches!(
+            bus.insert(d(), 0x1000, 0),
+            Err(BusError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), u64::MAX, 2),
+            Err(BusError::InvalidRange { .. })
+        ));
         assert!(bus.remove(0x100).is_ok());
         assert_eq!(bus.remove(0x100).err(), Some(BusError::NotFound(0x100)));
     }
