@@ -1,13 +1,23 @@
-//! Command-line definitions (clap). Nothing here outlives parsing: `config.rs`
+//! Command-line definitions (clap) and the small parsers for cloud-hypervisor style
+//! option lists (`size=1G,hugepages=on`). Nothing here outlives parsing: `config.rs`
 //! turns these raw values into a validated [`crate::config::VmConfig`].
 
 use clap::{Args, Parser, Subcommand};
 
 const EXAMPLES: &str = "\
 Examples:
-  Boot a guest with 2 vCPUs and 1 GiB of RAM, passing a PCI device through:
-    passvm --kernel vmlinux --initramfs initrd.cpio.gz --cmdline \"console=ttyS0\" \\
-           --cpus boot=2 --memory size=1G --device /dev/vfio/pci/0000:0a:03.1
+  Boot a kernel with the defaults (1 vCPU, 512 MiB, serial console on this terminal):
+    passvm --kernel vmlinux
+
+  2 vCPUs, 1 GiB on 2 MiB hugepages, an initramfs and an explicit command line:
+    passvm --kernel bzImage --initramfs initrd.cpio.gz --cpus boot=2 \\
+           --memory size=1G,hugepages=on --cmdline \"console=ttyS0 reboot=k panic=1 rdinit=/init\"
+
+  Keep the guest console in a file instead of the terminal:
+    passvm --kernel vmlinux --serial file=/tmp/guest.log
+
+  Pass a PCI device through (see `passvm devices` for what can be assigned):
+    passvm --kernel vmlinux --memory size=1G --device 0000:0a:03.1
 
   The same device, named other ways:
     --device 0000:0a:03.1                      (bare BDF; 0a:03.1 implies domain 0)
@@ -17,9 +27,21 @@ Examples:
     --device /sys/bus/mdev/devices/<uuid>      (a mediated device)
     --device path=0000:0a:03.1,id=disk0,managed=on
 
+  Check what a command line would do without starting the VM:
+    passvm --kernel vmlinux --device 0000:0a:03.1 --dry-run
+
   List devices and whether they can be assigned, then bind one to vfio-pci:
     passvm devices
     passvm bind 0000:0a:03.1
+
+Exit status of a VM run:
+    0    the guest rebooted (reboot, i8042 reset) or powered off
+    1    passvm failed (setup error, KVM entry failure, vCPU error)
+    2    bad command line
+    3    the guest triple-faulted
+    4    the guest kernel panicked (\"Kernel panic - not syncing\" seen on its serial
+         console, or a KVM crash event)
+    130  stopped by SIGINT;  143  stopped by SIGTERM
 ";
 
 /// passvm: a KVM virtual machine monitor built for PCI device passthrough with VFIO.
@@ -46,19 +68,22 @@ pub struct VmArgs {
     #[arg(long, value_name = "PATH")]
     pub initramfs: Option<std::path::PathBuf>,
 
-    /// Kernel command line.
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux
+    /// i8042.dumbkbd"].
     #[arg(long, value_name = "STRING")]
     pub cmdline: Option<String>,
 
-    /// vCPUs: boot=N.
+    /// vCPUs: boot=N (or just N) [default: boot=1].
     #[arg(long, value_name = "boot=N")]
     pub cpus: Option<String>,
 
-    /// Guest RAM: size=SIZE[,hugepages=on|off] (SIZE like 512M, 2G).
+    /// Guest RAM: size=SIZE[,hugepages=on|off], SIZE in bytes or with a K, M, G or T suffix
+    /// (512M, 2G); a bare SIZE is accepted too [default: size=512M].
     #[arg(long, value_name = "size=SIZE[,hugepages=on]")]
     pub memory: Option<String>,
 
-    /// Guest serial port (COM1): tty (stdin/stdout), file=PATH, or off.
+    /// Guest serial port (COM1): tty (this terminal: output to stdout, input from stdin),
+    /// file=PATH (output only), or off [default: tty].
     #[arg(long, value_name = "tty|file=PATH|off")]
     pub serial: Option<String>,
 
@@ -101,4 +126,221 @@ pub enum Command {
         /// PCI address (DDDD:BB:DD.F or BB:DD.F).
         bdf: String,
     },
+}
+
+/// A parse failure in an option list or a size. The message names the bad part and the
+/// accepted form, so it can be shown to the user as is.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OptionError {
+    /// A key this option does not know.
+    #[error("unknown key '{key}' (accepted: {accepted})")]
+    UnknownKey {
+        /// The key as given.
+        key: String,
+        /// The keys the option accepts, for the message.
+        accepted: String,
+    },
+    /// The same key twice.
+    #[error("'{0}' is given twice")]
+    DuplicateKey(String),
+    /// A `key=` with nothing after it, or an empty item between commas.
+    #[error("empty value in '{0}'")]
+    Empty(String),
+    /// A value that is not a size.
+    #[error("'{0}' is not a size: use bytes or a number with K, M, G or T (e.g. 512M, 2G)")]
+    BadSize(String),
+    /// A value that is not on/off.
+    #[error("'{0}' is not on or off")]
+    BadBool(String),
+    /// A value that is not a whole number.
+    #[error("'{0}' is not a whole number")]
+    BadNumber(String),
+}
+
+/// `key=value` pairs of one option, in order, after checking each key is known and unique.
+///
+/// A first item without `=` is taken as the value of `keys[0]`, so `--memory 1G` means
+/// `--memory size=1G` and `--cpus 2` means `--cpus boot=2`.
+pub fn parse_option_list<'a>(
+    input: &'a str,
+    keys: &[&'a str],
+) -> Result<Vec<(&'a str, &'a str)>, OptionError> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for (i, item) in input.split(',').enumerate() {
+        if item.trim().is_empty() {
+            return Err(OptionError::Empty(input.to_string()));
+        }
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim()),
+            None if i == 0 && !keys.is_empty() => (keys[0], item.trim()),
+            None => (item.trim(), ""),
+        };
+        if !keys.contains(&key) {
+            return Err(OptionError::UnknownKey {
+                key: key.to_string(),
+                accepted: keys.join(", "),
+            });
+        }
+        if value.is_empty() {
+            return Err(OptionError::Empty(item.to_string()));
+        }
+        if out.iter().any(|(k, _)| *k == key) {
+            return Err(OptionError::DuplicateKey(key.to_string()));
+        }
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// Parses `512M`, `2G`, `1024K`, `1T` or plain bytes (binary multiples; `MiB`/`MB` spellings
+/// mean the same as `M`).
+pub fn parse_size(s: &str) -> Result<u64, OptionError> {
+    let bad = || OptionError::BadSize(s.to_string());
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(digits_end);
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let shift = match suffix.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+/// Parses `on`/`off` (also `true`/`false`).
+pub fn parse_on_off(s: &str) -> Result<bool, OptionError> {
+    match s {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(OptionError::BadBool(s.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("passvm").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn vm_options_parse_into_raw_strings() {
+        let c = cli(&[
+            "--kernel",
+            "vmlinux",
+            "--cpus",
+            "boot=2",
+            "--memory",
+            "size=1G,hugepages=on",
+            "--serial",
+            "off",
+            "--device",
+            "0000:00:04.0",
+            "--device",
+            "/dev/vfio/7",
+        ])
+        .unwrap();
+        assert!(c.command.is_none());
+        assert_eq!(
+            c.vm.kernel.as_deref(),
+            Some(std::path::Path::new("vmlinux"))
+        );
+        assert_eq!(c.vm.cpus.as_deref(), Some("boot=2"));
+        assert_eq!(c.vm.memory.as_deref(), Some("size=1G,hugepages=on"));
+        assert_eq!(c.vm.device, vec!["0000:00:04.0", "/dev/vfio/7"]);
+        assert_eq!(c.vm.vfio_backend, "auto");
+    }
+
+    #[test]
+    fn subcommands_and_vm_options_do_not_mix() {
+        assert!(matches!(
+            cli(&["devices", "--json"]).unwrap().command,
+            Some(Command::Devices {
+                json: true,
+                all: false
+            })
+        ));
+        assert!(cli(&["--kernel", "k", "devices"]).is_err());
+        assert!(cli(&["--kernel"]).is_err(), "--kernel needs a value");
+        assert!(cli(&["--no-such-flag"]).is_err());
+    }
+
+    #[test]
+    fn help_lists_examples_and_exit_codes() {
+        let help = cli(&["--help"]).unwrap_err().to_string();
+        assert!(help.contains("passvm --kernel vmlinux"));
+        assert!(help.contains("143  stopped by SIGTERM"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1024K"), Ok(1 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        for bad in [
+            "",
+            "M",
+            "1.5G",
+            "-1G",
+            "12Q",
+            "1 G G",
+            "99999999999999999999",
+            "16777216T",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} must be rejected");
+        }
+    }
+
+    #[test]
+    fn option_lists() {
+        let keys = ["size", "hugepages"];
+        assert_eq!(
+            parse_option_list("size=1G,hugepages=on", &keys),
+            Ok(vec![("size", "1G"), ("hugepages", "on")])
+        );
+        assert_eq!(parse_option_list("1G", &keys), Ok(vec![("size", "1G")]));
+        assert_eq!(
+            parse_option_list("1G,hugepages=off", &keys),
+            Ok(vec![("size", "1G"), ("hugepages", "off")])
+        );
+        assert!(matches!(
+            parse_option_list("size=1G,huge=on", &keys),
+            Err(OptionError::UnknownKey { .. })
+        ));
+        assert!(matches!(
+            parse_option_list("size=1G,size=2G", &keys),
+            Err(OptionError::DuplicateKey(_))
+        ));
+        assert!(matches!(
+            parse_option_list("size=", &keys),
+            Err(OptionError::Empty(_))
+        ));
+        assert!(matches!(
+            parse_option_list("size=1G,", &keys),
+            Err(OptionError::Empty(_))
+        ));
+        assert!(matches!(
+            parse_option_list("size=1G,on", &keys),
+            Err(OptionError::UnknownKey { .. })
+        ));
+    }
+
+    #[test]
+    fn on_off() {
+        assert_eq!(parse_on_off("on"), Ok(true));
+        assert_eq!(parse_on_off("off"), Ok(false));
+        assert!(parse_on_off("yes").is_err());
+    }
 }

@@ -3,7 +3,15 @@
 mod boot;
 mod cli;
 mod commands;
+mod config;
+mod console;
+mod dry_run;
+mod exit;
+mod interrupts;
 mod memory;
+mod signals;
+mod terminal;
+mod vcpu;
 mod vmm;
 
 use clap::Parser;

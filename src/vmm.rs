@@ -1,17 +1,429 @@
-//! Builds a VM from the command line and runs it to completion.
+//! Builds a VM from a [`VmConfig`] and runs it to completion.
 //!
-//! OWNER: VMM-core helper.
+//! Build order (each step needs the previous ones):
+//! 1. `/dev/kvm`, the VM fd, and the capabilities passvm cannot work without;
+//! 2. the TSS and identity-map pages KVM needs on Intel for real-mode emulation, placed
+//!    in the unused top of the 4 GiB space, above the MSI window and away from RAM and the
+//!    32-bit BAR hole (`set_identity_map_address` must precede the first vCPU);
+//! 3. the in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT, then [`Interrupts`], which
+//!    takes over the GSI routing table;
+//! 4. guest RAM (`memory::create_guest_memory`) and one memslot per region;
+//! 5. the kernel, initramfs, command line and boot tables (`boot::load`);
+//! 6. the legacy devices and the PCI root on the port-I/O bus;
+//! 7. the vCPUs, each configured by `boot::setup_vcpu`.
+//!
+//! Threading model: the main thread runs the event loop (event-manager: stdin, the
+//! termination signalfd, the UART's FIFO-space event and the stop latch); each vCPU has
+//! its own thread. Devices are `Arc<Mutex<_>>` on shared buses and run on whichever vCPU
+//! thread touched them; interrupts leave through irqfds, never through the main thread.
+//! Any thread may set the stop latch ([`VmExit`]); the main thread then kicks the vCPUs,
+//! joins them and reports the reason.
 
+use std::io;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, RwLock};
 
+use devices::bus::{Bus, BusError};
+use devices::legacy::{cmos, i8042, serial, Cmos, Serial, Sink, I8042};
+use devices::pci::host_bridge::{PciRoot, PCI_CONFIG_BASE, PCI_CONFIG_PORTS};
+use devices::pci::{InterruptRouting, RoutingError};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::boot::{self, BootConfig, BootError};
 use crate::cli::VmArgs;
+use crate::config::{SerialConfig, VmConfig};
+use crate::console::{self, ConsoleInput, ConsoleOutput};
+use crate::exit::{ExitReason, VmExit, EXIT_ERROR, EXIT_USAGE};
+use crate::interrupts::Interrupts;
+use crate::memory::{self, MemoryError};
+use crate::signals::TerminationSignals;
+use crate::terminal::RawMode;
+use crate::vcpu::{self, Buses, Vcpu};
+
+/// KVM's TSS (three pages) for vCPUs in real mode on Intel: in the unused space between the
+/// LAPIC/MSI window and the 4 GiB boundary (where firmware would be), outside RAM and BARs.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+/// KVM's identity-map page table page (Intel, unrestricted guest off), just below the TSS.
+pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// A failure while building or running the VM. Each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// `/dev/kvm` is missing.
+    #[error("/dev/kvm does not exist: enable virtualization (VT-x/AMD-V) in the firmware and load the kvm_intel or kvm_amd module")]
+    KvmMissing,
+    /// `/dev/kvm` is not accessible.
+    #[error("no permission to open /dev/kvm: add yourself to the kvm group (sudo usermod -aG kvm $USER, then log in again) or run as root")]
+    KvmPermission,
+    /// Other `/dev/kvm` failures.
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(io::Error),
+    /// A KVM feature passvm relies on.
+    #[error("this KVM lacks {0}, which passvm needs; use a newer host kernel")]
+    KvmCapability(&'static str),
+    /// Too many vCPUs for this host.
+    #[error("--cpus boot={want}: this host's KVM allows at most {max} vCPUs per VM")]
+    TooManyVcpus {
+        /// Requested.
+        want: u8,
+        /// KVM's limit.
+        max: usize,
+    },
+    /// A KVM call during setup.
+    #[error("KVM {op} failed: {source}")]
+    Kvm {
+        /// The step.
+        op: &'static str,
+        /// The kernel's error.
+        source: io::Error,
+    },
+    /// Guest RAM.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Kernel loading.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// GSI routing.
+    #[error("interrupt routing: {0}")]
+    Routing(#[from] RoutingError),
+    /// The serial log file.
+    #[error("--serial file={path}: cannot open it ({source}); check the directory exists and is writable")]
+    SerialFile {
+        /// The path.
+        path: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Port ranges (a programming error, reported rather than panicking).
+    #[error("device layout: {0}")]
+    Bus(#[from] BusError),
+    /// Event loop, threads, eventfds.
+    #[error("{what}: {source}")]
+    Host {
+        /// The step.
+        what: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |e| VmError::Kvm {
+        op,
+        source: io::Error::from_raw_os_error(e.errno()),
+    }
+}
+
+fn host_err(what: &'static str) -> impl FnOnce(io::Error) -> VmError {
+    move |source| VmError::Host { what, source }
+}
 
 /// Runs the VM described by `args` and returns the process exit code.
 pub fn run(args: VmArgs) -> ExitCode {
-    if args.kernel.is_none() {
-        eprintln!("passvm: nothing to do: give --kernel PATH to boot a VM, or see --help");
-        return ExitCode::from(2);
+    let config = match VmConfig::from_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("passvm: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if config.dry_run {
+        return crate::dry_run::print_plan(&config);
     }
-    eprintln!("passvm: running a VM is not implemented yet");
-    ExitCode::from(2)
+    if !config.devices.is_empty() {
+        eprintln!(
+            "passvm: --device {}: device passthrough is not in this build yet (it lands with issue 5); \
+             run without --device, or add --dry-run to see how the devices resolve",
+            config.devices[0]
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match Vm::build(&config).and_then(Vm::run) {
+        Ok(reason) => {
+            eprintln!("passvm: {reason}");
+            ExitCode::from(reason.code())
+        }
+        Err(e) => {
+            eprintln!("passvm: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// A built VM, ready to start.
+pub struct Vm {
+    // Field order is drop order: vCPUs and devices go before the memory they point into.
+    vcpus: Vec<Vcpu>,
+    input: Option<ConsoleInput>,
+    raw_mode: Option<RawMode>,
+    signals: TerminationSignals,
+    exit: Arc<VmExit>,
+    _buses: Buses,
+    _interrupts: Arc<Interrupts>,
+    _vm: Arc<VmFd>,
+    _mem: GuestMemoryMmap,
+}
+
+fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => VmError::KvmMissing,
+        libc::EACCES | libc::EPERM => VmError::KvmPermission,
+        n => VmError::KvmOpen(io::Error::from_raw_os_error(n)),
+    })
+}
+
+fn check_capabilities(kvm: &Kvm) -> Result<(), VmError> {
+    let needed = [
+        (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
+        (Cap::Irqfd, "irqfd (KVM_CAP_IRQFD)"),
+        (Cap::IrqRouting, "GSI routing (KVM_CAP_IRQ_ROUTING)"),
+        (Cap::Pit2, "the in-kernel PIT (KVM_CAP_PIT2)"),
+        (Cap::UserMemory, "user memory regions (KVM_CAP_USER_MEMORY)"),
+        (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+    ];
+    for (cap, name) in needed {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::KvmCapability(name));
+        }
+    }
+    Ok(())
+}
+
+/// Maps every region of `mem` into the VM, one memslot each.
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| VmError::Host {
+                what: "guest memory region",
+                source: io::Error::other(e.to_string()),
+            })?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mapping of `memory_size` bytes owned by `mem`, which
+        // the Vm keeps until after every vCPU has stopped; slots do not overlap because
+        // vm-memory rejects overlapping regions.
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+fn serial_output(cfg: &SerialConfig) -> Result<Option<Box<dyn io::Write + Send>>, VmError> {
+    Ok(match cfg {
+        SerialConfig::Off => None,
+        SerialConfig::Null => Some(Box::new(io::sink())),
+        SerialConfig::Tty => Some(Box::new(io::stdout())),
+        SerialConfig::File(p) => Some(Box::new(console::open_log(p).map_err(|source| {
+            VmError::SerialFile {
+                path: p.display().to_string(),
+                source,
+            }
+        })?)),
+    })
+}
+
+impl Vm {
+    /// Creates the VM, loads the guest and configures the vCPUs, without running anything.
+    pub fn build(cfg: &VmConfig) -> Result<Self, VmError> {
+        let kvm = open_kvm()?;
+        check_capabilities(&kvm)?;
+        let max = kvm.get_max_vcpus();
+        if usize::from(cfg.vcpus) > max {
+            return Err(VmError::TooManyVcpus {
+                want: cfg.vcpus,
+                max,
+            });
+        }
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
+        vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        // The dummy speaker lets the in-kernel PIT own port 0x61 too.
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        let interrupts = Arc::new(Interrupts::new(vm.clone())?);
+
+        let mem = memory::create_guest_memory(cfg.memory.size, cfg.memory.hugepages)?;
+        register_memory(&vm, &mem)?;
+        let boot_info = boot::load(
+            &mem,
+            &BootConfig {
+                kernel: &cfg.kernel,
+                initramfs: cfg.initramfs.as_deref(),
+                cmdline: &cfg.cmdline,
+                vcpus: cfg.vcpus,
+            },
+        )?;
+
+        let exit = Arc::new(VmExit::new().map_err(host_err("stop eventfd"))?);
+        let buses = Buses {
+            pio: Arc::new(RwLock::new(Bus::new())),
+            mmio: Arc::new(RwLock::new(Bus::new())),
+        };
+        let serial = add_legacy_devices(cfg, &buses, &interrupts, &exit)?;
+
+        let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
+        for id in 0..cfg.vcpus {
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            boot::setup_vcpu(&kvm, &fd, id, cfg.vcpus, &boot_info, &mem)?;
+            vcpus.push(Vcpu::new(id, fd, buses.clone(), exit.clone()));
+        }
+
+        // Input only from a terminal or pipe the user gave us, and only with --serial tty.
+        let input = match (&cfg.serial, serial) {
+            (SerialConfig::Tty, Some(s)) => Some(ConsoleInput::new(s)),
+            _ => None,
+        };
+        // Signals are blocked here, before any thread exists, so every thread inherits it.
+        let signals = TerminationSignals::new(exit.clone()).map_err(host_err("signalfd"))?;
+        vcpu::install_kick_handler().map_err(host_err("vCPU kick signal handler"))?;
+        let raw_mode = match input {
+            Some(_) => RawMode::enable_on_stdin().map_err(host_err("terminal raw mode"))?,
+            None => None,
+        };
+        Ok(Self {
+            vcpus,
+            input,
+            raw_mode,
+            signals,
+            exit,
+            _buses: buses,
+            _interrupts: interrupts,
+            _vm: vm,
+            _mem: mem,
+        })
+    }
+
+    /// Starts the vCPUs, runs the event loop until something stops the VM, and tears down.
+    pub fn run(self) -> Result<ExitReason, VmError> {
+        let Self {
+            vcpus,
+            input,
+            raw_mode,
+            signals,
+            exit,
+            _buses,
+            _interrupts,
+            _vm,
+            _mem,
+        } = self;
+        let mut em = EventManager::<Box<dyn MutEventSubscriber + Send>>::new()
+            .map_err(|e| host_err("event loop")(io::Error::other(format!("{e:?}"))))?;
+        em.add_subscriber(Box::new(signals));
+        em.add_subscriber(Box::new(StopWatch(exit.clone())));
+        if let Some(input) = input {
+            em.add_subscriber(Box::new(input));
+        }
+
+        let mut threads = Vec::with_capacity(vcpus.len());
+        for v in vcpus {
+            match v.spawn() {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    exit.request(ExitReason::VcpuError {
+                        vcpu: threads.len() as u8,
+                        message: format!("cannot start its thread: {e}"),
+                    });
+                    break;
+                }
+            }
+        }
+        while !exit.is_stopping() {
+            if let Err(e) = em.run() {
+                log::error!("event loop: {e:?}");
+                exit.request(ExitReason::VcpuError {
+                    vcpu: 0,
+                    message: format!("event loop failed: {e:?}"),
+                });
+            }
+        }
+        vcpu::kick(&threads);
+        for t in threads {
+            if t.join().is_err() {
+                log::error!("a vCPU thread panicked");
+            }
+        }
+        drop(raw_mode);
+        Ok(exit.reason().unwrap_or(ExitReason::VcpuError {
+            vcpu: 0,
+            message: "stopped without a reason".into(),
+        }))
+    }
+}
+
+/// Puts COM1, the i8042, CMOS, the POST port and the PCI root on the port bus. Returns COM1
+/// for the console input, if there is one.
+fn add_legacy_devices(
+    cfg: &VmConfig,
+    buses: &Buses,
+    interrupts: &Interrupts,
+    exit: &Arc<VmExit>,
+) -> Result<Option<Arc<Mutex<Serial>>>, VmError> {
+    let mut pio = buses.pio.write().unwrap_or_else(|p| p.into_inner());
+    let serial = match serial_output(&cfg.serial)? {
+        Some(out) => {
+            let irq = EventFd::new(EFD_NONBLOCK).map_err(host_err("serial irqfd"))?;
+            interrupts.register_irqfd(&irq, serial::COM1_IRQ)?;
+            let out = Box::new(ConsoleOutput::new(out, exit.clone()));
+            let s = Arc::new(Mutex::new(
+                Serial::new(irq, out).map_err(host_err("serial"))?,
+            ));
+            pio.insert(s.clone(), serial::COM1_BASE, serial::UART_PORTS)?;
+            Some(s)
+        }
+        None => None,
+    };
+    let reset_exit = exit.clone();
+    let kbd = I8042::new(Box::new(move || {
+        reset_exit.request(ExitReason::GuestReboot)
+    }));
+    pio.insert(
+        Arc::new(Mutex::new(kbd)),
+        i8042::I8042_BASE,
+        i8042::I8042_PORTS,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(Cmos::new())),
+        cmos::CMOS_BASE,
+        cmos::CMOS_PORTS,
+    )?;
+    pio.insert(Arc::new(Mutex::new(Sink::new(0xff))), 0x80, 1)?;
+    pio.insert(
+        Arc::new(Mutex::new(PciRoot::new())),
+        PCI_CONFIG_BASE,
+        PCI_CONFIG_PORTS,
+    )?;
+    Ok(serial)
+}
+
+/// Wakes the event loop when the stop latch is set.
+struct StopWatch(Arc<VmExit>);
+
+impl MutEventSubscriber for StopWatch {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.0.evt(), EventSet::IN)) {
+            log::error!("cannot watch the stop eventfd: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.evt().read();
+    }
 }

@@ -1,0 +1,458 @@
+//! The validated description of a VM. [`VmConfig::from_args`] is the only place raw
+//! command-line strings are interpreted; everything after it sees typed values only.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::cli::{parse_on_off, parse_option_list, parse_size, OptionError, VmArgs};
+
+/// Kernel command line used when `--cmdline` is not given.
+///
+/// * `console=ttyS0`: the 8250 on 0x3f8 is the only console passvm emulates.
+/// * `reboot=k`: reboot through the i8042 reset line (0xFE on port 0x64), which passvm turns
+///   into a clean exit 0; other methods (ACPI, PCI 0xCF9, BIOS) do not exist here and the
+///   kernel's last resort is a triple fault, which passvm reports as a crash.
+/// * `panic=1`: a panicking guest reboots after one second instead of spinning forever; passvm
+///   still reports it as a panic because it watches the console for the panic banner.
+/// * `i8042.noaux i8042.nomux i8042.dumbkbd`: passvm's i8042 only implements the reset command;
+///   these keep a kernel that has the i8042 driver from probing a mouse port or waiting on
+///   keyboard replies that never come.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
+
+/// Default vCPU count.
+pub const DEFAULT_VCPUS: u8 = 1;
+/// Default guest RAM: enough for a distribution kernel with a small initramfs.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+/// Smallest RAM accepted: the kernel, its page tables and an initramfs need room below 1 MiB
+/// and above it; less than this fails late and obscurely inside the guest.
+pub const MIN_MEMORY: u64 = 32 << 20;
+/// Largest RAM accepted; a sanity bound, the IOMMU's IOVA ranges are checked later.
+pub const MAX_MEMORY: u64 = 1 << 40;
+/// Most vCPUs: xAPIC IDs are 8 bits and 0xff is the broadcast ID, so the MP table can name
+/// 0..=254. KVM's own limit is checked when the VM is built.
+pub const MAX_VCPUS: u8 = 254;
+/// Hugepage-backed RAM must be a whole number of 2 MiB pages.
+pub const HUGEPAGE_SIZE: u64 = 2 << 20;
+const PAGE_SIZE: u64 = 4096;
+
+/// Guest RAM settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Bytes of guest RAM.
+    pub size: u64,
+    /// Back RAM with hugetlbfs pages.
+    pub hugepages: bool,
+}
+
+/// Where COM1 goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialConfig {
+    /// Output to stdout, input from stdin.
+    Tty,
+    /// Output appended to a file (created if missing), no input.
+    File(PathBuf),
+    /// The port exists but its output is discarded.
+    Null,
+    /// No serial port at all.
+    Off,
+}
+
+/// Which VFIO interface passthrough devices are opened through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VfioBackendChoice {
+    /// iommufd when every device has a cdev, otherwise groups.
+    Auto,
+    /// `/dev/iommu` + `/dev/vfio/devices/vfioN`.
+    Iommufd,
+    /// `/dev/vfio/vfio` container + `/dev/vfio/N` groups.
+    Group,
+}
+
+/// A VM, fully validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Guest kernel image (checked to be a readable file).
+    pub kernel: PathBuf,
+    /// Initramfs (checked to be a readable file).
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Guest RAM.
+    pub memory: MemoryConfig,
+    /// COM1.
+    pub serial: SerialConfig,
+    /// `--device` strings as given; resolved by `devices::vfio::naming`.
+    pub devices: Vec<String>,
+    /// VFIO backend choice.
+    pub vfio_backend: VfioBackendChoice,
+    /// A pre-opened `/dev/iommu` descriptor.
+    pub iommufd_fd: Option<i32>,
+    /// Print the plan and exit.
+    pub dry_run: bool,
+}
+
+/// A command-line problem, phrased as what is wrong and how to fix it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// No `--kernel`.
+    NoKernel,
+    /// A bad value for one option.
+    Invalid {
+        /// The option, e.g. `--memory`.
+        option: &'static str,
+        /// The value as given.
+        value: String,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
+    /// A file that cannot be opened.
+    File {
+        /// The option naming the file.
+        option: &'static str,
+        /// The path as given.
+        path: PathBuf,
+        /// The OS error text.
+        error: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoKernel => write!(
+                f,
+                "no guest kernel: give --kernel PATH (a vmlinux or bzImage); see --help"
+            ),
+            Self::Invalid {
+                option,
+                value,
+                reason,
+            } => write!(f, "{option} '{value}': {reason}"),
+            Self::File {
+                option,
+                path,
+                error,
+            } => write!(
+                f,
+                "{option} {}: cannot read it ({error}); check the path and its permissions",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(option: &'static str, value: &str, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        option,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl VmConfig {
+    /// Validates raw command-line values. Files are opened once to catch typos and missing
+    /// permissions now, with the option name in the message, rather than deep in the loader.
+    pub fn from_args(args: &VmArgs) -> Result<Self, ConfigError> {
+        let kernel = args.kernel.clone().ok_or(ConfigError::NoKernel)?;
+        check_readable("--kernel", &kernel)?;
+        if let Some(initramfs) = &args.initramfs {
+            check_readable("--initramfs", initramfs)?;
+        }
+        let cmdline = match &args.cmdline {
+            Some(c) if c.contains('\0') => {
+                return Err(invalid("--cmdline", c, "contains a NUL byte; remove it"))
+            }
+            Some(c) => c.trim().to_string(),
+            None => DEFAULT_CMDLINE.to_string(),
+        };
+        let vcpus = match &args.cpus {
+            Some(s) => parse_cpus(s).map_err(|r| invalid("--cpus", s, r))?,
+            None => DEFAULT_VCPUS,
+        };
+        let memory = match &args.memory {
+            Some(s) => parse_memory(s).map_err(|r| invalid("--memory", s, r))?,
+            None => MemoryConfig {
+                size: DEFAULT_MEMORY,
+                hugepages: false,
+            },
+        };
+        let serial = match &args.serial {
+            Some(s) => parse_serial(s).map_err(|r| invalid("--serial", s, r))?,
+            None => SerialConfig::Tty,
+        };
+        for d in &args.device {
+            if d.trim().is_empty() {
+                return Err(invalid(
+                    "--device",
+                    d,
+                    "is empty; give a PCI address, a sysfs path or a /dev/vfio path",
+                ));
+            }
+        }
+        let vfio_backend = match args.vfio_backend.as_str() {
+            "auto" => VfioBackendChoice::Auto,
+            "iommufd" => VfioBackendChoice::Iommufd,
+            "group" => VfioBackendChoice::Group,
+            other => {
+                return Err(invalid(
+                    "--vfio-backend",
+                    other,
+                    "use auto, iommufd or group",
+                ))
+            }
+        };
+        if let Some(fd) = args.iommufd_fd {
+            if fd < 0 {
+                return Err(invalid(
+                    "--iommufd-fd",
+                    &fd.to_string(),
+                    "must be an open file descriptor number (0 or more)",
+                ));
+            }
+        }
+        Ok(Self {
+            kernel,
+            initramfs: args.initramfs.clone(),
+            cmdline,
+            vcpus,
+            memory,
+            serial,
+            devices: args.device.clone(),
+            vfio_backend,
+            iommufd_fd: args.iommufd_fd,
+            dry_run: args.dry_run,
+        })
+    }
+}
+
+fn check_readable(option: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let err = |error: String| ConfigError::File {
+        option,
+        path: path.to_path_buf(),
+        error,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| err(e.to_string()))
+}
+
+fn parse_cpus(s: &str) -> Result<u8, String> {
+    let opts = parse_option_list(s, &["boot"]).map_err(|e| format!("{e}; write boot=N"))?;
+    let (_, v) = opts.first().ok_or("write boot=N")?;
+    let n: u32 = v
+        .parse()
+        .map_err(|_| format!("{}; write boot=N", OptionError::BadNumber(v.to_string())))?;
+    match u8::try_from(n) {
+        Ok(n) if (1..=MAX_VCPUS).contains(&n) => Ok(n),
+        _ => Err(format!("boot must be between 1 and {MAX_VCPUS}")),
+    }
+}
+
+fn parse_memory(s: &str) -> Result<MemoryConfig, String> {
+    let opts = parse_option_list(s, &["size", "hugepages"])
+        .map_err(|e| format!("{e}; write size=SIZE[,hugepages=on]"))?;
+    let mut cfg = MemoryConfig {
+        size: DEFAULT_MEMORY,
+        hugepages: false,
+    };
+    for (k, v) in opts {
+        match k {
+            "size" => cfg.size = parse_size(v).map_err(|e| e.to_string())?,
+            _ => cfg.hugepages = parse_on_off(v).map_err(|e| format!("hugepages: {e}"))?,
+        }
+    }
+    if cfg.size < MIN_MEMORY {
+        return Err(format!(
+            "{} bytes is too small; give at least {}M",
+            cfg.size,
+            MIN_MEMORY >> 20
+        ));
+    }
+    if cfg.size > MAX_MEMORY {
+        return Err(format!("more than {}G is not supported", MAX_MEMORY >> 30));
+    }
+    let align = if cfg.hugepages {
+        HUGEPAGE_SIZE
+    } else {
+        PAGE_SIZE
+    };
+    if cfg.size % align != 0 {
+        let unit = if cfg.hugepages {
+            "2M (the hugepage size)"
+        } else {
+            "4K"
+        };
+        return Err(format!(
+            "size must be a multiple of {unit}, e.g. {}M",
+            cfg.size.div_ceil(2 << 20) * 2
+        ));
+    }
+    Ok(cfg)
+}
+
+fn parse_serial(s: &str) -> Result<SerialConfig, String> {
+    match s {
+        "tty" => Ok(SerialConfig::Tty),
+        "off" => Ok(SerialConfig::Off),
+        "null" => Ok(SerialConfig::Null),
+        _ => match s.split_once('=') {
+            Some(("file", p)) if !p.is_empty() => Ok(SerialConfig::File(PathBuf::from(p))),
+            _ => Err("use tty, file=PATH, null or off".into()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn kernel_file() -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"not really a kernel").unwrap();
+        f
+    }
+
+    fn args(kernel: &Path) -> VmArgs {
+        VmArgs {
+            kernel: Some(kernel.to_path_buf()),
+            vfio_backend: "auto".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_boot_one_vcpu_512m_serial_tty() {
+        let k = kernel_file();
+        let c = VmConfig::from_args(&args(k.path())).unwrap();
+        assert_eq!(c.vcpus, 1);
+        assert_eq!(
+            c.memory,
+            MemoryConfig {
+                size: 512 << 20,
+                hugepages: false
+            }
+        );
+        assert_eq!(c.serial, SerialConfig::Tty);
+        assert!(c.cmdline.starts_with("console=ttyS0 "));
+        assert!(c.cmdline.contains("reboot=k"));
+        assert_eq!(c.vfio_backend, VfioBackendChoice::Auto);
+    }
+
+    #[test]
+    fn explicit_values() {
+        let k = kernel_file();
+        let mut a = args(k.path());
+        a.cpus = Some("boot=2".into());
+        a.memory = Some("size=1G,hugepages=on".into());
+        a.serial = Some("file=/tmp/x.log".into());
+        a.cmdline = Some(" console=ttyS0 panic=-1 ".into());
+        a.vfio_backend = "group".into();
+        let c = VmConfig::from_args(&a).unwrap();
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(
+            c.memory,
+            MemoryConfig {
+                size: 1 << 30,
+                hugepages: true
+            }
+        );
+        assert_eq!(c.serial, SerialConfig::File("/tmp/x.log".into()));
+        assert_eq!(c.cmdline, "console=ttyS0 panic=-1");
+        assert_eq!(c.vfio_backend, VfioBackendChoice::Group);
+
+        a.cpus = Some("3".into());
+        a.memory = Some("768M".into());
+        a.serial = Some("null".into());
+        let c = VmConfig::from_args(&a).unwrap();
+        assert_eq!(
+            (c.vcpus, c.memory.size, c.memory.hugepages),
+            (3, 768 << 20, false)
+        );
+        assert_eq!(c.serial, SerialConfig::Null);
+    }
+
+    fn err_for(f: impl FnOnce(&mut VmArgs)) -> String {
+        let k = kernel_file();
+        let mut a = args(k.path());
+        f(&mut a);
+        VmConfig::from_args(&a).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_values_name_the_option_and_the_fix() {
+        let e = err_for(|a| a.memory = Some("size=12X".into()));
+        assert!(
+            e.starts_with("--memory 'size=12X':") && e.contains("512M"),
+            "{e}"
+        );
+        let e = err_for(|a| a.memory = Some("size=1M".into()));
+        assert!(e.contains("too small") && e.contains("32M"), "{e}");
+        let e = err_for(|a| a.memory = Some("size=1025M,hugepages=on".into()));
+        assert!(e.contains("multiple of 2M"), "{e}");
+        let e = err_for(|a| a.memory = Some("size=1G,hugepages=maybe".into()));
+        assert!(e.contains("not on or off"), "{e}");
+        let e = err_for(|a| a.memory = Some("size=1G,numa=on".into()));
+        assert!(
+            e.contains("unknown key 'numa'") && e.contains("size=SIZE"),
+            "{e}"
+        );
+        let e = err_for(|a| a.cpus = Some("boot=0".into()));
+        assert!(e.contains("between 1 and 254"), "{e}");
+        let e = err_for(|a| a.cpus = Some("boot=300".into()));
+        assert!(e.contains("between 1 and 254"), "{e}");
+        let e = err_for(|a| a.cpus = Some("boot=two".into()));
+        assert!(e.contains("not a whole number"), "{e}");
+        let e = err_for(|a| a.cpus = Some("max=4".into()));
+        assert!(e.contains("unknown key 'max'"), "{e}");
+        let e = err_for(|a| a.serial = Some("pty".into()));
+        assert!(e.contains("tty, file=PATH, null or off"), "{e}");
+        let e = err_for(|a| a.serial = Some("file=".into()));
+        assert!(e.contains("tty, file=PATH"), "{e}");
+        let e = err_for(|a| a.vfio_backend = "vfio".into());
+        assert!(e.contains("auto, iommufd or group"), "{e}");
+        let e = err_for(|a| a.iommufd_fd = Some(-1));
+        assert!(e.starts_with("--iommufd-fd"), "{e}");
+        let e = err_for(|a| a.cmdline = Some("a\0b".into()));
+        assert!(e.contains("NUL"), "{e}");
+    }
+
+    #[test]
+    fn missing_files_are_reported_with_the_option() {
+        let e = VmConfig::from_args(&args(Path::new("/no/such/vmlinux"))).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("--kernel /no/such/vmlinux: cannot read it"),
+            "{msg}"
+        );
+        assert!(msg.contains("check the path"), "{msg}");
+
+        let k = kernel_file();
+        let mut a = args(k.path());
+        a.initramfs = Some("/no/such/initrd".into());
+        assert!(VmConfig::from_args(&a)
+            .unwrap_err()
+            .to_string()
+            .starts_with("--initramfs"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let e = VmConfig::from_args(&args(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+
+        assert_eq!(
+            VmConfig::from_args(&VmArgs::default()),
+            Err(ConfigError::NoKernel)
+        );
+    }
+}

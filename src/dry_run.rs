@@ -1,0 +1,43 @@
+//! `--dry-run`: show what a command line would build, without touching KVM.
+//!
+//! HOOK for the device plan: when `devices::vfio::discovery` exposes a function that turns
+//! the `--device` strings into resolved devices and a backend choice, call it from
+//! [`print_plan`] in place of the raw list printed now.
+
+use std::process::ExitCode;
+
+use crate::config::{SerialConfig, VmConfig};
+
+/// Prints the validated configuration and the plan; exit 0 when the plan is sound.
+pub fn print_plan(cfg: &VmConfig) -> ExitCode {
+    println!("kernel     {}", cfg.kernel.display());
+    if let Some(i) = &cfg.initramfs {
+        println!("initramfs  {}", i.display());
+    }
+    println!("cmdline    {}", cfg.cmdline);
+    println!("vcpus      {}", cfg.vcpus);
+    println!(
+        "memory     {} MiB{}",
+        cfg.memory.size >> 20,
+        if cfg.memory.hugepages {
+            " on hugepages"
+        } else {
+            ""
+        }
+    );
+    let serial = match &cfg.serial {
+        SerialConfig::Tty => "tty (stdout, input from stdin)".to_string(),
+        SerialConfig::File(p) => format!("file {}", p.display()),
+        SerialConfig::Null => "null (output discarded)".into(),
+        SerialConfig::Off => "off".into(),
+    };
+    println!("serial     {serial}");
+    println!("vfio       backend {:?}", cfg.vfio_backend);
+    for d in &cfg.devices {
+        println!("device     {d} (not resolved: the device plan is not wired in yet)");
+    }
+    if cfg.devices.is_empty() {
+        println!("device     none");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,207 @@
+//! vCPU threads: one OS thread per vCPU runs `KVM_RUN` and dispatches its exits.
+//!
+//! * Port and MMIO exits go to the shared PIO/MMIO [`Bus`]es (read-locked per access; the
+//!   write lock is only taken when a device moves a BAR).
+//! * `KVM_EXIT_SHUTDOWN` is a triple fault; `KVM_EXIT_SYSTEM_EVENT` carries reset, power-off
+//!   and crash requests; entry failures and internal errors end the VM with their reason.
+//! * Stopping: [`VmExit::request`] sets the latch, then [`kick`] sends the kick signal to
+//!   every vCPU thread. The handler sets `immediate_exit` in that thread's `kvm_run`, so a
+//!   vCPU that was about to enter the guest returns at once with `EINTR` instead of running
+//!   until its next exit (the race a bare signal leaves open), and a vCPU already in the
+//!   guest is interrupted. The loop checks the latch after every exit.
+
+use std::cell::Cell;
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use devices::bus::Bus;
+use kvm_bindings::{
+    kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable};
+
+use crate::exit::{ExitReason, VmExit};
+use crate::signals::kick_signal;
+
+thread_local! {
+    /// This thread's `kvm_run` mapping, for the kick handler. A `const` initialiser keeps
+    /// the access free of lazy initialisation, so it is safe from a signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: the pointer is this thread's live kvm_run mapping (set before the first
+        // KVM_RUN, cleared before the VcpuFd drops); a volatile byte store is async-signal-safe.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// Installs the kick handler (process-wide; once, before the vCPU threads start).
+pub fn install_kick_handler() -> std::io::Result<()> {
+    register_signal_handler(kick_signal(), kick_handler)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// The buses a vCPU dispatches to.
+#[derive(Clone)]
+pub struct Buses {
+    /// Port I/O.
+    pub pio: Arc<RwLock<Bus>>,
+    /// Memory-mapped I/O.
+    pub mmio: Arc<RwLock<Bus>>,
+}
+
+/// A vCPU ready to run.
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+    buses: Buses,
+    exit: Arc<VmExit>,
+}
+
+/// What one exit means for the run loop.
+enum Step {
+    Continue,
+    Stop(ExitReason),
+}
+
+impl Vcpu {
+    /// Wraps a configured vCPU fd.
+    pub fn new(id: u8, fd: VcpuFd, buses: Buses, exit: Arc<VmExit>) -> Self {
+        Self {
+            id,
+            fd,
+            buses,
+            exit,
+        }
+    }
+
+    /// Starts the vCPU on its own thread.
+    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("vcpu{}", self.id))
+            .spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        KVM_RUN.with(|c| c.set(self.fd.get_kvm_run()));
+        while !self.exit.is_stopping() {
+            match self.step() {
+                Step::Continue => {}
+                Step::Stop(reason) => {
+                    self.exit.request(reason);
+                    break;
+                }
+            }
+        }
+        KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+    }
+
+    fn step(&mut self) -> Step {
+        let id = self.id;
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // Kicked: clear the flag so a vCPU that is not stopping re-enters the guest.
+                self.fd.set_kvm_immediate_exit(0);
+                return Step::Continue;
+            }
+            Err(e) => return fail(id, format!("KVM_RUN: {e}")),
+        };
+        match exit {
+            VcpuExit::IoIn(port, data) => {
+                if !read_lock(&self.buses.pio).read(u64::from(port), data) {
+                    log::debug!("vcpu{id}: unhandled port read {port:#x} ({} bytes)", data.len());
+                }
+            }
+            VcpuExit::IoOut(port, data) => {
+                if !read_lock(&self.buses.pio).write(u64::from(port), data) {
+                    log::debug!("vcpu{id}: unhandled port write {port:#x} = {data:02x?}");
+                }
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                if !read_lock(&self.buses.mmio).read(addr, data) {
+                    log::debug!("vcpu{id}: unhandled MMIO read {addr:#x} ({} bytes)", data.len());
+                }
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                if !read_lock(&self.buses.mmio).write(addr, data) {
+                    log::debug!("vcpu{id}: unhandled MMIO write {addr:#x} = {data:02x?}");
+                }
+            }
+            VcpuExit::Intr => {}
+            VcpuExit::Shutdown => return Step::Stop(ExitReason::TripleFault { vcpu: id }),
+            VcpuExit::SystemEvent(kind, _) => {
+                return Step::Stop(match kind {
+                    KVM_SYSTEM_EVENT_RESET => ExitReason::GuestReboot,
+                    KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::GuestPoweroff,
+                    KVM_SYSTEM_EVENT_CRASH => ExitReason::GuestPanic(String::new()),
+                    other => {
+                        return fail(id, format!("unexpected KVM system event {other}"));
+                    }
+                })
+            }
+            // With the in-kernel LAPIC, HLT never leaves KVM; one arriving here means the
+            // irqchip is missing and nothing could ever wake this vCPU.
+            VcpuExit::Hlt => return fail(id, "HLT exit without an in-kernel irqchip".into()),
+            VcpuExit::FailEntry(reason, cpu) => {
+                return fail(
+                    id,
+                    format!(
+                        "KVM could not enter the guest (hardware entry failure reason {reason:#x} on host CPU {cpu}); the initial register state is invalid for this host"
+                    ),
+                )
+            }
+            VcpuExit::InternalError => {
+                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+                // active member of the union.
+                let internal = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
+                let n = (internal.ndata as usize).min(internal.data.len());
+                return fail(
+                    id,
+                    format!(
+                        "KVM internal error, suberror {} ({}), data {:x?}",
+                        internal.suberror,
+                        internal_error_name(internal.suberror),
+                        &internal.data[..n]
+                    ),
+                );
+            }
+            other => return fail(id, format!("unexpected exit {other:?}")),
+        }
+        Step::Continue
+    }
+}
+
+fn fail(vcpu: u8, message: String) -> Step {
+    Step::Stop(ExitReason::VcpuError { vcpu, message })
+}
+
+fn internal_error_name(sub: u32) -> &'static str {
+    match sub {
+        1 => "instruction emulation failed",
+        2 => "simultaneous #PF during event delivery",
+        3 => "delivery event failed",
+        4 => "unexpected exit reason",
+        _ => "unknown",
+    }
+}
+
+fn read_lock(bus: &RwLock<Bus>) -> std::sync::RwLockReadGuard<'_, Bus> {
+    bus.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Interrupts every vCPU thread so it notices the stop latch.
+pub fn kick(threads: &[JoinHandle<()>]) {
+    for t in threads {
+        if t.is_finished() {
+            continue;
+        }
+        if let Err(e) = t.kill(kick_signal()) {
+            log::warn!("cannot kick {:?}: {e}", t.thread().name());
+        }
+    }
+}
