@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn hostile_sizes_do_not_overflow() {
-        let mut r = region(u64::MAX & !0xfff);
+        let mut r = region(!0xfff);
         r.sparse_areas = Some(vec![MmapArea {
             offset: u64::MAX - 10,
             size: 100,

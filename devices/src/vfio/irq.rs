@@ -35,11 +35,6 @@ impl Vector {
         self.gsi
     }
 
-    /// True while the irqfd is registered.
-    pub fn is_active(&self) -> bool {
-        self.active.is_some()
-    }
-
     /// Makes the vector deliver `msg` (`Some`) or go quiet (`None`).
     pub fn sync(
         &mut self,

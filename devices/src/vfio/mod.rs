@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod bars;
+pub mod device;
 pub mod discovery;
 pub mod intx;
 mod irq;

@@ -39,11 +39,11 @@ impl MsiCap {
             per_vector_mask: ctrl & CTRL_PER_VECTOR_MASK != 0,
             mmc: (((ctrl >> 1) & 7) as u8).min(5),
         };
-        (offset + cap.len() <= cfg.len()).then_some(cap)
+        (offset + cap.size() <= cfg.len()).then_some(cap)
     }
 
     /// Length of the capability in config space.
-    pub fn len(&self) -> usize {
+    pub fn size(&self) -> usize {
         let base = if self.is_64bit { 0x0e } else { 0x0a };
         if self.per_vector_mask {
             base + 0x0a
@@ -109,7 +109,7 @@ impl Msi {
 
     /// True if `rel` is inside the capability.
     pub fn contains(&self, rel: usize) -> bool {
-        rel < self.cap.len()
+        rel < self.cap.size()
     }
 
     fn ctrl(&self) -> u16 {
@@ -283,7 +283,7 @@ mod tests {
             (0x100, 0x14, 8),
         ] {
             let c = MsiCap::parse(&cfg_with(ctrl), 0x50).unwrap();
-            assert_eq!((c.len(), c.data_at()), (len, data_at), "ctrl {ctrl:#x}");
+            assert_eq!((c.size(), c.data_at()), (len, data_at), "ctrl {ctrl:#x}");
         }
         let mut cfg = cfg_with(0);
         cfg[0xf2..0xf4].copy_from_slice(&0x180u16.to_le_bytes());

@@ -77,10 +77,6 @@ impl FakeDevice {
         self.calls.lock().unwrap().clear();
     }
 
-    pub fn config_bytes(&self) -> Vec<u8> {
-        self.regions[&CONFIG_REGION].1.lock().unwrap().clone()
-    }
-
     fn log(&self, c: DevCall) {
         self.calls.lock().unwrap().push(c);
     }
@@ -151,6 +147,10 @@ impl VfioDeviceOps for FakeDevice {
     }
     fn reset(&self) -> Result<bool, BackendError> {
         self.log(DevCall::Reset);
+        // Like a function-level reset: decode and bus mastering off.
+        if let Some((_, cfg)) = self.regions.get(&CONFIG_REGION) {
+            cfg.lock().unwrap()[4..6].fill(0);
+        }
         Ok(self.flags & 1 != 0)
     }
     fn mmap_fd(&self) -> RawFd {
