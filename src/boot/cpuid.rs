@@ -1,0 +1,199 @@
+//! The CPUID a vCPU sees: what KVM supports, adjusted for this vCPU's place in the topology.
+//!
+//! Start from `KVM_GET_SUPPORTED_CPUID`: KVM already removes what it cannot virtualise and
+//! adds its paravirtual signature leaves (0x4000_0000 "KVMKVMKVM", 0x4000_0001 features such
+//! as kvm-clock), which passvm passes through unchanged. Then, per vCPU:
+//!
+//! - leaf 1: EBX[31:24] = initial APIC id (= vCPU index, which is the APIC id KVM assigns),
+//!   EBX[23:16] = logical processors per package, EDX.HTT when there is more than one, and
+//!   ECX bit 31 "hypervisor present" so the guest looks for the KVM leaves;
+//! - leaf 4 (Intel cache topology): EAX[31:26] = cores per package − 1 and EAX[25:14] =
+//!   threads sharing the cache − 1 (each vCPU is a core of its own, L1/L2 private, L3 shared);
+//! - leaves 0xB and 0x1F (x2APIC topology): an SMT level of 1 thread and a core level of N,
+//!   EDX = x2APIC id, the shift width = bits needed for N;
+//! - AMD: 0x8000_0008 ECX (core count, APIC id size) and 0x8000_001E (extended APIC id,
+//!   one thread per core, one node).
+//!
+//! The topology is one socket with N single-threaded cores: Linux then sizes its per-package
+//! structures right, and no core claims a sibling thread that does not exist.
+//!
+//! Deliberately untouched: leaf 6 (KVM only reports ARAT there, which is true for a KVM
+//! LAPIC timer), the PMU leaf 0xA (KVM reports what it emulates), XSAVE leaf 0xD (sizes
+//! must match what KVM saves), and the VMX/SVM bits (KVM only offers them with nested
+//! virtualisation enabled, which is the host's choice).
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+
+const LEAF_FEATURES: u32 = 0x1;
+const LEAF_CACHE: u32 = 0x4;
+const LEAF_TOPOLOGY: u32 = 0xb;
+const LEAF_TOPOLOGY_V2: u32 = 0x1f;
+const LEAF_AMD_SIZE: u32 = 0x8000_0008;
+const LEAF_AMD_EXT_APIC: u32 = 0x8000_001e;
+
+const ECX_HYPERVISOR: u32 = 1 << 31;
+const EDX_HTT: u32 = 1 << 28;
+
+const LEVEL_TYPE_SMT: u32 = 1;
+const LEVEL_TYPE_CORE: u32 = 2;
+
+/// Adjusts `cpuid` (as returned by KVM) for vCPU `id` of `vcpus`.
+pub fn filter(cpuid: &mut CpuId, id: u8, vcpus: u8) {
+    let apic_id = u32::from(id);
+    let count = u32::from(vcpus.max(1));
+    // Bits of the APIC id that number the cores: ceil(log2(count)).
+    let core_bits = u32::BITS - (count - 1).leading_zeros();
+
+    for e in cpuid.as_mut_slice().iter_mut() {
+        match e.function {
+            LEAF_FEATURES => {
+                e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | ((count & 0xff) << 16);
+                if count > 1 {
+                    e.edx |= EDX_HTT;
+                } else {
+                    e.edx &= !EDX_HTT;
+                }
+                e.ecx |= ECX_HYPERVISOR;
+            }
+            // Only subleaves that describe a cache (type in EAX[4:0] != 0).
+            LEAF_CACHE if e.eax & 0x1f != 0 => {
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { count - 1 } else { 0 };
+                let cores = (count - 1).min(63);
+                e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (cores << 26);
+            }
+            LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
+                topology_level(e, apic_id, count, core_bits);
+            }
+            LEAF_AMD_SIZE => {
+                // ECX[15:12] = APIC id bits for cores, ECX[7:0] = cores − 1.
+                e.ecx = (e.ecx & !0xf0ff) | (core_bits << 12) | ((count - 1) & 0xff);
+            }
+            LEAF_AMD_EXT_APIC => {
+                e.eax = apic_id;
+                // EBX[15:8] = threads per core − 1 = 0, EBX[7:0] = core id.
+                e.ebx = (e.ebx & !0xffff) | (apic_id & 0xff);
+                // ECX[10:8] = nodes per package − 1 = 0, ECX[7:0] = node id 0.
+                e.ecx &= !0x7ff;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn topology_level(e: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_bits: u32) {
+    // Subleaf-indexed: KVM returns one entry per level it knows.
+    if e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 {
+        return;
+    }
+    let (shift, logical, kind) = match e.index {
+        0 => (0, 1, LEVEL_TYPE_SMT),
+        1 => (core_bits, count, LEVEL_TYPE_CORE),
+        _ => (0, 0, 0),
+    };
+    e.eax = shift;
+    e.ebx = logical;
+    e.ecx = (kind << 8) | (e.index & 0xff);
+    e.edx = apic_id;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32, flags: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            flags,
+            eax: 0,
+            ebx: 0,
+            ecx: 0,
+            edx: 0,
+            ..Default::default()
+        }
+    }
+
+    fn sample() -> CpuId {
+        let mut leaf1 = entry(1, 0, 0);
+        leaf1.ebx = 0x0001_0800; // CLFLUSH line size, host APIC id 1, 1 logical
+        leaf1.ecx = 0x0000_0001;
+        let mut l1d = entry(4, 0, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+        l1d.eax = 0x0000_0121; // data cache, level 1
+        let mut l3 = entry(4, 3, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+        l3.eax = 0x0000_0163; // unified cache, level 3
+        let kvm = entry(0x4000_0000, 0, 0);
+        CpuId::from_entries(&[
+            leaf1,
+            l1d,
+            l3,
+            entry(0xb, 0, KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
+            entry(0xb, 1, KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
+            entry(0xb, 2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
+            entry(0x8000_0008, 0, 0),
+            entry(0x8000_001e, 0, 0),
+            kvm,
+        ])
+        .unwrap()
+    }
+
+    fn find(c: &CpuId, function: u32, index: u32) -> kvm_cpuid_entry2 {
+        *c.as_slice()
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+            .unwrap()
+    }
+
+    #[test]
+    fn leaf1_carries_apic_id_count_and_hypervisor_bit() {
+        for (id, vcpus) in [(0u8, 1u8), (1, 2), (5, 8)] {
+            let mut c = sample();
+            filter(&mut c, id, vcpus);
+            let l1 = find(&c, 1, 0);
+            assert_eq!(l1.ebx >> 24, u32::from(id));
+            assert_eq!((l1.ebx >> 16) & 0xff, u32::from(vcpus));
+            assert_eq!(l1.ebx & 0xffff, 0x0800, "CLFLUSH size kept");
+            assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);
+            assert_eq!(l1.ecx & 1, 1, "other feature bits kept");
+            assert_eq!(l1.edx & EDX_HTT != 0, vcpus > 1);
+        }
+    }
+
+    #[test]
+    fn x2apic_topology_is_one_package_of_single_thread_cores() {
+        let mut c = sample();
+        filter(&mut c, 3, 4);
+        let smt = find(&c, 0xb, 0);
+        let core = find(&c, 0xb, 1);
+        let end = find(&c, 0xb, 2);
+        assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 3));
+        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 4, 0x201, 3));
+        assert_eq!((end.ebx, (end.ecx >> 8) & 0xff, end.edx), (0, 0, 3));
+        // 3 vCPUs still need 2 bits of core id.
+        let mut c = sample();
+        filter(&mut c, 0, 3);
+        assert_eq!(find(&c, 0xb, 1).eax, 2);
+        let mut c = sample();
+        filter(&mut c, 0, 1);
+        assert_eq!(find(&c, 0xb, 1).eax, 0);
+    }
+
+    #[test]
+    fn cache_and_amd_leaves_follow_the_vcpu_count() {
+        let mut c = sample();
+        filter(&mut c, 2, 4);
+        let l1d = find(&c, 4, 0);
+        assert_eq!(l1d.eax >> 26, 3, "cores per package − 1");
+        assert_eq!((l1d.eax >> 14) & 0xfff, 0, "L1 private");
+        assert_eq!(l1d.eax & 0x3fff, 0x121, "cache description kept");
+        assert_eq!((find(&c, 4, 3).eax >> 14) & 0xfff, 3, "L3 shared by all");
+        assert_eq!(find(&c, 0x8000_0008, 0).ecx & 0xff, 3);
+        assert_eq!((find(&c, 0x8000_0008, 0).ecx >> 12) & 0xf, 2);
+        assert_eq!(find(&c, 0x8000_001e, 0).eax, 2);
+        assert_eq!(
+            find(&c, 0x4000_0000, 0),
+            entry(0x4000_0000, 0, 0),
+            "KVM leaf as KVM gave it"
+        );
+    }
+}
