@@ -1,13 +1,29 @@
 //! Host-side helper commands: `passvm devices`, `passvm bind`, `passvm unbind`.
-//!
-//! OWNER: discovery helper.
+
+mod bind;
+mod json;
+mod listing;
 
 use std::process::ExitCode;
+
+use devices::vfio::discovery::DiscoveryError;
 
 use crate::cli::Command;
 
 /// Runs one helper command and returns the process exit code.
 pub fn run(cmd: Command) -> ExitCode {
-    eprintln!("passvm: {cmd:?}: not implemented yet");
-    ExitCode::from(2)
+    let result = match cmd {
+        Command::Devices { all, json } => listing::run(all, json),
+        Command::Bind { bdf } => bind::bind(&bdf),
+        Command::Unbind { bdf } => bind::unbind(&bdf),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &DiscoveryError) -> ExitCode {
+    eprintln!("passvm: {e}");
+    ExitCode::from(e.exit_code())
 }

@@ -1,0 +1,245 @@
+//! `passvm devices [--all] [--json]`: every PCI and mediated device, and whether it can
+//! be assigned (with the fix when not).
+
+use devices::vfio::discovery::class_names::class_name;
+use devices::vfio::discovery::inventory::{Entry, Inventory};
+use devices::vfio::discovery::irq_remap::Remapping;
+use devices::vfio::discovery::memlock::human;
+use devices::vfio::discovery::{inventory, DiscoveryError, Roots};
+
+use super::json::Json;
+
+/// Prints the listing.
+pub fn run(all: bool, json: bool) -> Result<(), DiscoveryError> {
+    let roots = Roots::host();
+    let inv = inventory(&roots);
+    if json {
+        print!("{}", to_json(&inv, &roots, all).render());
+    } else {
+        print!("{}", table(&inv, &roots, all));
+    }
+    Ok(())
+}
+
+fn shown(e: &Entry, all: bool) -> bool {
+    all || !e.bridge
+}
+
+fn class_text(e: &Entry) -> String {
+    match (e.device.class, &e.device.parent) {
+        (Some(c), _) => class_name(c).to_string(),
+        (None, Some(p)) => format!(
+            "mdev {} on {p}",
+            e.device.mdev_type.as_deref().unwrap_or("?")
+        ),
+        (None, None) => "-".into(),
+    }
+}
+
+fn group_text(e: &Entry) -> String {
+    let Some(g) = e.device.group else {
+        return "none".into();
+    };
+    let others: Vec<&str> = e
+        .device
+        .group_members
+        .iter()
+        .filter(|m| m.name != e.device.name)
+        .map(|m| m.name.as_str())
+        .collect();
+    if others.is_empty() {
+        g.to_string()
+    } else {
+        format!("{g} (+{})", others.join(", +"))
+    }
+}
+
+/// The human table.
+pub fn table(inv: &Inventory, roots: &Roots, all: bool) -> String {
+    let header = [
+        "DEVICE",
+        "VENDOR:DEV",
+        "CLASS",
+        "DRIVER",
+        "GROUP",
+        "CDEV",
+        "ASSIGNABLE",
+    ];
+    let rows: Vec<(&Entry, [String; 7])> = inv
+        .entries
+        .iter()
+        .filter(|e| shown(e, all))
+        .map(|e| {
+            let d = &e.device;
+            (
+                e,
+                [
+                    d.name.clone(),
+                    d.vendor_device(),
+                    class_text(e),
+                    d.driver.clone().unwrap_or_else(|| "-".into()),
+                    group_text(e),
+                    d.cdev
+                        .as_ref()
+                        .map(|c| c.name.clone())
+                        .unwrap_or_else(|| "-".into()),
+                    if e.problems.is_empty() {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
+                ],
+            )
+        })
+        .collect();
+    let mut width = header.map(str::len);
+    for (_, r) in &rows {
+        for (w, c) in width.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = width[i]));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(&header.map(str::to_string));
+    for (e, r) in &rows {
+        out.push_str(&line(r));
+        for p in &e.problems {
+            out.push_str(&format!("    - {}\n      fix: {}\n", p.reason, p.fix));
+        }
+    }
+    let hidden = inv.entries.iter().filter(|e| !shown(e, all)).count();
+    if hidden > 0 {
+        out.push_str(&format!("({hidden} bridges hidden; --all shows them)\n"));
+    }
+    out.push('\n');
+    out.push_str(&format!(
+        "iommufd: {}\n",
+        if inv.iommufd {
+            "/dev/iommu present (devices with a cdev use the iommufd backend)"
+        } else {
+            "no /dev/iommu (legacy container + groups)"
+        }
+    ));
+    out.push_str(&format!("{}\n", inv.isolation.summary(None)));
+    out.push_str(&format!(
+        "memlock: {}\n",
+        match (inv.limits.ipc_lock, inv.limits.memlock) {
+            (true, _) => "CAP_IPC_LOCK: no limit on pinned guest memory".to_string(),
+            (false, None) => "RLIMIT_MEMLOCK unlimited".to_string(),
+            (false, Some(l)) => format!(
+                "RLIMIT_MEMLOCK {}: a VM's guest memory must fit in it",
+                human(l)
+            ),
+        }
+    ));
+    let _ = roots;
+    out
+}
+
+/// The JSON document (field names documented in docs/devices.md).
+pub fn to_json(inv: &Inventory, roots: &Roots, all: bool) -> Json {
+    let show = |p: &std::path::Path| {
+        roots
+            .host_view(p)
+            .unwrap_or_else(|| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    let devices = inv
+        .entries
+        .iter()
+        .filter(|e| shown(e, all))
+        .map(|e| {
+            let d = &e.device;
+            let others = d
+                .group_members
+                .iter()
+                .filter(|m| m.name != d.name)
+                .map(|m| {
+                    Json::Obj(vec![
+                        ("name", Json::Str(m.name.clone())),
+                        ("driver", Json::opt_str(m.driver.clone())),
+                    ])
+                })
+                .collect();
+            let problems = e
+                .problems
+                .iter()
+                .map(|p| {
+                    Json::Obj(vec![
+                        ("kind", Json::Str(p.kind.id().into())),
+                        ("reason", Json::Str(p.reason.clone())),
+                        ("fix", Json::Str(p.fix.clone())),
+                    ])
+                })
+                .collect();
+            Json::Obj(vec![
+                ("name", Json::Str(d.name.clone())),
+                ("kind", Json::Str(d.kind.to_string())),
+                ("sysfs", Json::Str(show(&d.sysfs))),
+                (
+                    "vendor",
+                    Json::opt_str(d.vendor.map(|v| format!("{v:04x}"))),
+                ),
+                (
+                    "device",
+                    Json::opt_str(d.device.map(|v| format!("{v:04x}"))),
+                ),
+                ("class", Json::opt_str(d.class.map(|c| format!("{c:06x}")))),
+                ("class_name", Json::opt_str(d.class.map(class_name))),
+                ("parent", Json::opt_str(d.parent.clone())),
+                ("mdev_type", Json::opt_str(d.mdev_type.clone())),
+                ("driver", Json::opt_str(d.driver.clone())),
+                ("iommu_group", Json::opt_num(d.group.map(u64::from))),
+                (
+                    "group_node",
+                    Json::opt_str(d.group_node.as_deref().map(show)),
+                ),
+                ("group_others", Json::Arr(others)),
+                (
+                    "cdev",
+                    Json::opt_str(d.cdev.as_ref().map(|c| c.name.clone())),
+                ),
+                (
+                    "cdev_node",
+                    Json::opt_str(d.cdev.as_ref().map(|c| show(&c.node))),
+                ),
+                ("bridge", Json::Bool(e.bridge)),
+                ("assignable", Json::Bool(e.problems.is_empty())),
+                ("problems", Json::Arr(problems)),
+            ])
+        })
+        .collect();
+    let remap = match inv.isolation.remapping {
+        Remapping::Present => "present",
+        Remapping::Absent => "absent",
+        Remapping::Unknown => "unknown",
+    };
+    Json::Obj(vec![
+        ("iommufd", Json::Bool(inv.iommufd)),
+        ("interrupt_remapping", Json::Str(remap.into())),
+        (
+            "allow_unsafe_interrupts",
+            Json::Obj(vec![
+                (
+                    "vfio_iommu_type1",
+                    Json::opt_bool(inv.isolation.type1_unsafe_ok),
+                ),
+                ("iommufd", Json::opt_bool(inv.isolation.iommufd_unsafe_ok)),
+            ]),
+        ),
+        ("memlock_limit", Json::opt_num(inv.limits.memlock)),
+        ("cap_ipc_lock", Json::Bool(inv.limits.ipc_lock)),
+        ("devices", Json::Arr(devices)),
+    ])
+}
