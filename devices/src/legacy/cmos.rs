@@ -33,7 +33,9 @@ impl Default for Cmos {
 }
 
 fn host_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn bcd(v: u64) -> u8 {
@@ -59,7 +61,11 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 impl Cmos {
     /// A CMOS whose clock follows the host's.
     pub fn new() -> Self {
-        Self { index: 0, ram: [0; 128], now: host_now }
+        Self {
+            index: 0,
+            ram: [0; 128],
+            now: host_now,
+        }
     }
 
     fn clock_register(&self, reg: u8) -> Option<u8> {
@@ -89,7 +95,9 @@ impl BusDevice for Cmos {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         let v = match offset {
             0 => self.index,
-            1 => self.clock_register(self.index).unwrap_or(self.ram[usize::from(self.index)]),
+            1 => self
+                .clock_register(self.index)
+                .unwrap_or(self.ram[usize::from(self.index)]),
             _ => 0xff,
         };
         data.fill(v);
@@ -120,7 +128,10 @@ mod tests {
     #[test]
     fn clock_reads_bcd_utc() {
         // 2026-11-25 20:14:47 UTC, a Wednesday.
-        let mut c = Cmos { now: || 1_795_637_687, ..Cmos::new() };
+        let mut c = Cmos {
+            now: || 1_795_637_687,
+            ..Cmos::new()
+        };
         let got: Vec<u8> = [0x00, 0x02, 0x04, 0x06, 0x07, 0x08, 0x09, 0x32]
             .iter()
             .map(|&r| read_reg(&mut c, r))

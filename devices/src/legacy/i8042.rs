@@ -45,7 +45,9 @@ impl I8042 {
     /// so the VMM records the reset before that vCPU can run another instruction (Linux follows
     /// a failed keyboard reset with a deliberate triple fault).
     pub fn new(on_reset: ResetHandler) -> Self {
-        Self { inner: I8042Device::new(ResetTrigger(on_reset)) }
+        Self {
+            inner: I8042Device::new(ResetTrigger(on_reset)),
+        }
     }
 }
 

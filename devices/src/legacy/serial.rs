@@ -60,7 +60,9 @@ impl Serial {
     /// A UART raising `irq` and writing guest output to `out`.
     pub fn new(irq: EventFd, out: SerialOutput) -> io::Result<Self> {
         let space = InputSpace(EventFd::new(EFD_NONBLOCK)?);
-        Ok(Self { uart: vm_superio::Serial::with_events(IrqTrigger(irq), space, out) })
+        Ok(Self {
+            uart: vm_superio::Serial::with_events(IrqTrigger(irq), space, out),
+        })
     }
 
     /// Signalled each time the guest empties the receive FIFO.
@@ -153,7 +155,10 @@ mod tests {
         s.write(COM1_BASE, IER, &[0x01]); // received-data interrupt on
         let big = [b'x'; 100];
         let n = s.enqueue_input(&big);
-        assert!(n > 0 && n < big.len(), "the FIFO takes only what fits ({n})");
+        assert!(
+            n > 0 && n < big.len(),
+            "the FIFO takes only what fits ({n})"
+        );
         assert_eq!(s.enqueue_input(&big), 0, "full FIFO accepts nothing");
         assert!(irq.read().unwrap() >= 1);
         let mut b = [0u8];
@@ -165,6 +170,9 @@ mod tests {
         }
         s.read(COM1_BASE, LSR, &mut b);
         assert_eq!(b[0] & 1, 0, "drained");
-        assert!(s.input_space_evt().read().unwrap() >= 1, "the VMM is told to feed more");
+        assert!(
+            s.input_space_evt().read().unwrap() >= 1,
+            "the VMM is told to feed more"
+        );
     }
 }

@@ -77,12 +77,18 @@ impl PciRoot {
     pub fn new() -> Self {
         let mut slots: Vec<Option<SharedPciDevice>> = vec![None; usize::from(PCI_SLOTS)];
         slots[0] = Some(Arc::new(Mutex::new(HostBridge)));
-        Self { config_address: 0, slots }
+        Self {
+            config_address: 0,
+            slots,
+        }
     }
 
     /// Puts `device` at function 0 of `slot`.
     pub fn add_device(&mut self, slot: u8, device: SharedPciDevice) -> Result<(), PciRootError> {
-        let entry = self.slots.get_mut(usize::from(slot)).ok_or(PciRootError::NoSuchSlot(slot))?;
+        let entry = self
+            .slots
+            .get_mut(usize::from(slot))
+            .ok_or(PciRootError::NoSuchSlot(slot))?;
         if entry.is_some() {
             return Err(PciRootError::SlotInUse(slot));
         }
@@ -92,7 +98,11 @@ impl PciRoot {
 
     /// The lowest free slot.
     pub fn free_slot(&self) -> Result<u8, PciRootError> {
-        let i = self.slots.iter().position(Option::is_none).ok_or(PciRootError::BusFull)?;
+        let i = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(PciRootError::BusFull)?;
         u8::try_from(i).map_err(|_| PciRootError::BusFull)
     }
 
@@ -116,7 +126,10 @@ impl PciRoot {
 
     fn read_data(&self, byte: usize, data: &mut [u8]) {
         let value = match self.selected() {
-            Some((dev, reg)) => dev.lock().unwrap_or_else(|p| p.into_inner()).read_config_register(reg),
+            Some((dev, reg)) => dev
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .read_config_register(reg),
             None => u32::MAX,
         };
         let bytes = value.to_le_bytes();
@@ -127,7 +140,9 @@ impl PciRoot {
 
     fn write_data(&self, byte: usize, data: &[u8]) {
         if let Some((dev, reg)) = self.selected() {
-            dev.lock().unwrap_or_else(|p| p.into_inner()).write_config_register(reg, byte as u64, data);
+            dev.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .write_config_register(reg, byte as u64, data);
         }
     }
 }
@@ -147,8 +162,12 @@ impl BusDevice for PciRoot {
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
         match (offset, data) {
-            (0, &[a, b, c, d]) => self.config_address = u32::from_le_bytes([a, b, c, d]) & ADDRESS_MASK,
-            (4..=7, _) if matches!(data.len(), 1 | 2 | 4) && offset as usize - 4 + data.len() <= 4 => {
+            (0, &[a, b, c, d]) => {
+                self.config_address = u32::from_le_bytes([a, b, c, d]) & ADDRESS_MASK
+            }
+            (4..=7, _)
+                if matches!(data.len(), 1 | 2 | 4) && offset as usize - 4 + data.len() <= 4 =>
+            {
                 self.write_data(offset as usize - 4, data)
             }
             _ => {}
@@ -167,7 +186,9 @@ mod tests {
             self.0.get(reg_idx).copied().unwrap_or(0)
         }
         fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]) {
-            let Some(r) = self.0.get_mut(reg_idx) else { return };
+            let Some(r) = self.0.get_mut(reg_idx) else {
+                return;
+            };
             let mut b = r.to_le_bytes();
             b[offset as usize..offset as usize + data.len()].copy_from_slice(data);
             *r = u32::from_le_bytes(b);
@@ -219,7 +240,11 @@ mod tests {
         select(&mut root, 0, 5, 0, 0);
         assert_eq!(read(&mut root, 4, 4), 0xffff_ffff, "empty slot");
         select(&mut root, 0, 0, 1, 0);
-        assert_eq!(read(&mut root, 4, 4), 0xffff_ffff, "function 1 of the bridge");
+        assert_eq!(
+            read(&mut root, 4, 4),
+            0xffff_ffff,
+            "function 1 of the bridge"
+        );
         select(&mut root, 1, 0, 0, 0);
         assert_eq!(read(&mut root, 4, 4), 0xffff_ffff, "bus 1");
         root.write(PCI_CONFIG_BASE, 0, &0u32.to_le_bytes()); // enable bit clear
