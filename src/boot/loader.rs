@@ -128,11 +128,11 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
                 });
             }
             let code32_start = u64::from(hdr.code32_start);
-            // The decompressor extracts to pref_address (LOAD_PHYSICAL_ADDR) and needs
-            // init_size bytes there; nothing of ours may sit in that range.
-            let pref = hdr.pref_address;
+            // The 64-bit decompressor works in init_size bytes from the higher of its load
+            // address and pref_address (LOAD_PHYSICAL_ADDR); nothing of ours may sit there.
+            let base = hdr.pref_address.max(code32_start);
             let init_size = u64::from(hdr.init_size);
-            let end = res.kernel_end.max(pref.saturating_add(init_size));
+            let end = res.kernel_end.max(base.saturating_add(init_size));
             Ok(LoadedKernel {
                 entry: GuestAddress(code32_start + BZIMAGE_64BIT_ENTRY_OFFSET),
                 end,
