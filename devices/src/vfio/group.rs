@@ -1,0 +1,78 @@
+//! The legacy backend: a type1v2 container shared by every group of the VM
+//! (`/dev/vfio/vfio` + `/dev/vfio/<group>`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError};
+
+use super::dma::{DmaError, IommuSpace};
+use super::handle::{Opened, OwnedVfioDevice};
+
+/// Opens the VM's container; `kvm_vfio` registers each group with KVM as it joins.
+pub fn open_container(kvm_vfio: Arc<VfioDeviceFd>) -> Result<IommuSpace, DmaError> {
+    let c = VfioContainer::new(Some(kvm_vfio)).map_err(|source| DmaError::Open {
+        what: "opening /dev/vfio/vfio".into(),
+        hint: "; load the vfio and vfio_iommu_type1 modules (or use the iommufd backend)",
+        source,
+    })?;
+    Ok(IommuSpace::Group(Arc::new(c)))
+}
+
+fn hint(e: &VfioError) -> &'static str {
+    match e {
+        VfioError::GroupViable => {
+            "; every device in the IOMMU group must be bound to vfio-pci (or no driver): \
+             see `passvm devices` for the group's members"
+        }
+        VfioError::ContainerSetIOMMU(_) | VfioError::GroupSetContainer => {
+            "; without interrupt remapping the host needs \
+             vfio_iommu_type1.allow_unsafe_interrupts=1"
+        }
+        VfioError::OpenGroup(..) => {
+            "; is the device bound to vfio-pci, and may this user open /dev/vfio/<group>?"
+        }
+        VfioError::InvalidPath => "; the sysfs path has no iommu_group link: is the IOMMU enabled?",
+        _ => "",
+    }
+}
+
+/// Opens the device at `sysfs` through its group (joining the container if needed).
+pub(super) fn open_device(
+    c: &Arc<VfioContainer>,
+    sysfs: &Path,
+) -> Result<OwnedVfioDevice, DmaError> {
+    let dev = VfioDevice::new(sysfs, c.clone(), false).map_err(|source| DmaError::Open {
+        what: format!("opening {} through its VFIO group", sysfs.display()),
+        hint: hint(&source),
+        source,
+    })?;
+    Ok(OwnedVfioDevice::new(
+        dev,
+        Opened::Group {
+            sysfs: sysfs.to_path_buf(),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_without_vfio_gets_a_reason_and_a_fix() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            return;
+        };
+        let vm = kvm.create_vm().unwrap();
+        let kdev = crate::vfio::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
+        if Path::new("/dev/vfio/vfio").exists() {
+            return; // a VFIO host: nothing to assert here
+        }
+        let e = open_container(kdev).err().unwrap().to_string();
+        assert!(
+            e.contains("/dev/vfio/vfio") && e.contains("load the vfio"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! The iommufd backend: one IOAS shared by every device cdev of the VM
+//! (`/dev/iommu` + `/dev/vfio/devices/vfioN`).
+
+use std::fs::File;
+use std::os::unix::io::{FromRawFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use iommufd_ioctls::IommuFd;
+use vfio_ioctls::{VfioDevice, VfioDeviceFd, VfioError, VfioIommufd};
+
+use super::dma::{DmaError, IommuSpace};
+use super::handle::{Opened, OwnedVfioDevice};
+
+/// Opens the VM's iommufd (or adopts `iommufd_fd`, passed by a privileged launcher) and
+/// allocates its IOAS; `kvm_vfio` registers each cdev with KVM before its bind.
+pub fn open_ioas(
+    kvm_vfio: Arc<VfioDeviceFd>,
+    iommufd_fd: Option<RawFd>,
+) -> Result<IommuSpace, DmaError> {
+    let iommufd = match iommufd_fd {
+        Some(fd) => {
+            // SAFETY: `dup` makes a new descriptor we own; the caller keeps theirs.
+            let dup = unsafe { libc::dup(fd) };
+            if dup < 0 {
+                return Err(DmaError::Open {
+                    what: format!("using --iommufd-fd {fd}"),
+                    source: VfioError::VfioDeviceDupFd,
+                    hint: "; pass an open /dev/iommu descriptor",
+                });
+            }
+            // SAFETY: `dup` is a fresh descriptor owned by nobody else.
+            IommuFd::new_from_fd(unsafe { File::from_raw_fd(dup) })
+        }
+        None => IommuFd::new().map_err(|e| DmaError::Open {
+            what: "opening /dev/iommu".into(),
+            source: VfioError::NewVfioIommufd(e),
+            hint: "; the host kernel needs CONFIG_IOMMUFD (or use --vfio-backend group)",
+        })?,
+    };
+    let v = VfioIommufd::new(Arc::new(iommufd), None, Some(kvm_vfio)).map_err(|source| {
+        DmaError::Open {
+            what: "allocating an IOAS".into(),
+            source,
+            hint: "",
+        }
+    })?;
+    Ok(IommuSpace::Iommufd(Arc::new(v)))
+}
+
+fn hint(e: &VfioError) -> &'static str {
+    match e {
+        VfioError::VfioDeviceBindIommufd(_) => {
+            "; without interrupt remapping the host needs iommufd.allow_unsafe_interrupts=1"
+        }
+        VfioError::InvalidVfioDev | VfioError::OpenDeviceCdev(_) => {
+            "; the device has no usable vfio-dev/vfioN cdev: is it bound to vfio-pci on a kernel \
+             with CONFIG_VFIO_DEVICE_CDEV? (or use --vfio-backend group)"
+        }
+        _ => "",
+    }
+}
+
+/// Opens a device by its cdev path when given, else by its sysfs path, binds it to the
+/// iommufd and attaches it to the IOAS.
+pub(super) fn open_device(
+    v: &Arc<VfioIommufd>,
+    sysfs: &Path,
+    cdev: Option<&Path>,
+) -> Result<OwnedVfioDevice, DmaError> {
+    let shown = cdev.unwrap_or(sysfs).display().to_string();
+    let wrap = |source: VfioError| DmaError::Open {
+        what: format!("opening {shown} through iommufd"),
+        hint: hint(&source),
+        source,
+    };
+    let dev = match cdev {
+        Some(path) => {
+            let f = File::options()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| wrap(VfioError::OpenDeviceCdev(e)))?;
+            VfioDevice::new_from_fd(f, v.clone(), true).map_err(wrap)?
+        }
+        None => VfioDevice::new(sysfs, v.clone(), true).map_err(wrap)?,
+    };
+    Ok(OwnedVfioDevice::new(dev, Opened::Cdev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_without_iommufd_gets_a_reason_and_a_fix() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            return;
+        };
+        let vm = kvm.create_vm().unwrap();
+        let kdev = crate::vfio::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
+        if Path::new("/dev/iommu").exists() {
+            return;
+        }
+        let e = open_ioas(kdev.clone(), None).err().unwrap().to_string();
+        assert!(
+            e.contains("/dev/iommu") && e.contains("CONFIG_IOMMUFD"),
+            "{e}"
+        );
+        let e = open_ioas(kdev, Some(-1)).err().unwrap().to_string();
+        assert!(e.contains("--iommufd-fd -1"), "{e}");
+    }
+}
