@@ -1,0 +1,7 @@
+# passvm's guest reached userspace: report the CPUs it brought up (nproc counts the
+# CPUs this process may run on, i.e. the ones the kernel onlined from the MP table)
+# and the memory it was given. init then prints the result line and runs reboot -f.
+bed_report nproc "$(nproc)"
+bed_report cpus_online "$(cat /sys/devices/system/cpu/online)"
+bed_report mem_kib "$(awk '/MemTotal/ { print $2 }' /proc/meminfo)"
+bed_report pci "$(ls /sys/bus/pci/devices | tr '\n' ' ')"
