@@ -12,7 +12,7 @@
 //! | `/sys/bus/pci/devices/DDDD:BB:DD.F`| any sysfs path of a PCI or mdev device              |
 //! | `DDDD:BB:DD.F` or `BB:DD.F`        | a PCI address; `BB:DD.F` implies domain 0000         |
 //! | `/dev/vfio/<bus>/<name>`           | the (bus type, device name) pair, e.g. `/dev/vfio/pci/0000:0a:03.1` |
-//! | `/dev/vfio/N`                      | an IOMMU group: all its devices, or `,bdf=` one     |
+//! | `/dev/vfio/N`                      | an IOMMU group: all its devices, or `,bdf=` one (also `/sys/kernel/iommu_groups/N`) |
 //! | `/sys/bus/mdev/devices/<uuid>`     | a mediated device                                    |
 //! | `fd=N`                             | an already-open cdev fd (needs `--iommufd-fd`)       |
 
@@ -413,6 +413,15 @@ pub fn parse_device_name(s: &str) -> Result<DeviceName, NamingError> {
     }
     let normalised: PathBuf = std::iter::once("/").chain(parts.iter().copied()).collect();
     match parts.as_slice() {
+        // A group's sysfs directory names the group, like /dev/vfio/N.
+        ["sys", "kernel", "iommu_groups", group] | ["sys", "kernel", "iommu_groups", group, "devices"]
+            if group.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            group
+                .parse::<u32>()
+                .map(|id| DeviceName::Group { id })
+                .map_err(|_| unrecognised("group number out of range"))
+        }
         ["sys", ..] => Ok(DeviceName::Sysfs { path: normalised }),
         ["dev", "iommu"] => Err(unrecognised(
             "/dev/iommu is the iommufd node, not a device; it is opened for you (or pass an open one with --iommufd-fd)",
@@ -545,6 +554,10 @@ mod tests {
             }
         );
         assert_eq!(name("/dev/vfio/7"), DeviceName::Group { id: 7 });
+        assert_eq!(
+            name("/sys/kernel/iommu_groups/7/"),
+            DeviceName::Group { id: 7 }
+        );
         assert_eq!(
             name("/sys/bus/mdev/devices/83b8f4f2-509f-382f-3c1e-e6bfe0fa1001"),
             DeviceName::Sysfs {
