@@ -41,7 +41,7 @@ Exit status of a VM run:
     3    the guest triple-faulted
     4    the guest kernel panicked (\"Kernel panic - not syncing\" seen on its serial
          console, or a KVM crash event)
-    130  stopped by SIGINT;  143  stopped by SIGTERM
+    129, 130, 143  stopped by SIGHUP, SIGINT, SIGTERM (128 + the signal number)
 ";
 
 /// passvm: a KVM virtual machine monitor built for PCI device passthrough with VFIO.
@@ -277,7 +277,7 @@ mod tests {
     fn help_lists_examples_and_exit_codes() {
         let help = cli(&["--help"]).unwrap_err().to_string();
         assert!(help.contains("passvm --kernel vmlinux"));
-        assert!(help.contains("143  stopped by SIGTERM"));
+        assert!(help.contains("stopped by SIGHUP, SIGINT, SIGTERM"));
     }
 
     #[test]

@@ -24,17 +24,12 @@ pub const DEFAULT_CMDLINE: &str =
 pub const DEFAULT_VCPUS: u8 = 1;
 /// Default guest RAM: enough for a distribution kernel with a small initramfs.
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
-/// Smallest RAM accepted: the kernel, its page tables and an initramfs need room below 1 MiB
-/// and above it; less than this fails late and obscurely inside the guest.
-pub const MIN_MEMORY: u64 = 32 << 20;
-/// Largest RAM accepted; a sanity bound, the IOMMU's IOVA ranges are checked later.
-pub const MAX_MEMORY: u64 = 1 << 40;
 /// Most vCPUs: xAPIC IDs are 8 bits and 0xff is the broadcast ID, so the MP table can name
 /// 0..=254. KVM's own limit is checked when the VM is built.
 pub const MAX_VCPUS: u8 = 254;
 /// Hugepage-backed RAM must be a whole number of 2 MiB pages.
 pub const HUGEPAGE_SIZE: u64 = 2 << 20;
-const PAGE_SIZE: u64 = 4096;
+use crate::memory::PAGE_SIZE;
 
 /// Guest RAM settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,16 +265,8 @@ fn parse_memory(s: &str) -> Result<MemoryConfig, String> {
             _ => cfg.hugepages = parse_on_off(v).map_err(|e| format!("hugepages: {e}"))?,
         }
     }
-    if cfg.size < MIN_MEMORY {
-        return Err(format!(
-            "{} bytes is too small; give at least {}M",
-            cfg.size,
-            MIN_MEMORY >> 20
-        ));
-    }
-    if cfg.size > MAX_MEMORY {
-        return Err(format!("more than {}G is not supported", MAX_MEMORY >> 30));
-    }
+    // The layout owns the limits (the 2^39 IOVA ceiling, the minimum a kernel needs).
+    crate::memory::MemoryLayout::new(cfg.size).map_err(|e| e.to_string())?;
     let align = if cfg.hugepages {
         HUGEPAGE_SIZE
     } else {
@@ -396,7 +383,9 @@ mod tests {
             "{e}"
         );
         let e = err_for(|a| a.memory = Some("size=1M".into()));
-        assert!(e.contains("too small") && e.contains("32M"), "{e}");
+        assert!(e.contains("too small") && e.contains("32 MiB"), "{e}");
+        let e = err_for(|a| a.memory = Some("size=1T".into()));
+        assert!(e.contains("too large"), "{e}");
         let e = err_for(|a| a.memory = Some("size=1025M,hugepages=on".into()));
         assert!(e.contains("multiple of 2M"), "{e}");
         let e = err_for(|a| a.memory = Some("size=1G,hugepages=maybe".into()));

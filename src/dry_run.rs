@@ -7,6 +7,8 @@
 use std::process::ExitCode;
 
 use crate::config::{SerialConfig, VmConfig};
+use crate::exit::EXIT_USAGE;
+use crate::memory::{AddrRange, MemoryLayout, E820_RAM};
 
 /// Prints the validated configuration and the plan; exit 0 when the plan is sound.
 pub fn print_plan(cfg: &VmConfig) -> ExitCode {
@@ -39,5 +41,33 @@ pub fn print_plan(cfg: &VmConfig) -> ExitCode {
     if cfg.devices.is_empty() {
         println!("device     none");
     }
+    match MemoryLayout::new(cfg.memory.size) {
+        Ok(layout) => print_layout(&layout),
+        Err(e) => {
+            eprintln!("passvm: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
     ExitCode::SUCCESS
+}
+
+fn print_layout(layout: &MemoryLayout) {
+    let range = |r: &AddrRange| format!("{:#013x}-{:#013x}", r.start, r.end() - 1);
+    for r in &layout.ram {
+        println!("ram        {} ({} MiB)", range(r), r.size >> 20);
+    }
+    println!("mmio32     {} (32-bit BARs)", range(&layout.mmio32));
+    println!("mmio64     {} (64-bit BARs)", range(&layout.mmio64));
+    for e in crate::memory::e820_from_ram(layout.ram.iter().copied()) {
+        let kind = if e.kind == E820_RAM {
+            "ram"
+        } else {
+            "reserved"
+        };
+        println!(
+            "e820       {:#013x}-{:#013x} {kind}",
+            e.addr,
+            e.addr + e.size - 1
+        );
+    }
 }

@@ -8,7 +8,7 @@
 //! | 2      | bad command line (clap's usage errors use 2 as well)                   |
 //! | 3      | the guest triple-faulted (KVM_EXIT_SHUTDOWN)                            |
 //! | 4      | the guest kernel panicked                                               |
-//! | 128+N  | stopped by signal N: 130 for SIGINT, 143 for SIGTERM (the shell rule)   |
+//! | 128+N  | stopped by signal N: 129 SIGHUP, 130 SIGINT, 143 SIGTERM (shell rule)   |
 //!
 //! The first reason recorded wins: a Linux guest whose keyboard-controller reset "fails"
 //! falls through to a deliberate triple fault, and the reset that came first is the truth.
@@ -39,6 +39,8 @@ pub enum ExitReason {
     },
     /// passvm received a termination signal.
     Signal(i32),
+    /// The VMM itself could not continue (event loop, threads).
+    VmmError(String),
     /// A vCPU could not continue.
     VcpuError {
         /// The failing vCPU.
@@ -53,7 +55,7 @@ impl ExitReason {
     pub fn code(&self) -> u8 {
         match self {
             Self::GuestReboot | Self::GuestPoweroff => 0,
-            Self::VcpuError { .. } => EXIT_ERROR,
+            Self::VcpuError { .. } | Self::VmmError(_) => EXIT_ERROR,
             Self::TripleFault { .. } => 3,
             Self::GuestPanic(_) => 4,
             Self::Signal(sig) => u8::try_from(128 + sig).unwrap_or(EXIT_ERROR),
@@ -75,6 +77,7 @@ impl std::fmt::Display for ExitReason {
             ),
             Self::Signal(s) => write!(f, "stopped by {}", signal_name(*s)),
             Self::VcpuError { vcpu, message } => write!(f, "vCPU {vcpu} failed: {message}"),
+            Self::VmmError(m) => f.write_str(m),
         }
     }
 }

@@ -361,9 +361,8 @@ impl Vm {
             }
         }
         drop(raw_mode);
-        Ok(exit.reason().unwrap_or(ExitReason::VcpuError {
-            vcpu: 0,
-            message: "stopped without a reason".into(),
+        Ok(exit.reason().unwrap_or_else(|| {
+            ExitReason::VmmError("stopped without a reason (a passvm bug)".into())
         }))
     }
 }
