@@ -106,7 +106,10 @@ struct Bar {
     initial_addr: u64,
     region: RegionInfo,
     areas: Vec<MappedArea>,
+    /// Where the areas are KVM slots (the BAR decodes there).
     mapped_at: Option<u64>,
+    /// Where the VMM routes trapped accesses to us (the BAR's last decoding address).
+    trap_base: Option<u64>,
     /// MSI-X table and PBA inside this BAR, as (offset, len).
     msix_table: Option<(u64, u64)>,
     msix_pba: Option<(u64, u64)>,
@@ -267,11 +270,15 @@ impl VfioPciDevice {
                 region,
                 areas: Vec::new(),
                 mapped_at: None,
+                trap_base: None,
                 msix_table: None,
                 msix_pba: None,
             });
         }
         bars.sort_by_key(|b| b.index);
+        for b in bars.iter_mut() {
+            b.trap_base = Self::usable_addr(b);
+        }
 
         // MSI-X needs its table and PBA inside implemented memory BARs.
         if let Some((cap, count)) = msix_cap {
@@ -384,11 +391,17 @@ impl VfioPciDevice {
             .collect()
     }
 
-    /// The ranges currently registered as traps: `(space, base, len)`.
+    /// The `(space, base, len)` ranges whose accesses must reach this device's
+    /// `BusDevice`. Right after [`VfioPciDevice::new`] these are the BARs' initial
+    /// addresses, and the VMM inserts them on its buses itself (no lock is held then).
+    /// Later the device asks for changes through [`VmOps::register_trap`] /
+    /// [`VmOps::unregister_trap`], only when the guest makes a BAR decode at a new address
+    /// (Linux keeps the addresses it finds, so normally never). A range stays registered
+    /// while decoding is off; the device then answers all-ones itself.
     pub fn trapped_ranges(&self) -> Vec<(AddressSpace, u64, u64)> {
         self.bars
             .iter()
-            .filter_map(|b| b.mapped_at.map(|a| (b.space(), a, b.state.size)))
+            .filter_map(|b| b.trap_base.map(|a| (b.space(), a, b.state.size)))
             .collect()
     }
 
@@ -422,8 +435,12 @@ impl VfioPciDevice {
             Ok(_) => {}
             Err(e) => log::warn!("{}: {e}", self.name),
         }
-        for b in &mut self.bars {
+        for i in 0..self.bars.len() {
+            let b = &mut self.bars[i];
             b.state.addr = b.initial_addr;
+            if let Some(a) = Self::usable_addr(b) {
+                self.move_trap(i, a);
+            }
         }
         let mut c = [0u8; 2];
         self.dev.region_read(CONFIG_REGION, COMMAND as u64, &mut c);
@@ -434,7 +451,7 @@ impl VfioPciDevice {
         self.sync_bar_mappings();
     }
 
-    /// Interrupts off and every slot and trap dropped.
+    /// Interrupts off and every memory slot dropped (traps stay: see `trapped_ranges`).
     fn quiesce(&mut self) {
         let (dev, routing) = (self.dev.clone(), self.routing.clone());
         if let Some(m) = self.msix.as_mut() {
@@ -507,27 +524,39 @@ impl VfioPciDevice {
                 ),
             }
         }
-        if let Err(e) = vm.register_trap(b.space(), addr, b.state.size) {
-            log::warn!("{}: BAR{} at {addr:#x}: {e}", self.name, b.index);
-        }
         b.mapped_at = Some(addr);
+        self.move_trap(i, addr);
+    }
+
+    /// Points the VMM's trap for BAR `i` at `addr` (no-op when it is already there).
+    fn move_trap(&mut self, i: usize, addr: u64) {
+        let b = &mut self.bars[i];
+        if b.trap_base == Some(addr) {
+            return;
+        }
+        if let Some(old) = b.trap_base.take() {
+            if let Err(e) = self.vm.unregister_trap(b.space(), old) {
+                log::warn!("{}: BAR{} at {old:#x}: {e}", self.name, b.index);
+            }
+        }
+        match self.vm.register_trap(b.space(), addr, b.state.size) {
+            Ok(()) => b.trap_base = Some(addr),
+            Err(e) => log::warn!("{}: BAR{} at {addr:#x}: {e}", self.name, b.index),
+        }
     }
 
     fn unmap_bar(&mut self, i: usize) {
         let vm = self.vm.clone();
         let b = &mut self.bars[i];
-        let Some(addr) = b.mapped_at.take() else {
+        if b.mapped_at.take().is_none() {
             return;
-        };
+        }
         for a in b.areas.iter_mut() {
             if let Some(slot) = a.slot.take() {
                 if let Err(e) = vm.remove_memslot(slot) {
                     log::warn!("{}: BAR{}: {e}", self.name, b.index);
                 }
             }
-        }
-        if let Err(e) = vm.unregister_trap(b.space(), addr) {
-            log::warn!("{}: BAR{} at {addr:#x}: {e}", self.name, b.index);
         }
     }
 
@@ -665,8 +694,12 @@ impl VfioPciDevice {
         }
     }
 
+    /// The BAR that decodes at `base` right now (a registered range whose BAR has
+    /// decoding off, or has moved on, answers like an empty bus).
     fn bar_at(&self, base: u64) -> Option<usize> {
-        self.bars.iter().position(|b| b.mapped_at == Some(base))
+        self.bars
+            .iter()
+            .position(|b| b.trap_base == Some(base) && b.mapped_at == Some(base))
     }
 
     fn bar_read(&self, i: usize, offset: u64, data: &mut [u8]) {
@@ -946,13 +979,17 @@ mod tests {
             got,
             vec![(bar3, 0x1000), (bar0, 0x2000), (bar0 + 0x4000, 0xc000)]
         );
-        assert!(vm
-            .calls()
-            .contains(&VmCall::Trap(AddressSpace::Mmio, bar0, 0x10000)));
         let io = dev.bar_summaries()[1].addr;
-        assert!(vm
-            .calls()
-            .contains(&VmCall::Trap(AddressSpace::Pio, io, 0x20)));
+        let traps = dev.trapped_ranges();
+        assert!(
+            traps.contains(&(AddressSpace::Mmio, bar0, 0x10000)),
+            "VMM registers these"
+        );
+        assert!(traps.contains(&(AddressSpace::Pio, io, 0x20)));
+        assert!(
+            !vm.calls().iter().any(|c| matches!(c, VmCall::Trap(..))),
+            "not asked again"
+        );
         // Move BAR0 while decoding: old slots go, new ones come at the new address.
         vm.clear();
         let new = bar0 + 0x100_0000;
@@ -963,17 +1000,27 @@ mod tests {
             got,
             vec![(bar3, 0x1000), (new, 0x2000), (new + 0x4000, 0xc000)]
         );
-        assert!(vm
-            .calls()
-            .contains(&VmCall::Untrap(AddressSpace::Mmio, bar0)));
-        assert_eq!(
-            dev.trapped_ranges().iter().filter(|r| r.1 == new).count(),
-            1
-        );
-        // Memory decode off: every MMIO slot and trap goes; I/O stays.
+        let c = vm.calls();
+        let un = c
+            .iter()
+            .position(|c| *c == VmCall::Untrap(AddressSpace::Mmio, bar0))
+            .unwrap();
+        let re = c
+            .iter()
+            .position(|c| *c == VmCall::Trap(AddressSpace::Mmio, new, 0x10000))
+            .unwrap();
+        assert!(un < re);
+        assert!(dev
+            .trapped_ranges()
+            .contains(&(AddressSpace::Mmio, new, 0x10000)));
+        // Memory decode off: every MMIO slot goes; the traps stay but answer all-ones.
         dev.write_config(COMMAND, 0, &[0x01]);
         assert!(vm.slots().is_empty());
-        assert_eq!(dev.trapped_ranges(), vec![(AddressSpace::Pio, io, 0x20)]);
+        let mut b = [0u8; 4];
+        BusDevice::read(&mut dev, new, 0x2800, &mut b);
+        assert_eq!(b, [0xff; 4], "no decode, no answer");
+        BusDevice::read(&mut dev, io, 0, &mut b);
+        assert_eq!(b, [0x11; 4], "I/O still decodes");
     }
 
     #[test]
@@ -981,12 +1028,13 @@ mod tests {
         let (mut dev, _d, vm) = build(fake());
         dev.write_config(COMMAND, 0, &[0x01]); // I/O decode only
         w(&mut dev, 0x18, 0xffff_ffff);
-        // 0xffffffe0 does not fit 16-bit ports: the trap is dropped, not moved there.
-        assert!(dev.trapped_ranges().is_empty());
-        assert!(vm
-            .calls()
-            .iter()
-            .all(|c| !matches!(c, VmCall::Trap(_, b, _) if *b > 0xffff)));
+        // 0xffffffe0 does not fit 16-bit ports: the trap is not moved there, and the old
+        // range stops answering.
+        let io = dev.trapped_ranges()[1].1;
+        assert!(vm.calls().iter().all(|c| !matches!(c, VmCall::Trap(..))));
+        let mut b = [0u8; 2];
+        BusDevice::read(&mut dev, io, 0, &mut b);
+        assert_eq!(b, [0xff; 2]);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod iommufd;
 pub mod intx;
 pub mod iova;
 pub mod kvm_vfio;
+pub mod kvm_vm;
 mod irq;
 pub mod msi;
 pub mod msix;
