@@ -81,9 +81,19 @@ impl Vcpu {
 
     /// Starts the vCPU on its own thread.
     pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        let (id, exit) = (self.id, self.exit.clone());
         std::thread::Builder::new()
-            .name(format!("vcpu{}", self.id))
-            .spawn(move || self.run())
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                // A bug must not leave the main thread waiting for a vCPU that is gone (release
+                // builds abort on panic instead; the terminal is restored by the panic hook).
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).is_err() {
+                    exit.request(ExitReason::VcpuError {
+                        vcpu: id,
+                        message: "its thread panicked (a passvm bug)".into(),
+                    });
+                }
+            })
     }
 
     fn run(mut self) {
