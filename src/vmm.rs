@@ -163,6 +163,7 @@ pub struct Vm {
     signals: TerminationSignals,
     exit: Arc<VmExit>,
     _buses: Buses,
+    _pci: Arc<Mutex<PciRoot>>,
     _interrupts: Arc<Interrupts>,
     _vm: Arc<VmFd>,
     _mem: GuestMemoryMmap,
@@ -276,6 +277,9 @@ impl Vm {
             mmio: Arc::new(RwLock::new(Bus::new())),
         };
         let serial = add_legacy_devices(cfg, &buses, &interrupts, &exit)?;
+        // Bus 0; passthrough devices (issue 5) are added here with `PciRoot::add_device`.
+        let pci = Arc::new(Mutex::new(PciRoot::new()));
+        write_lock(&buses.pio).insert(pci.clone(), PCI_CONFIG_BASE, PCI_CONFIG_PORTS)?;
 
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
         for id in 0..cfg.vcpus {
@@ -305,6 +309,7 @@ impl Vm {
             signals,
             exit,
             _buses: buses,
+            _pci: pci,
             _interrupts: interrupts,
             _vm: vm,
             _mem: mem,
@@ -320,6 +325,7 @@ impl Vm {
             signals,
             exit,
             _buses,
+            _pci,
             _interrupts,
             _vm,
             _mem,
@@ -367,7 +373,7 @@ impl Vm {
     }
 }
 
-/// Puts COM1, the i8042, CMOS, the POST port and the PCI root on the port bus. Returns COM1
+/// Puts COM1, the i8042, CMOS and the POST port on the port bus. Returns COM1
 /// for the console input, if there is one.
 fn add_legacy_devices(
     cfg: &VmConfig,
@@ -375,7 +381,7 @@ fn add_legacy_devices(
     interrupts: &Interrupts,
     exit: &Arc<VmExit>,
 ) -> Result<Option<Arc<Mutex<Serial>>>, VmError> {
-    let mut pio = buses.pio.write().unwrap_or_else(|p| p.into_inner());
+    let mut pio = write_lock(&buses.pio);
     let serial = match serial_output(&cfg.serial)? {
         Some(out) => {
             let irq = EventFd::new(EFD_NONBLOCK).map_err(host_err("serial irqfd"))?;
@@ -404,12 +410,11 @@ fn add_legacy_devices(
         cmos::CMOS_PORTS,
     )?;
     pio.insert(Arc::new(Mutex::new(Sink::new(0xff))), 0x80, 1)?;
-    pio.insert(
-        Arc::new(Mutex::new(PciRoot::new())),
-        PCI_CONFIG_BASE,
-        PCI_CONFIG_PORTS,
-    )?;
     Ok(serial)
+}
+
+fn write_lock(bus: &RwLock<Bus>) -> std::sync::RwLockWriteGuard<'_, Bus> {
+    bus.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Wakes the event loop when the stop latch is set.
