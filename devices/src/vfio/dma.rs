@@ -10,7 +10,8 @@
 //! Teardown: mappings go with the container (last group detached) or the IOAS (destroyed
 //! when the last reference drops); there is no explicit unmap at exit.
 
-use std::path::Path;
+use std::os::unix::io::RawFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,17 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 use super::handle::OwnedVfioDevice;
 use super::iova::{self, IovaRange};
+
+/// Where to open a device from (the discovery step fills this in).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceSource {
+    /// The device's sysfs directory (PCI function or mdev).
+    pub sysfs: PathBuf,
+    /// Its `/dev/vfio/devices/vfioN`, when known.
+    pub cdev: Option<PathBuf>,
+    /// A cdev fd opened by a launcher (`--device fd=N`); dup'ed, never closed by us.
+    pub cdev_fd: Option<RawFd>,
+}
 
 /// Which kind of IOMMU address space the VM uses.
 #[derive(Clone)]
@@ -184,15 +196,12 @@ impl IommuSpace {
         }
     }
 
-    /// Opens the device at `sysfs` (or its cdev `cdev`, iommufd only) in this space.
-    pub fn open_device(
-        &self,
-        sysfs: &Path,
-        cdev: Option<&Path>,
-    ) -> Result<OwnedVfioDevice, DmaError> {
+    /// Opens a device in this space: groups need its sysfs path; iommufd takes a
+    /// pre-opened cdev fd, else the cdev path, else the sysfs path.
+    pub fn open_device(&self, src: &DeviceSource) -> Result<OwnedVfioDevice, DmaError> {
         match self {
-            IommuSpace::Group(c) => super::group::open_device(c, sysfs),
-            IommuSpace::Iommufd(i) => super::iommufd::open_device(i, sysfs, cdev),
+            IommuSpace::Group(c) => super::group::open_device(c, &src.sysfs),
+            IommuSpace::Iommufd(i) => super::iommufd::open_device(i, src),
         }
     }
 

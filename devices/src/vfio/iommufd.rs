@@ -3,13 +3,12 @@
 
 use std::fs::File;
 use std::os::unix::io::{FromRawFd, RawFd};
-use std::path::Path;
 use std::sync::Arc;
 
 use iommufd_ioctls::IommuFd;
 use vfio_ioctls::{VfioDevice, VfioDeviceFd, VfioError, VfioIommufd};
 
-use super::dma::{DmaError, IommuSpace};
+use super::dma::{DeviceSource, DmaError, IommuSpace};
 use super::handle::{Opened, OwnedVfioDevice};
 
 /// Opens the VM's iommufd (or adopts `iommufd_fd`, passed by a privileged launcher) and
@@ -61,29 +60,40 @@ fn hint(e: &VfioError) -> &'static str {
     }
 }
 
-/// Opens a device by its cdev path when given, else by its sysfs path, binds it to the
-/// iommufd and attaches it to the IOAS.
+/// Opens a device from a launcher's cdev fd, its cdev path, or its sysfs path (in that
+/// order of preference), binds it to the iommufd and attaches it to the IOAS.
 pub(super) fn open_device(
     v: &Arc<VfioIommufd>,
-    sysfs: &Path,
-    cdev: Option<&Path>,
+    src: &DeviceSource,
 ) -> Result<OwnedVfioDevice, DmaError> {
-    let shown = cdev.unwrap_or(sysfs).display().to_string();
+    let shown = match (&src.cdev_fd, &src.cdev) {
+        (Some(fd), _) => format!("cdev fd {fd}"),
+        (None, Some(p)) => p.display().to_string(),
+        (None, None) => src.sysfs.display().to_string(),
+    };
     let wrap = |source: VfioError| DmaError::Open {
         what: format!("opening {shown} through iommufd"),
         hint: hint(&source),
         source,
     };
-    let dev = match cdev {
-        Some(path) => {
-            let f = File::options()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(|e| wrap(VfioError::OpenDeviceCdev(e)))?;
-            VfioDevice::new_from_fd(f, v.clone(), true).map_err(wrap)?
+    let dev = if let Some(fd) = src.cdev_fd {
+        // SAFETY: `dup` makes a new descriptor we own; the launcher keeps its own.
+        let dup = unsafe { libc::dup(fd) };
+        if dup < 0 {
+            return Err(wrap(VfioError::VfioDeviceDupFd));
         }
-        None => VfioDevice::new(sysfs, v.clone(), true).map_err(wrap)?,
+        // SAFETY: `dup` is a fresh descriptor owned by nobody else.
+        let f = unsafe { File::from_raw_fd(dup) };
+        VfioDevice::new_from_fd(f, v.clone(), true).map_err(wrap)?
+    } else if let Some(path) = &src.cdev {
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| wrap(VfioError::OpenDeviceCdev(e)))?;
+        VfioDevice::new_from_fd(f, v.clone(), true).map_err(wrap)?
+    } else {
+        VfioDevice::new(&src.sysfs, v.clone(), true).map_err(wrap)?
     };
     Ok(OwnedVfioDevice::new(dev, Opened::Cdev))
 }
@@ -99,7 +109,7 @@ mod tests {
         };
         let vm = kvm.create_vm().unwrap();
         let kdev = crate::vfio::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
-        if Path::new("/dev/iommu").exists() {
+        if std::path::Path::new("/dev/iommu").exists() {
             return;
         }
         let e = open_ioas(kdev.clone(), None).err().unwrap().to_string();

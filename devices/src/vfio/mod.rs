@@ -20,6 +20,7 @@ mod irq;
 pub mod msi;
 pub mod msix;
 pub mod naming;
+pub mod passthrough;
 mod sys;
 #[cfg(test)]
 mod testing;
