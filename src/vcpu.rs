@@ -215,3 +215,121 @@ pub fn kick(threads: &[JoinHandle<()>]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::legacy::{Serial, I8042};
+    use std::io::Write;
+    use std::sync::Mutex;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A VM with 64 KiB of RAM and one vCPU in real mode at 0x1000 running `code`.
+    fn real_mode_vcpu(code: &[u8]) -> Option<(kvm_ioctls::VmFd, GuestMemoryMmap, VcpuFd)> {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("skipped: no usable /dev/kvm");
+            return None;
+        };
+        let vm = kvm.create_vm().unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        mem.write_slice(code, GuestAddress(0x1000)).unwrap();
+        let host = mem.get_host_address(GuestAddress(0)).unwrap();
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: 0x10000,
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the mapping is returned with the VM and outlives every vCPU run.
+        unsafe { vm.set_user_memory_region(region).unwrap() };
+        let fd = vm.create_vcpu(0).unwrap();
+        let mut sregs = fd.get_sregs().unwrap();
+        sregs.cs.base = 0;
+        sregs.cs.selector = 0;
+        fd.set_sregs(&sregs).unwrap();
+        let mut regs = fd.get_regs().unwrap();
+        regs.rip = 0x1000;
+        regs.rflags = 2;
+        fd.set_regs(&regs).unwrap();
+        Some((vm, mem, fd))
+    }
+
+    fn no_buses() -> Buses {
+        Buses {
+            pio: Arc::new(RwLock::new(Bus::new())),
+            mmio: Arc::new(RwLock::new(Bus::new())),
+        }
+    }
+
+    /// A vCPU spinning in the guest (`jmp $`) leaves KVM_RUN when kicked, and its thread ends.
+    #[test]
+    fn kick_interrupts_a_spinning_vcpu() {
+        let Some((_vm, _mem, fd)) = real_mode_vcpu(&[0xeb, 0xfe]) else {
+            return;
+        };
+        install_kick_handler().unwrap();
+        let exit = Arc::new(VmExit::new().unwrap());
+        let t = Vcpu::new(0, fd, no_buses(), exit.clone()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!t.is_finished(), "the guest loop keeps the vCPU busy");
+        exit.request(ExitReason::Signal(libc::SIGTERM));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // One kick is enough: immediate_exit covers a vCPU that is between two KVM_RUNs.
+        kick(std::slice::from_ref(&t));
+        while !t.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(t.is_finished(), "the kick got the vCPU out of KVM_RUN");
+        t.join().unwrap();
+        assert_eq!(exit.reason(), Some(ExitReason::Signal(libc::SIGTERM)));
+    }
+
+    /// Real-mode code writes "ok" to COM1 and pulls the i8042 reset line: the exits reach
+    /// the devices through the port bus, and the reset stops the vCPU loop with a reboot.
+    /// (This machine's KVM emulates such simple code even where Linux cannot run.)
+    #[test]
+    fn port_exits_reach_devices_and_the_reset_stops_the_loop() {
+        #[rustfmt::skip]
+        let code = [
+            0xba, 0xf8, 0x03,   // mov dx, 0x3f8
+            0xb0, b'o', 0xee,   // mov al, 'o'; out dx, al
+            0xb0, b'k', 0xee,   // mov al, 'k'; out dx, al
+            0xb0, 0xfe,         // mov al, 0xfe
+            0xe6, 0x64,         // out 0x64, al   (i8042: pulse reset)
+            0xf4,               // hlt            (never reached)
+        ];
+        let Some((_vm, _mem, fd)) = real_mode_vcpu(&code) else {
+            return;
+        };
+        let exit = Arc::new(VmExit::new().unwrap());
+        let out = Capture::default();
+        let serial =
+            Serial::new(EventFd::new(EFD_NONBLOCK).unwrap(), Box::new(out.clone())).unwrap();
+        let reset = exit.clone();
+        let kbd = I8042::new(Box::new(move || reset.request(ExitReason::GuestReboot)));
+        let mut pio = Bus::new();
+        pio.insert(Arc::new(Mutex::new(serial)), 0x3f8, 8).unwrap();
+        pio.insert(Arc::new(Mutex::new(kbd)), 0x60, 5).unwrap();
+        let buses = Buses {
+            pio: Arc::new(RwLock::new(pio)),
+            mmio: Arc::new(RwLock::new(Bus::new())),
+        };
+        Vcpu::new(0, fd, buses, exit.clone()).run();
+        assert_eq!(exit.reason(), Some(ExitReason::GuestReboot));
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"ok");
+    }
+}
