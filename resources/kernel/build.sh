@@ -15,7 +15,7 @@ SRC_VERSION="$(bed_pkg_version linux-source-6.12)"
 [ -n "$SRC_VERSION" ] && [ -f "$TARBALL" ] ||
     bed_die "linux-source-6.12 is not installed: run resources/setup.sh"
 
-HASH="$(bed_hash "$FRAGMENT" "$0" -- "$SRC_VERSION")"
+HASH="$(bed_hash "$FRAGMENT" "$BED_RESOURCES/kernel/build.sh" -- "$SRC_VERSION")"
 OUT="$PASSVM_CACHE/kernel-$HASH"
 if [ -f "$OUT/bzImage" ] && [ -f "$OUT/vmlinux" ]; then
     echo "$OUT"

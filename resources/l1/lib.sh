@@ -67,9 +67,11 @@ bed_unbind_vfio() {
 }
 
 # The VFIO cdev of a bound device (/dev/vfio/devices/vfioN), empty without one.
+# sysfs has vfio-dev/vfioN on any kernel; only CONFIG_VFIO_DEVICE_CDEV makes it a
+# character device, so the node must exist too.
 bed_vfio_cdev() {
     for c in /sys/bus/pci/devices/"$1"/vfio-dev/vfio*; do
-        [ -e "$c" ] && echo "/dev/vfio/devices/$(basename "$c")"
+        [ -c "/dev/vfio/devices/${c##*/}" ] && echo "/dev/vfio/devices/${c##*/}"
     done
     return 0
 }
