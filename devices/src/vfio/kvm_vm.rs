@@ -316,3 +316,96 @@ mod tests {
         assert!(o.pio.read().unwrap().read(0xc010, &mut b));
     }
 }
+
+#[cfg(test)]
+mod glue_tests {
+    use super::*;
+    use crate::pci::bar::{BarAllocator, Window, DEFAULT_MMIO64_LIMIT};
+    use crate::pci::PciDevice;
+    use crate::vfio::backend::{IrqIndex, IrqInfo, RegionInfo};
+    use crate::vfio::device::{DeviceContext, VfioPciDevice};
+    use crate::vfio::testing::{FakeDevice, RecordingVm};
+
+    /// The glue of docs/passthrough.md §8 on a real KVM VM: slots of mmapped BAR memory,
+    /// traps on real buses reaching the device, decode toggling.
+    #[test]
+    fn a_device_wired_like_the_vmm_does_it() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        let mut cfg = vec![0u8; 256];
+        cfg[0..4].copy_from_slice(&0x1234_1af4u32.to_le_bytes());
+        cfg[0x14..0x18].copy_from_slice(&1u32.to_le_bytes()); // BAR1: I/O
+        cfg[0x3d] = 1;
+        let mut f = FakeDevice::new(cfg);
+        let r = |size, flags, offset| RegionInfo {
+            flags,
+            size,
+            offset,
+            ..Default::default()
+        };
+        f.add_region(0, r(0x2000, 0x7, 0), vec![0x42; 0x2000]);
+        f.add_region(1, r(0x8, 0x3, 0x2000), vec![0x17; 0x8]);
+        f.irqs
+            .insert(IrqIndex::Intx, IrqInfo { flags: 7, count: 1 });
+        let (pio, mmio) = (
+            Arc::new(RwLock::new(Bus::new())),
+            Arc::new(RwLock::new(Bus::new())),
+        );
+        let ops = Arc::new(
+            KvmVmOps::new(
+                vm,
+                Arc::new(SlotPool::new(10, 20)),
+                pio.clone(),
+                mmio.clone(),
+            )
+            .unwrap(),
+        );
+        let routing = Arc::new(RecordingVm::new());
+        let mut alloc = BarAllocator::new(
+            Some(Window {
+                base: 0xe000_0000,
+                size: 0x100_0000,
+            }),
+            None,
+            Some(Window {
+                base: 0xc000,
+                size: 0x1000,
+            }),
+            DEFAULT_MMIO64_LIMIT,
+        );
+        let ctx = DeviceContext {
+            vm: ops.clone(),
+            routing,
+            bars: &mut alloc,
+            intx_gsi: Some(11),
+        };
+        let dev = VfioPciDevice::new("glue", Arc::new(f), ctx).unwrap();
+        let ranges = dev.trapped_ranges();
+        let dev = Arc::new(Mutex::new(dev));
+        ops.set_device(&(dev.clone() as Arc<Mutex<dyn BusDevice>>));
+        ops.insert_traps(&ranges).unwrap();
+
+        let mut b = [0u8; 4];
+        assert!(
+            pio.read().unwrap().read(0xc000, &mut b[..1]),
+            "I/O BAR trap registered"
+        );
+        assert_eq!(b[0], 0xff, "I/O decode still off");
+        dev.lock().unwrap().write_config_register(1, 0, &[0x03]);
+        assert!(pio.read().unwrap().read(0xc004, &mut b));
+        assert_eq!(b, [0x17; 4], "through the bus into VFIO region 1");
+        assert_eq!(ops.live.lock().unwrap().len(), 1, "BAR0 is a KVM slot");
+        assert_eq!(
+            ops.live.lock().unwrap().values().next().unwrap().0,
+            0xe000_0000
+        );
+        dev.lock().unwrap().write_config_register(1, 0, &[0x01]);
+        assert!(
+            ops.live.lock().unwrap().is_empty(),
+            "memory decode off: slot removed"
+        );
+        drop(dev);
+    }
+}
