@@ -212,6 +212,9 @@ impl VfioPciDevice {
         let mut msi = None;
         let mut msix = None;
         let mut msix_cap = None;
+        // Even a hidden MSI-X table keeps trapping: mapped, the guest could program the
+        // real table with messages of its choosing.
+        let mut msix_layout: Option<MsixCap> = None;
         for c in &std_caps {
             match c.id {
                 id::MSI => {
@@ -225,7 +228,11 @@ impl VfioPciDevice {
                 }
                 id::MSIX => {
                     let count = dev.irq_info(IrqIndex::Msix).map_or(0, |i| i.count);
-                    match MsixCap::parse(&cfg, c.offset) {
+                    let parsed = MsixCap::parse(&cfg, c.offset);
+                    if msix_layout.is_none() {
+                        msix_layout = parsed;
+                    }
+                    match parsed {
                         Some(cap) if count > 0 && msix_cap.is_none() => {
                             msix_cap = Some((cap, count))
                         }
@@ -281,25 +288,27 @@ impl VfioPciDevice {
         }
 
         // MSI-X needs its table and PBA inside implemented memory BARs.
-        if let Some((cap, count)) = msix_cap {
-            let fits = |bir: u8, off: u64, len: u64| {
-                bars.iter().any(|b| {
-                    b.index == bir as usize
-                        && !b.state.kind.is_io()
-                        && off.checked_add(len).is_some_and(|e| e <= b.region.size)
-                })
-            };
-            if fits(cap.table_bar, cap.table_offset, cap.table_len())
-                && fits(cap.pba_bar, cap.pba_offset, cap.pba_len())
-            {
-                for b in bars.iter_mut() {
-                    if b.index == cap.table_bar as usize {
-                        b.msix_table = Some((cap.table_offset, cap.table_len()));
-                    }
-                    if b.index == cap.pba_bar as usize {
-                        b.msix_pba = Some((cap.pba_offset, cap.pba_len()));
-                    }
+        let fits = |bars: &[Bar], bir: u8, off: u64, len: u64| {
+            bars.iter().any(|b| {
+                b.index == bir as usize
+                    && !b.state.kind.is_io()
+                    && off.checked_add(len).is_some_and(|e| e <= b.region.size)
+            })
+        };
+        if let Some(cap) = msix_layout {
+            for b in bars.iter_mut() {
+                if b.index == cap.table_bar as usize {
+                    b.msix_table = Some((cap.table_offset, cap.table_len()));
                 }
+                if b.index == cap.pba_bar as usize {
+                    b.msix_pba = Some((cap.pba_offset, cap.pba_len()));
+                }
+            }
+        }
+        if let Some((cap, count)) = msix_cap {
+            if fits(&bars, cap.table_bar, cap.table_offset, cap.table_len())
+                && fits(&bars, cap.pba_bar, cap.pba_offset, cap.pba_len())
+            {
                 msix = Some(Msix::new(cap, count).map_err(eventfd_err)?);
             } else {
                 log::warn!("{name}: the MSI-X table or PBA lies outside its BAR; hiding MSI-X");
@@ -315,10 +324,14 @@ impl VfioPciDevice {
         }
 
         // mmap every mappable area once; slots follow the guest's decode and addresses.
-        for b in bars.iter_mut().filter(|b| !b.state.kind.is_io()) {
+        // Read-only or write-only BARs trap: a plain KVM slot over a read-only mapping would
+        // make a guest write fail the whole vCPU.
+        let mappable =
+            |b: &Bar| !b.state.kind.is_io() && b.region.readable() && b.region.writable();
+        for b in bars.iter_mut().filter(|b| mappable(b)) {
             let traps: Vec<_> = [b.msix_table, b.msix_pba].into_iter().flatten().collect();
             for area in mmap_areas(&b.region, &traps) {
-                match MappedArea::map(dev.mmap_fd(), b.region.offset, area, b.region.writable()) {
+                match MappedArea::map(dev.mmap_fd(), b.region.offset, area, true) {
                     Ok(m) => b.areas.push(m),
                     Err(e) => log::warn!(
                         "{name}: BAR{} area {:#x}+{:#x} cannot be mmapped ({e}); it will trap",
@@ -1185,6 +1198,35 @@ mod tests {
         assert_eq!(dev.read_config(0x3c) >> 8 & 0xff, 0, "no interrupt pin");
         assert!(vm.calls().is_empty(), "no INTx wiring");
         assert!(dev.intx_gsi().is_none());
+    }
+
+    #[test]
+    fn a_hidden_msix_table_still_traps_and_read_only_bars_are_not_mapped() {
+        let mut f = fake();
+        f.irqs.remove(&IrqIndex::Msix);
+        let ro = RegionInfo {
+            flags: 0x5,
+            size: 0x100,
+            offset: 0x11000,
+            ..Default::default()
+        };
+        f.add_region(3, ro, vec![0x22; 0x100]); // readable + mmap, not writable
+        let (mut dev, _d, vm) = build(f);
+        assert_eq!(dev.read_config(0x50) >> 8 & 0xff, 0x90, "MSI-X unlinked");
+        dev.write_config(COMMAND, 0, &[0x02]);
+        let bar0 = dev.bar_summaries()[0].addr;
+        let got: Vec<_> = vm.slots().iter().map(|s| (s.0, s.1)).collect();
+        assert_eq!(
+            got,
+            vec![(bar0, 0x2000), (bar0 + 0x4000, 0xc000)],
+            "table pages carved, BAR3 traps"
+        );
+        let mut b = [0u8; 4];
+        BusDevice::read(&mut dev, bar0, 0x2000, &mut b);
+        assert_eq!(
+            b, [0x5a; 4],
+            "no emulation: the region answers (vfio-pci blocks the real table)"
+        );
     }
 
     #[test]
