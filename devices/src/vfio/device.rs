@@ -1229,6 +1229,81 @@ mod tests {
         );
     }
 
+    /// A guest doing random config writes and BAR accesses never panics passvm, and the
+    /// KVM state stays consistent: every irqfd has a route, every slot lies in a BAR.
+    #[test]
+    fn random_hostile_guest_cannot_break_the_model() {
+        let (mut dev, _d, vm) = build(fake());
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let interesting = [
+            0x04usize, 0x10, 0x14, 0x18, 0x1c, 0x30, 0x3c, 0x50, 0x54, 0x58, 0x5c, 0x60, 0x70,
+            0x74, 0x100,
+        ];
+        for _ in 0..50_000 {
+            let r = next();
+            let len = (r >> 8) as usize % 6;
+            let data: Vec<u8> = (0..len).map(|i| (r >> (16 + i * 8)) as u8).collect();
+            match r % 4 {
+                0 => {
+                    let reg = if r & 0x100 != 0 {
+                        interesting[(r >> 32) as usize % interesting.len()] / 4
+                    } else {
+                        (r >> 32) as usize % 1100
+                    };
+                    dev.write_config_register(reg, (r >> 40) % 5, &data);
+                }
+                1 => {
+                    dev.read_config_register((r >> 32) as usize % 1100);
+                }
+                2 | 3 => {
+                    let bars = dev.bar_summaries();
+                    let base = match (r >> 32) % 5 {
+                        4 => next(),
+                        i => bars[i as usize % bars.len()].addr,
+                    };
+                    let offset = if r & 0x200 != 0 {
+                        next()
+                    } else {
+                        (r >> 44) % 0x11000
+                    };
+                    if r % 4 == 2 {
+                        let mut buf = vec![0u8; len.max(1) + (r as usize >> 60) % 4];
+                        BusDevice::read(&mut dev, base, offset, &mut buf);
+                    } else {
+                        BusDevice::write(&mut dev, base, offset, &data);
+                    }
+                }
+                _ => unreachable!(),
+            }
+        }
+        let routes = vm.routes();
+        assert!(vm
+            .irqfds()
+            .iter()
+            .all(|g| *g < 24 || routes.contains_key(g)));
+        let calls = vm.calls();
+        let count = |f: fn(&VmCall) -> bool| calls.iter().filter(|c| f(c)).count();
+        // The walk really reached the interesting paths (seeded, so this is stable).
+        assert!(count(|c| matches!(c, VmCall::AddSlot { .. })) > 0);
+        assert!(count(|c| matches!(c, VmCall::SetRoute(..))) > 0);
+        assert!(count(|c| matches!(c, VmCall::Irqfd(..))) > 0);
+        assert!(count(|c| matches!(c, VmCall::Trap(..))) > 0);
+        let bars = dev.bar_summaries();
+        for (gpa, size, _) in vm.slots() {
+            assert!(bars
+                .iter()
+                .any(|b| gpa >= b.addr && gpa + size <= b.addr + b.size.max(4096)));
+        }
+        drop(dev);
+        assert!(vm.slots().is_empty() && vm.irqfds().is_empty() && vm.routes().is_empty());
+    }
+
     #[test]
     fn bridges_and_missing_config_are_refused_with_reasons() {
         let mut cfg = vec![0u8; 256];
