@@ -93,6 +93,17 @@ pub enum DmaError {
         /// How to fix it.
         hint: &'static str,
     },
+    /// The kernel refused an unmap.
+    #[error("DMA-unmapping guest RAM {gpa:#x}+{size:#x} failed: {source}")]
+    Unmap {
+        /// Guest physical address (= IOVA).
+        gpa: u64,
+        /// Length.
+        size: u64,
+        /// vfio-ioctls' error.
+        #[source]
+        source: vfio_ioctls::VfioError,
+    },
     /// A guest memory region has no host mapping.
     #[error("guest RAM region at {0:#x} has no host mapping to DMA-map")]
     NoHostAddress(u64),
@@ -252,6 +263,20 @@ impl IommuSpace {
             report.elapsed.as_secs_f64() * 1000.0
         );
         Ok(report)
+    }
+
+    /// Undoes [`IommuSpace::map_guest_memory`] (for the map-time benchmark and RAM
+    /// hot-unplug; a VM's teardown does not need it). Returns the time it took.
+    pub fn unmap_guest_memory<M: GuestMemoryBackend>(&self, mem: &M) -> Result<Duration, DmaError> {
+        let ops = self.ops();
+        let start = Instant::now();
+        for r in mem.iter() {
+            let (gpa, size) = (r.start_addr().0, r.len());
+            let len = usize::try_from(size).map_err(|_| DmaError::NoHostAddress(gpa))?;
+            ops.vfio_dma_unmap(gpa, len)
+                .map_err(|source| DmaError::Unmap { gpa, size, source })?;
+        }
+        Ok(start.elapsed())
     }
 }
 
