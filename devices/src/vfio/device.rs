@@ -695,14 +695,20 @@ impl VfioPciDevice {
                 return; // table and PBA offsets are read-only
             }
         }
-        if off == COMMAND && write_lanes(offset, data.len()) & 0xffff != 0 {
-            let v = merge_write(self.command as u32, offset, data);
-            self.command = v as u16;
+        let new_command = (off == COMMAND && write_lanes(offset, data.len()) & 0xffff != 0)
+            .then(|| merge_write(self.command as u32, offset, data) as u16);
+        if let Some(new) = new_command {
+            // Slots go before the device stops decoding and come after it starts: vfio-pci
+            // revokes BAR mmaps while decode is off, and a guest access through a slot
+            // then would fail the vCPU instead of reading all-ones.
+            self.command &= new;
+            self.sync_bar_mappings();
         }
         for (o, bytes) in self.overlay.write(off, offset, data) {
             self.dev.region_write(CONFIG_REGION, o as u64, &bytes);
         }
-        if off == COMMAND {
+        if let Some(new) = new_command {
+            self.command = new;
             self.sync_bar_mappings();
         }
     }
@@ -1302,6 +1308,27 @@ mod tests {
         }
         drop(dev);
         assert!(vm.slots().is_empty() && vm.irqfds().is_empty() && vm.routes().is_empty());
+    }
+
+    #[test]
+    fn slots_leave_before_the_device_stops_decoding_and_come_after_it_starts() {
+        let (mut dev, d, vm) = build(fake());
+        d.watch_slots(vm.clone());
+        dev.write_config(COMMAND, 0, &[0x02]);
+        let slots_on = vm.slots().len();
+        assert!(slots_on > 0);
+        assert_eq!(
+            d.slots_seen_at_last_write(),
+            Some(0),
+            "slots only after decode is on"
+        );
+        dev.write_config(COMMAND, 0, &[0x00]);
+        assert_eq!(
+            d.slots_seen_at_last_write(),
+            Some(0),
+            "no slot left when decode goes off"
+        );
+        assert!(vm.slots().is_empty());
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct FakeDevice {
     pub unmask_fd_unsupported: bool,
     pub flags: u32,
     memfd: std::fs::File,
+    watched: Mutex<Option<std::sync::Arc<RecordingVm>>>,
+    slots_seen: Mutex<Option<usize>>,
 }
 
 impl FakeDevice {
@@ -46,6 +48,8 @@ impl FakeDevice {
             unmask_fd_unsupported: false,
             flags: 1,
             memfd,
+            watched: Mutex::new(None),
+            slots_seen: Mutex::new(None),
         };
         let size = config.len() as u64;
         d.add_region(
@@ -71,6 +75,15 @@ impl FakeDevice {
 
     pub fn calls(&self) -> Vec<DevCall> {
         self.calls.lock().unwrap().clone()
+    }
+
+    /// Records, at every region write, how many memory slots `vm` has at that moment.
+    pub fn watch_slots(&self, vm: std::sync::Arc<RecordingVm>) {
+        *self.watched.lock().unwrap() = Some(vm);
+    }
+
+    pub fn slots_seen_at_last_write(&self) -> Option<usize> {
+        *self.slots_seen.lock().unwrap()
     }
 
     pub fn clear_calls(&self) {
@@ -100,6 +113,9 @@ impl VfioDeviceOps for FakeDevice {
     }
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) {
         self.log(DevCall::RegionWrite(index, offset, data.to_vec()));
+        if let Some(vm) = self.watched.lock().unwrap().as_ref() {
+            *self.slots_seen.lock().unwrap() = Some(vm.slots().len());
+        }
         if let Some((_, bytes)) = self.regions.get(&index) {
             let mut bytes = bytes.lock().unwrap();
             let o = offset as usize;
