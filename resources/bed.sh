@@ -32,31 +32,31 @@ DISK_MIB=16
 
 cmd_setup() { "$BED_RESOURCES/setup.sh"; }
 
+# Every step checks its status explicitly: this also runs inside `if` (the
+# test stages), where `set -e` does not apply.
 cmd_prepare() {
-    mkdir -p "$PASSVM_CACHE"
+    mkdir -p "$PASSVM_CACHE" || return 1
     # Concurrent prepares (two test binaries, two developers) would race on
     # the same cache entries.
-    exec 9>"$PASSVM_CACHE/prepare.lock"
-    flock 9
+    exec 9>"$PASSVM_CACHE/prepare.lock" && flock 9 || return 1
     local kernel debian passvm images
-    kernel="$("$BED_RESOURCES/kernel/build.sh")"
-    debian="$("$BED_RESOURCES/kernel/debian.sh")"
+    kernel="$("$BED_RESOURCES/kernel/build.sh")" || bed_die "the kernel build failed"
+    debian="$("$BED_RESOURCES/kernel/debian.sh")" || bed_die "fetching the Debian kernel failed"
     bed_log "building static passvm (release)"
     (cd "$BED_REPO" && RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --quiet --release --target x86_64-unknown-linux-gnu --bin passvm) >&2 ||
         bed_die "the static passvm build failed (see above)"
     passvm="$BED_REPO/target/x86_64-unknown-linux-gnu/release/passvm"
-    images="$("$BED_RESOURCES/images.sh" "$kernel" "$debian" "$passvm")"
+    images="$("$BED_RESOURCES/images.sh" "$kernel" "$debian" "$passvm")" || bed_die "building the images failed"
     {
         echo "BED_KERNEL=$kernel/bzImage"
         echo "BED_VMLINUX=$kernel/vmlinux"
         echo "BED_DEBIAN_KERNEL=$debian/vmlinuz"
         echo "BED_PASSVM=$passvm"
         echo "$images"
-    } >"$ENV_FILE.tmp"
-    mv "$ENV_FILE.tmp" "$ENV_FILE"
-    cat "$ENV_FILE"
+    } >"$ENV_FILE.tmp" && mv "$ENV_FILE.tmp" "$ENV_FILE" || bed_die "cannot write $ENV_FILE"
     exec 9>&-
+    cat "$ENV_FILE"
 }
 
 cmd_launch() {
@@ -167,7 +167,7 @@ cmd_launch() {
 }
 
 cmd_run() {
-    cmd_prepare >/dev/null
+    cmd_prepare_quiet
     cmd_launch "$@"
 }
 
@@ -176,23 +176,39 @@ cmd_demo() {
     cmd_run --scenario demo --device blk:d0 --timeout 600 "$@"
 }
 
+# Every stage runs even when an earlier one failed, so one CI run shows every
+# problem; the exit status is non-zero if any stage failed.
 cmd_test() {
-    local start=$SECONDS
+    local start=$SECONDS failed=() t
+    stage() {
+        local name="$1"
+        shift
+        bed_log "==> $name"
+        t=$SECONDS
+        if "$@"; then
+            bed_log "<== $name: ok ($((SECONDS - t)) s)"
+        else
+            bed_log "<== $name: FAILED ($((SECONDS - t)) s)"
+            failed+=("$name")
+        fi
+    }
     cmd_setup
     cd "$BED_REPO"
-    bed_log "cargo fmt --check"
-    cargo fmt --all --check
-    bed_log "cargo clippy --all-targets -- -D warnings"
-    cargo clippy --workspace --all-targets -- -D warnings
-    bed_log "cargo test --workspace (unit and integration tests)"
-    cargo test --workspace
-    # The nested scenarios are #[ignore]d in plain `cargo test`; each takes the
-    # whole machine (one L0 uses both cores), so one at a time.
-    bed_log "nested scenarios (cargo test -- --ignored, one at a time)"
-    cmd_prepare >/dev/null
-    cargo test --workspace --test 'nested_*' -- --ignored --test-threads=1
+    stage "cargo fmt --check" cargo fmt --all --check
+    stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+    stage "cargo test" cargo test --workspace
+    # The nested scenarios are #[ignore]d in a plain `cargo test`. One L0 takes
+    # both cores: one scenario at a time (the Rust API also holds a lock).
+    stage "bed prepare" cmd_prepare_quiet
+    stage "nested scenarios" cargo test --workspace --test 'nested_*' -- --ignored --test-threads=1
+    if [ ${#failed[@]} -gt 0 ]; then
+        bed_log "FAILED after $((SECONDS - start)) s: ${failed[*]}"
+        return 1
+    fi
     bed_log "all tests passed in $((SECONDS - start)) s"
 }
+
+cmd_prepare_quiet() { (cmd_prepare >/dev/null); }
 
 case "${1:-}" in
 setup | prepare | launch | run | demo | test)
