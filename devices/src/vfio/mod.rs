@@ -1,8 +1,9 @@
 //! VFIO: from a `--device` string to a device the guest drives.
 //!
-//! `naming` and `discovery` resolve what the user typed; the rest is the passthrough
-//! device model: [`backend`] is the seam to the kernel's VFIO device, [`vm`] the seam to
-//! the VMM, and `device` ties config space, BARs and interrupts together.
+//! `naming` and `discovery` resolve what the user typed. The rest is the passthrough
+//! device model (docs/passthrough.md): [`passthrough`] is the VM-wide entry point,
+//! [`device`] the guest's view of one function, [`backend`] the seam to the kernel's VFIO
+//! device and [`vm`] the seam to the VMM.
 
 pub mod backend;
 pub mod bars;
@@ -11,12 +12,12 @@ pub mod discovery;
 pub mod dma;
 pub mod group;
 pub mod handle;
-pub mod iommufd;
 pub mod intx;
+pub mod iommufd;
 pub mod iova;
+mod irq;
 pub mod kvm_vfio;
 pub mod kvm_vm;
-mod irq;
 pub mod msi;
 pub mod msix;
 pub mod naming;

@@ -4,7 +4,7 @@
 //! and never written to the device: the kernel programs the real capability with host
 //! vectors when we enable MSI through VFIO. Each enabled vector `i` delivers
 //! `data | i` (the low `log2(n)` data bits carry the vector number, as the spec says),
-//! through an [`irq::Vector`](super::irq::Vector) like MSI-X.
+//! through a vector (`irq.rs`) like MSI-X.
 
 use super::backend::{IrqIndex, VfioDeviceOps};
 use super::irq::Vector;

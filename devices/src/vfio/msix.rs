@@ -2,7 +2,7 @@
 //!
 //! The table lives in a BAR, but vfio-pci drops accesses to it through the region fd and
 //! the real table must hold host vectors, so the guest's table is ours: trapped, kept in
-//! memory, and turned into KVM MSI routes. Each vector is an [`irq::Vector`]; VFIO gets
+//! memory, and turned into KVM MSI routes. Each vector is an `irq::Vector`; VFIO gets
 //! all `table size` eventfds in one `SET_IRQS` when the guest enables MSI-X (vfio-ioctls
 //! can only send the whole range, and kernels with `NORESIZE` cannot grow it later).
 //!

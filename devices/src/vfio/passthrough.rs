@@ -4,7 +4,7 @@
 //! The VMM's glue, in order:
 //! 1. [`Passthrough::new`] once the VM and its irqchip exist, with the backend the
 //!    discovery step chose;
-//! 2. per resolved device: [`Passthrough::add_device`] with a per-device [`VmOps`]
+//! 2. per resolved device: [`Passthrough::add_device`] with a per-device [`VmOps`](super::vm::VmOps)
 //!    (e.g. [`super::kvm_vm::KvmVmOps`]), the GSI router, the VM's BAR allocator and the
 //!    INTx GSI of its slot; RAM is DMA-mapped right after the first one opens;
 //! 3. wrap the device in `Arc<Mutex<..>>`, add it to the PCI root, register its
