@@ -418,6 +418,13 @@ impl VfioPciDevice {
             .collect()
     }
 
+    /// The interrupt pin (1 = INTA# .. 4 = INTD#) when the device offers INTx.
+    pub fn intx_pin(&self) -> Option<u8> {
+        self.intx.as_ref()?;
+        let pin = (self.read_config(INTERRUPT_LINE) >> 8) as u8;
+        (1..=4).contains(&pin).then_some(pin)
+    }
+
     /// The IOAPIC GSI of INTx, if the device offers INTx.
     pub fn intx_gsi(&self) -> Option<u32> {
         self.intx.as_ref().map(|i| i.gsi())

@@ -13,17 +13,24 @@
 //! 4. on guest reboot call [`VfioPciDevice::reset`]; at exit drop the devices before this.
 
 use std::os::unix::io::RawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 use kvm_ioctls::VmFd;
 use vfio_ioctls::VfioDeviceFd;
 use vm_memory::GuestMemoryBackend;
 
+use super::backend::VfioDeviceOps;
 use super::device::{DeviceContext, DeviceError, VfioPciDevice};
 use super::discovery::backend_choice::Backend;
 use super::discovery::resolve::ResolvedDevice;
 use super::dma::{DeviceSource, DmaError, DmaReport, IommuSpace};
 use super::kvm_vfio::{create_kvm_vfio_device, KvmVfioError};
+use super::kvm_vm::{KvmVmOps, SlotPool};
+use super::vm::VmOpsError;
+use crate::bus::{Bus, BusDevice};
+use crate::pci::bar::BarAllocator;
+use crate::pci::host_bridge::{PciRoot, PciRootError};
+use crate::pci::InterruptRouting;
 
 /// Setting up passthrough failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +44,102 @@ pub enum PassthroughError {
     /// The device model.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// No PCI slot.
+    #[error(transparent)]
+    Slot(#[from] PciRootError),
+    /// Buses or memory slots.
+    #[error("attaching the device to the VM: {0}")]
+    Vm(#[from] VmOpsError),
+    /// An eventfd.
+    #[error("cannot create an eventfd ({0}); raise the open-file limit (ulimit -n)")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// The VMM's pieces a device is attached to.
+pub struct VmPlumbing<'a> {
+    /// The VM.
+    pub vm: Arc<VmFd>,
+    /// KVM memory slots for device memory (shared by all devices).
+    pub slots: Arc<SlotPool>,
+    /// Port-I/O bus.
+    pub pio: Arc<RwLock<Bus>>,
+    /// MMIO bus.
+    pub mmio: Arc<RwLock<Bus>>,
+    /// PCI bus 0.
+    pub pci: &'a Mutex<PciRoot>,
+    /// The GSI routing owner.
+    pub routing: Arc<dyn InterruptRouting>,
+    /// The VM's BAR windows.
+    pub bars: &'a mut BarAllocator,
+}
+
+/// A passthrough device on the VM's buses.
+pub struct AttachedDevice {
+    /// The device (also held by the PCI root and the buses).
+    pub device: Arc<Mutex<VfioPciDevice>>,
+    /// Its VM services: poll [`KvmVmOps::pending_event`] and call
+    /// [`KvmVmOps::apply_pending`].
+    pub ops: Arc<KvmVmOps>,
+    /// Its slot on bus 0 (function 0).
+    pub slot: u8,
+    /// `(interrupt pin 1-4, IOAPIC GSI)` for the MP table, when it has INTx.
+    pub intx: Option<(u8, u32)>,
+}
+
+/// Puts an opened VFIO device on the VM: a PCI slot (the lowest free one, so slots
+/// follow `--device` order and stay stable across runs), its BARs, its traps, INTx on
+/// `intx_gsi(slot)` (an IOAPIC pin), and returns what the event loop and the MP table need.
+pub fn attach_device(
+    name: &str,
+    dev: Arc<dyn VfioDeviceOps>,
+    vmp: &mut VmPlumbing<'_>,
+    intx_gsi: impl Fn(u8) -> u32,
+) -> Result<AttachedDevice, PassthroughError> {
+    let slot = vmp
+        .pci
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .free_slot()?;
+    let gsi = intx_gsi(slot);
+    let ops = Arc::new(
+        KvmVmOps::new(
+            vmp.vm.clone(),
+            vmp.slots.clone(),
+            vmp.pio.clone(),
+            vmp.mmio.clone(),
+        )
+        .map_err(PassthroughError::EventFd)?,
+    );
+    let ctx = DeviceContext {
+        vm: ops.clone(),
+        routing: vmp.routing.clone(),
+        bars: vmp.bars,
+        intx_gsi: Some(gsi),
+    };
+    let model = VfioPciDevice::new(name, dev, ctx)?;
+    let ranges = model.trapped_ranges();
+    let intx = model.intx_gsi().zip(model.intx_pin()).map(|(g, p)| (p, g));
+    let device = Arc::new(Mutex::new(model));
+    let as_bus: Arc<Mutex<dyn BusDevice>> = device.clone();
+    ops.set_device(&as_bus);
+    ops.insert_traps(&ranges)?;
+    vmp.pci
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .add_device(slot, device.clone())?;
+    log::info!(
+        "{name}: at PCI 00:{slot:02x}.0{}",
+        match intx {
+            Some((_, g)) => format!(", INTx on GSI {g}"),
+            None => String::new(),
+        }
+    );
+    Ok(AttachedDevice {
+        device,
+        ops,
+        slot,
+        intx,
+    })
 }
 
 impl From<&ResolvedDevice> for DeviceSource {
@@ -86,6 +189,23 @@ impl Passthrough {
         self.dma
     }
 
+    /// Opens `src`, maps guest RAM if it is the first device, and attaches it
+    /// ([`attach_device`]).
+    pub fn attach<M: GuestMemoryBackend>(
+        &mut self,
+        name: &str,
+        src: &DeviceSource,
+        mem: &M,
+        vmp: &mut VmPlumbing<'_>,
+        intx_gsi: impl Fn(u8) -> u32,
+    ) -> Result<AttachedDevice, PassthroughError> {
+        let dev = Arc::new(self.space.open_device(src)?);
+        if self.dma.is_none() {
+            self.dma = Some(self.space.map_guest_memory(mem)?);
+        }
+        attach_device(name, dev, vmp, intx_gsi)
+    }
+
     /// Opens `src`, maps guest RAM if it is the first device, and builds its model.
     pub fn add_device<M: GuestMemoryBackend>(
         &mut self,
@@ -126,5 +246,102 @@ mod tests {
                 .to_string();
             assert!(e.contains("CONFIG_IOMMUFD"), "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod attach_tests {
+    use super::*;
+    use crate::pci::bar::{Window, DEFAULT_MMIO64_LIMIT};
+    use crate::vfio::backend::{IrqIndex, IrqInfo, RegionInfo};
+    use crate::vfio::testing::{FakeDevice, RecordingVm};
+
+    fn cf8(pio: &RwLock<Bus>, slot: u8, reg: u8) {
+        let addr = 0x8000_0000u32 | (u32::from(slot) << 11) | u32::from(reg);
+        assert!(pio.read().unwrap().write(0xcf8, &addr.to_le_bytes()));
+    }
+
+    /// A guest's view through the real host bridge: config cycles on 0xCF8/0xCFC, the
+    /// BAR enabled by a config write while the port bus is read-locked (as on a vCPU),
+    /// the trap move queued, then applied by the event loop.
+    #[test]
+    fn config_cycles_through_the_host_bridge_reach_the_device() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        let mut cfg = vec![0u8; 256];
+        cfg[0..4].copy_from_slice(&0x5678_1234u32.to_le_bytes());
+        cfg[0x10..0x14].copy_from_slice(&1u32.to_le_bytes()); // BAR0: I/O
+        cfg[0x3d] = 1;
+        let mut f = FakeDevice::new(cfg);
+        let r = RegionInfo {
+            flags: 3,
+            size: 8,
+            offset: 0x1000,
+            ..Default::default()
+        };
+        f.add_region(0, r, vec![0x33; 8]);
+        f.irqs
+            .insert(IrqIndex::Intx, IrqInfo { flags: 7, count: 1 });
+        let pci = Arc::new(Mutex::new(PciRoot::new()));
+        let pio = Arc::new(RwLock::new(Bus::new()));
+        pio.write().unwrap().insert(pci.clone(), 0xcf8, 8).unwrap();
+        let mut bars = BarAllocator::new(
+            Some(Window {
+                base: 0xe000_0000,
+                size: 0x100_0000,
+            }),
+            None,
+            Some(Window {
+                base: 0xc000,
+                size: 0x4000,
+            }),
+            DEFAULT_MMIO64_LIMIT,
+        );
+        let mut vmp = VmPlumbing {
+            vm,
+            slots: Arc::new(SlotPool::new(10, 20)),
+            pio: pio.clone(),
+            mmio: Arc::new(RwLock::new(Bus::new())),
+            pci: &pci,
+            routing: Arc::new(RecordingVm::new()),
+            bars: &mut bars,
+        };
+        let a = attach_device("mtty-like", Arc::new(f), &mut vmp, |slot| {
+            16 + u32::from(slot % 8)
+        })
+        .unwrap();
+        assert_eq!(a.slot, 1, "slot 0 is the host bridge");
+        assert_eq!(a.intx, Some((1, 17)));
+
+        let mut b = [0u8; 4];
+        cf8(&pio, 1, 0);
+        assert!(pio.read().unwrap().read(0xcfc, &mut b));
+        assert_eq!(u32::from_le_bytes(b), 0x5678_1234);
+        // The guest moves the I/O BAR and enables I/O decode, each as a vCPU would:
+        // with the port bus read-locked around the config write.
+        cf8(&pio, 1, 0x10);
+        {
+            let bus = pio.read().unwrap();
+            bus.write(0xcfc, &0xd001u32.to_le_bytes());
+        }
+        cf8(&pio, 1, 0x04);
+        {
+            let bus = pio.read().unwrap();
+            bus.write(0xcfc, &[0x01, 0x00]);
+        }
+        assert!(
+            !pio.read().unwrap().read(0xd000, &mut b),
+            "move queued, not applied under the lock"
+        );
+        assert_eq!(a.ops.pending_event().read().unwrap(), 2);
+        a.ops.apply_pending();
+        assert!(pio.read().unwrap().read(0xd000, &mut b));
+        assert_eq!(b, [0x33; 4], "I/O BAR through the bus into the VFIO region");
+        assert!(
+            !pio.read().unwrap().read(0xc000, &mut b[..1]),
+            "old range gone"
+        );
     }
 }
