@@ -9,8 +9,12 @@
 //!   ECX bit 31 "hypervisor present" so the guest looks for the KVM leaves;
 //! - leaf 4 (Intel cache topology): EAX[31:26] = cores per package − 1 and EAX[25:14] =
 //!   threads sharing the cache − 1 (each vCPU is a core of its own, L1/L2 private, L3 shared);
-//! - leaves 0xB and 0x1F (x2APIC topology): an SMT level of 1 thread and a core level of N,
-//!   EDX = x2APIC id, the shift width = bits needed for N;
+//! - leaves 0xB and 0x1F (x2APIC topology), rebuilt from scratch: KVM reports only an
+//!   empty subleaf 0 for them ("no topology"), and a guest that finds subleaf 0 alone takes
+//!   every vCPU for a package of its own. passvm writes subleaf 0 = SMT level (1 thread,
+//!   shift 0), subleaf 1 = core level (N, shift = bits needed for N), subleaf 2 = the
+//!   terminating invalid level, each with EDX = x2APIC id. 0x1F only when the maximum basic
+//!   leaf reaches it (Linux prefers 0x1F, then AMD's 0x8000_0026, then 0xB);
 //! - AMD: 0x8000_0008 ECX (core count, APIC id size) and 0x8000_001E (extended APIC id,
 //!   one thread per core, one node).
 //!
@@ -37,14 +41,25 @@ const EDX_HTT: u32 = 1 << 28;
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
 
-/// Adjusts `cpuid` (as returned by KVM) for vCPU `id` of `vcpus`.
-pub fn filter(cpuid: &mut CpuId, id: u8, vcpus: u8) {
+/// The CPUID table for vCPU `id` of `vcpus`, from KVM's supported table.
+pub fn filter(supported: &CpuId, id: u8, vcpus: u8) -> Result<CpuId, vmm_sys_util::fam::Error> {
     let apic_id = u32::from(id);
     let count = u32::from(vcpus.max(1));
     // Bits of the APIC id that number the cores: ceil(log2(count)).
     let core_bits = u32::BITS - (count - 1).leading_zeros();
+    let max_basic = supported
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0)
+        .map_or(0, |e| e.eax);
 
-    for e in cpuid.as_mut_slice().iter_mut() {
+    let mut entries: Vec<kvm_cpuid_entry2> = supported
+        .as_slice()
+        .iter()
+        .filter(|e| e.function != LEAF_TOPOLOGY && e.function != LEAF_TOPOLOGY_V2)
+        .copied()
+        .collect();
+    for e in entries.iter_mut() {
         match e.function {
             LEAF_FEATURES => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | ((count & 0xff) << 16);
@@ -62,9 +77,6 @@ pub fn filter(cpuid: &mut CpuId, id: u8, vcpus: u8) {
                 let cores = (count - 1).min(63);
                 e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (cores << 26);
             }
-            LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
-                topology_level(e, apic_id, count, core_bits);
-            }
             LEAF_AMD_SIZE => {
                 // ECX[15:12] = APIC id bits for cores, ECX[7:0] = cores − 1.
                 e.ecx = (e.ecx & !0xf0ff) | (core_bits << 12) | ((count - 1) & 0xff);
@@ -79,22 +91,38 @@ pub fn filter(cpuid: &mut CpuId, id: u8, vcpus: u8) {
             _ => {}
         }
     }
+    for leaf in [LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2] {
+        if max_basic >= leaf {
+            entries
+                .extend((0..3).map(|index| topology_level(leaf, index, apic_id, count, core_bits)));
+        }
+    }
+    CpuId::from_entries(&entries)
 }
 
-fn topology_level(e: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_bits: u32) {
-    // Subleaf-indexed: KVM returns one entry per level it knows.
-    if e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 {
-        return;
-    }
-    let (shift, logical, kind) = match e.index {
+/// Subleaf `index` of an x2APIC topology leaf: SMT, core, then the invalid terminator.
+fn topology_level(
+    function: u32,
+    index: u32,
+    apic_id: u32,
+    count: u32,
+    core_bits: u32,
+) -> kvm_cpuid_entry2 {
+    let (shift, logical, kind) = match index {
         0 => (0, 1, LEVEL_TYPE_SMT),
         1 => (core_bits, count, LEVEL_TYPE_CORE),
         _ => (0, 0, 0),
     };
-    e.eax = shift;
-    e.ebx = logical;
-    e.ecx = (kind << 8) | (e.index & 0xff);
-    e.edx = apic_id;
+    kvm_cpuid_entry2 {
+        function,
+        index,
+        flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        eax: shift,
+        ebx: logical,
+        ecx: (kind << 8) | (index & 0xff),
+        edx: apic_id,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -115,6 +143,8 @@ mod tests {
     }
 
     fn sample() -> CpuId {
+        let mut leaf0 = entry(0, 0, 0);
+        leaf0.eax = 0xd; // max basic leaf: 0xB yes, 0x1F no
         let mut leaf1 = entry(1, 0, 0);
         leaf1.ebx = 0x0001_0800; // CLFLUSH line size, host APIC id 1, 1 logical
         leaf1.ecx = 0x0000_0001;
@@ -124,12 +154,12 @@ mod tests {
         l3.eax = 0x0000_0163; // unified cache, level 3
         let kvm = entry(0x4000_0000, 0, 0);
         CpuId::from_entries(&[
+            leaf0,
             leaf1,
             l1d,
             l3,
+            // What KVM reports: an empty subleaf 0 ("no topology").
             entry(0xb, 0, KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
-            entry(0xb, 1, KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
-            entry(0xb, 2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
             entry(0x8000_0008, 0, 0),
             entry(0x8000_001e, 0, 0),
             kvm,
@@ -147,8 +177,7 @@ mod tests {
     #[test]
     fn leaf1_carries_apic_id_count_and_hypervisor_bit() {
         for (id, vcpus) in [(0u8, 1u8), (1, 2), (5, 8)] {
-            let mut c = sample();
-            filter(&mut c, id, vcpus);
+            let c = filter(&sample(), id, vcpus).unwrap();
             let l1 = find(&c, 1, 0);
             assert_eq!(l1.ebx >> 24, u32::from(id));
             assert_eq!((l1.ebx >> 16) & 0xff, u32::from(vcpus));
@@ -161,27 +190,32 @@ mod tests {
 
     #[test]
     fn x2apic_topology_is_one_package_of_single_thread_cores() {
-        let mut c = sample();
-        filter(&mut c, 3, 4);
+        let c = filter(&sample(), 3, 4).unwrap();
         let smt = find(&c, 0xb, 0);
         let core = find(&c, 0xb, 1);
         let end = find(&c, 0xb, 2);
         assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 3));
         assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 4, 0x201, 3));
         assert_eq!((end.ebx, (end.ecx >> 8) & 0xff, end.edx), (0, 0, 3));
+        assert_eq!(
+            c.as_slice().iter().filter(|e| e.function == 0xb).count(),
+            3,
+            "KVM's empty subleaf replaced, not kept"
+        );
+        assert!(
+            c.as_slice().iter().all(|e| e.function != 0x1f),
+            "no 0x1F beyond the maximum basic leaf"
+        );
         // 3 vCPUs still need 2 bits of core id.
-        let mut c = sample();
-        filter(&mut c, 0, 3);
+        let c = filter(&sample(), 0, 3).unwrap();
         assert_eq!(find(&c, 0xb, 1).eax, 2);
-        let mut c = sample();
-        filter(&mut c, 0, 1);
+        let c = filter(&sample(), 0, 1).unwrap();
         assert_eq!(find(&c, 0xb, 1).eax, 0);
     }
 
     #[test]
     fn cache_and_amd_leaves_follow_the_vcpu_count() {
-        let mut c = sample();
-        filter(&mut c, 2, 4);
+        let c = filter(&sample(), 2, 4).unwrap();
         let l1d = find(&c, 4, 0);
         assert_eq!(l1d.eax >> 26, 3, "cores per package − 1");
         assert_eq!((l1d.eax >> 14) & 0xfff, 0, "L1 private");

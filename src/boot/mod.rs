@@ -215,6 +215,14 @@ pub enum BootError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// The filtered CPUID table does not fit KVM's limit (cannot happen with KVM's tables).
+    #[error("cannot build the CPUID table of vCPU {id}: {reason}")]
+    CpuidTable {
+        /// vCPU index.
+        id: u8,
+        /// The FAM wrapper's complaint.
+        reason: String,
+    },
     /// KVM refused one of the boot MSRs.
     #[error("KVM refused to set MSR {index:#x} on vCPU {id}; the host KVM lacks a feature passvm's boot state needs (nested KVM too old?)")]
     MsrRefused {
@@ -427,10 +435,13 @@ pub fn setup_vcpu(
     }
     let vcpu_err = |what| move |source| BootError::Vcpu { id, what, source };
 
-    let mut cpuid = kvm
+    let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(vcpu_err("read KVM's supported CPUID for"))?;
-    cpuid::filter(&mut cpuid, id, vcpus);
+    let cpuid = cpuid::filter(&supported, id, vcpus).map_err(|e| BootError::CpuidTable {
+        id,
+        reason: format!("{e:?}"),
+    })?;
     vcpu.set_cpuid2(&cpuid).map_err(vcpu_err("set CPUID"))?;
 
     regs::setup_msrs(vcpu, id)?;

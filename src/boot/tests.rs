@@ -313,6 +313,17 @@ fn setup_vcpu_on_real_kvm_for_both_protocols() {
                 .unwrap();
             assert_eq!(leaf1.ebx >> 24, u32::from(id));
             assert_ne!(leaf1.ecx & (1 << 31), 0, "hypervisor bit");
+            let core_level = cpuid
+                .as_slice()
+                .iter()
+                .find(|e| e.function == 0xb && e.index == 1)
+                .copied()
+                .unwrap();
+            assert_eq!(
+                (core_level.ebx, core_level.edx),
+                (2, u32::from(id)),
+                "2 cores, x2APIC id"
+            );
 
             assert_eq!(read_msr(&vcpu, 0x1a0) & 1, 1, "fast strings");
             assert_eq!(
