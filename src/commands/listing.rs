@@ -119,7 +119,8 @@ pub fn table(inv: &Inventory, roots: &Roots, all: bool) -> String {
     }
     let hidden = inv.entries.iter().filter(|e| !shown(e, all)).count();
     if hidden > 0 {
-        out.push_str(&format!("({hidden} bridges hidden; --all shows them)\n"));
+        let noun = if hidden == 1 { "bridge" } else { "bridges" };
+        out.push_str(&format!("({hidden} {noun} hidden; --all shows them)\n"));
     }
     out.push('\n');
     out.push_str(&format!(

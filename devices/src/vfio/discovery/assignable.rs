@@ -87,7 +87,8 @@ pub fn device_problems(d: &ResolvedDevice, ctx: &CheckContext) -> Vec<Problem> {
     if d.group.is_none() {
         out.push(no_iommu(ctx.roots));
     }
-    if !will_be_vfio {
+    // vfio-pci refuses a device without a group, so "bind it" would not help yet.
+    if !will_be_vfio && d.group.is_some() {
         out.push(not_vfio(d));
     }
     if d.group.is_some() {
