@@ -320,7 +320,10 @@ mod tests {
         let serial =
             Serial::new(EventFd::new(EFD_NONBLOCK).unwrap(), Box::new(out.clone())).unwrap();
         let reset = exit.clone();
-        let kbd = I8042::new(Box::new(move || reset.request(ExitReason::GuestReboot)));
+        let kbd = I8042::new(
+            Box::new(move || reset.request(ExitReason::GuestReboot)),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        );
         let mut pio = Bus::new();
         pio.insert(Arc::new(Mutex::new(serial)), 0x3f8, 8).unwrap();
         pio.insert(Arc::new(Mutex::new(kbd)), 0x60, 5).unwrap();

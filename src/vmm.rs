@@ -396,9 +396,12 @@ fn add_legacy_devices(
         None => None,
     };
     let reset_exit = exit.clone();
-    let kbd = I8042::new(Box::new(move || {
-        reset_exit.request(ExitReason::GuestReboot)
-    }));
+    let kbd_irq = EventFd::new(EFD_NONBLOCK).map_err(host_err("i8042 irqfd"))?;
+    interrupts.register_irqfd(&kbd_irq, i8042::I8042_KBD_IRQ)?;
+    let kbd = I8042::new(
+        Box::new(move || reset_exit.request(ExitReason::GuestReboot)),
+        kbd_irq,
+    );
     pio.insert(
         Arc::new(Mutex::new(kbd)),
         i8042::I8042_BASE,
