@@ -22,6 +22,8 @@ pub const COMMAND: usize = 0x04;
 pub const COMMAND_IO: u16 = 1 << 0;
 /// Command: memory space decode.
 pub const COMMAND_MEMORY: u16 = 1 << 1;
+/// Command: bus mastering (the device may DMA).
+pub const COMMAND_MASTER: u16 = 1 << 2;
 /// Offset of the header-type byte.
 pub const HEADER_TYPE: usize = 0x0e;
 /// Header type: multi-function device.

@@ -33,8 +33,9 @@ use crate::pci::bar::{
 };
 use crate::pci::caps::{self, ext_id, id};
 use crate::pci::config_space::{
-    merge_write, write_lanes, ConfigOverlay, COMMAND, COMMAND_IO, COMMAND_MEMORY, HEADER_TYPE,
-    HEADER_TYPE_MULTIFUNCTION, INTERRUPT_LINE, INTERRUPT_PIN, PCIE_CONFIG_SIZE, PCI_CONFIG_SIZE,
+    merge_write, write_lanes, ConfigOverlay, COMMAND, COMMAND_IO, COMMAND_MASTER, COMMAND_MEMORY,
+    HEADER_TYPE, HEADER_TYPE_MULTIFUNCTION, INTERRUPT_LINE, INTERRUPT_PIN, PCIE_CONFIG_SIZE,
+    PCI_CONFIG_SIZE,
 };
 use crate::pci::{InterruptRouting, PciDevice};
 
@@ -372,6 +373,8 @@ impl VfioPciDevice {
             msix,
             intx,
         };
+        // Whatever the host left enabled stays off until the guest's driver enables it.
+        d.stop_decode_and_dma();
         d.sync_bar_mappings();
         for b in d.bar_summaries() {
             log::info!(
@@ -418,6 +421,22 @@ impl VfioPciDevice {
             .collect()
     }
 
+    /// How many BAR areas are KVM slots right now.
+    #[cfg(test)]
+    pub(crate) fn mapped_slot_count(&self) -> usize {
+        self.bars
+            .iter()
+            .flat_map(|b| &b.areas)
+            .filter(|a| a.slot.is_some())
+            .count()
+    }
+
+    /// The MSI-X model, for tests that look inside.
+    #[cfg(test)]
+    pub(crate) fn msix_model(&self) -> Option<&Msix> {
+        self.msix.as_ref()
+    }
+
     /// The interrupt pin (1 = INTA# .. 4 = INTD#) when the device offers INTx.
     pub fn intx_pin(&self) -> Option<u8> {
         self.intx.as_ref()?;
@@ -462,9 +481,6 @@ impl VfioPciDevice {
                 self.move_trap(i, a);
             }
         }
-        let mut c = [0u8; 2];
-        self.dev.region_read(CONFIG_REGION, COMMAND as u64, &mut c);
-        self.command = u16::from_le_bytes(c);
         if let Some(i) = self.intx.as_mut() {
             i.enable(self.dev.as_ref(), self.routing.as_ref());
         }
@@ -486,6 +502,19 @@ impl VfioPciDevice {
         for i in 0..self.bars.len() {
             self.unmap_bar(i);
         }
+        self.stop_decode_and_dma();
+    }
+
+    /// Clears I/O and memory decode and bus mastering in the device: a device without a
+    /// reset would otherwise keep DMAing into guest RAM (and answering at old addresses)
+    /// across a guest reboot or into the next VM.
+    fn stop_decode_and_dma(&mut self) {
+        let mut c = [0u8; 2];
+        self.dev.region_read(CONFIG_REGION, COMMAND as u64, &mut c);
+        let cmd = u16::from_le_bytes(c) & !(COMMAND_IO | COMMAND_MEMORY | COMMAND_MASTER);
+        self.dev
+            .region_write(CONFIG_REGION, COMMAND as u64, &cmd.to_le_bytes());
+        self.command = cmd;
     }
 
     fn decodes(&self, b: &Bar) -> bool {
@@ -1336,6 +1365,39 @@ mod tests {
             "no slot left when decode goes off"
         );
         assert!(vm.slots().is_empty());
+    }
+
+    #[test]
+    fn a_device_without_reset_still_stops_dma_on_reboot_and_at_start() {
+        let mut f = fake();
+        f.flags = 0; // no VFIO_DEVICE_FLAGS_RESET
+                     // The host left memory decode and bus mastering on.
+        f.regions[&CONFIG_REGION].1.lock().unwrap()[4] = 0x06;
+        let (mut dev, d, vm) = build(f);
+        assert_eq!(d.config_command() & 0x7, 0, "off before the guest runs");
+        assert!(vm.slots().is_empty());
+        dev.write_config(COMMAND, 0, &[0x06]);
+        assert_eq!(d.config_command() & 0x7, 0x6);
+        d.clear_calls();
+        dev.reset();
+        assert_eq!(
+            d.config_command() & 0x7,
+            0,
+            "bus master off across the reboot"
+        );
+        let calls = d.calls();
+        let off = calls
+            .iter()
+            .position(|c| matches!(c, DevCall::RegionWrite(CONFIG_REGION, 4, _)));
+        let reset = calls.iter().position(|c| *c == DevCall::Reset);
+        assert!(
+            off.unwrap() < reset.unwrap(),
+            "DMA stopped before the (no-op) reset"
+        );
+        assert!(
+            vm.slots().is_empty(),
+            "no decode after reboot until the guest enables it"
+        );
     }
 
     #[test]

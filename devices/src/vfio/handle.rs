@@ -47,6 +47,12 @@ impl OwnedVfioDevice {
         self.inner.as_ref()
     }
 
+    /// The vfio-ioctls device, for calls outside [`VfioDeviceOps`] (diagnostics such as
+    /// `trigger_irq`).
+    pub fn inner(&self) -> Option<&VfioDevice> {
+        self.dev()
+    }
+
     fn safe_to_drop(&self) -> bool {
         if std::thread::panicking() {
             return false;

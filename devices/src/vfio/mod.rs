@@ -12,6 +12,8 @@ pub mod discovery;
 pub mod dma;
 pub mod group;
 pub mod handle;
+#[cfg(test)]
+mod hw_probe;
 pub mod intx;
 pub mod iommufd;
 pub mod iova;

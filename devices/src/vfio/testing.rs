@@ -82,6 +82,12 @@ impl FakeDevice {
         *self.watched.lock().unwrap() = Some(vm);
     }
 
+    /// The command register as the device holds it.
+    pub fn config_command(&self) -> u16 {
+        let cfg = self.regions[&CONFIG_REGION].1.lock().unwrap();
+        u16::from_le_bytes([cfg[4], cfg[5]])
+    }
+
     pub fn slots_seen_at_last_write(&self) -> Option<usize> {
         *self.slots_seen.lock().unwrap()
     }
@@ -163,6 +169,9 @@ impl VfioDeviceOps for FakeDevice {
     }
     fn reset(&self) -> Result<bool, BackendError> {
         self.log(DevCall::Reset);
+        if self.flags & 1 == 0 {
+            return Ok(false);
+        }
         // Like a function-level reset: decode and bus mastering off.
         if let Some((_, cfg)) = self.regions.get(&CONFIG_REGION) {
             cfg.lock().unwrap()[4..6].fill(0);

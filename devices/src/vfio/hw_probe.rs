@@ -1,0 +1,195 @@
+//! A probe of the device model against a real VFIO device, for hosts that have one (the
+//! nested bed's L1, or a developer's machine with a spare device bound to vfio-pci):
+//!
+//! ```text
+//! PASSVM_PROBE_DEVICE=/sys/bus/pci/devices/0000:00:10.0 PASSVM_PROBE_BACKEND=iommufd \
+//!     cargo test -p devices hw_probe -- --ignored --nocapture
+//! ```
+//!
+//! It runs the real backends, the IOVA query, a DMA map, the config-space model, BAR
+//! mmaps as real KVM slots, MSI-X enable with a VFIO loopback interrupt arriving on the
+//! vector's eventfd, INTx wiring, reset, and a clean teardown. Lines start with `PROBE`.
+
+use std::sync::{Arc, RwLock};
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use super::backend::{IrqIndex, VfioDeviceOps};
+use super::device::{DeviceContext, VfioPciDevice};
+use super::dma::DeviceSource;
+use super::kvm_vm::{KvmVmOps, SlotPool};
+use super::testing::RecordingVm;
+use crate::bus::{Bus, BusDevice};
+use crate::pci::bar::{BarAllocator, Window, DEFAULT_MMIO64_LIMIT};
+use crate::pci::config_space::COMMAND;
+
+#[test]
+#[ignore = "needs a VFIO device: PASSVM_PROBE_DEVICE=<sysfs path> [PASSVM_PROBE_BACKEND=group|iommufd]"]
+fn hw_probe() {
+    let Ok(sysfs) = std::env::var("PASSVM_PROBE_DEVICE") else {
+        println!("PROBE skipped: PASSVM_PROBE_DEVICE is not set");
+        return;
+    };
+    let backend = std::env::var("PASSVM_PROBE_BACKEND").unwrap_or_else(|_| "iommufd".into());
+    let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
+    let vm = Arc::new(kvm.create_vm().unwrap());
+    vm.create_irq_chip().unwrap();
+    let kdev = super::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
+    let space = match backend.as_str() {
+        "group" => super::group::open_container(kdev),
+        _ => super::iommufd::open_ioas(kdev, None),
+    }
+    .unwrap_or_else(|e| panic!("PROBE FAIL backend: {e}"));
+    let src = DeviceSource {
+        sysfs: sysfs.clone().into(),
+        cdev: None,
+        cdev_fd: None,
+    };
+    let dev = Arc::new(
+        space
+            .open_device(&src)
+            .unwrap_or_else(|e| panic!("PROBE FAIL open: {e}")),
+    );
+    println!(
+        "PROBE opened {sysfs} via {} flags={:#x}",
+        space.name(),
+        dev.device_flags()
+    );
+    match space.iova_ranges() {
+        Ok(r) => println!("PROBE iova_ranges {}", super::iova::describe(&r)),
+        Err(e) => println!("PROBE iova_ranges error {e}"),
+    }
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+    let report = space
+        .map_guest_memory(&mem)
+        .unwrap_or_else(|e| panic!("PROBE FAIL dma: {e}"));
+    println!(
+        "PROBE dma_map bytes={} regions={} ms={:.2}",
+        report.bytes,
+        report.regions,
+        report.elapsed.as_secs_f64() * 1e3
+    );
+
+    let (pio, mmio) = (
+        Arc::new(RwLock::new(Bus::new())),
+        Arc::new(RwLock::new(Bus::new())),
+    );
+    let ops =
+        Arc::new(KvmVmOps::new(vm.clone(), Arc::new(SlotPool::new(100, 200)), pio, mmio).unwrap());
+    let routing = Arc::new(RecordingVm::new());
+    let mut bars = BarAllocator::new(
+        Some(Window {
+            base: 0xc000_0000,
+            size: 0x3ec0_0000,
+        }),
+        Some(Window {
+            base: 1 << 36,
+            size: 1 << 36,
+        }),
+        Some(Window {
+            base: 0xc000,
+            size: 0x4000,
+        }),
+        DEFAULT_MMIO64_LIMIT,
+    );
+    let ctx = DeviceContext {
+        vm: ops.clone(),
+        routing: routing.clone(),
+        bars: &mut bars,
+        intx_gsi: Some(10),
+    };
+    let mut d = VfioPciDevice::new("probe", dev.clone(), ctx)
+        .unwrap_or_else(|e| panic!("PROBE FAIL model: {e}"));
+    let id = d.read_config(0);
+    println!("PROBE ids {:04x}:{:04x}", id & 0xffff, id >> 16);
+    for b in d.bar_summaries() {
+        println!(
+            "PROBE bar{} {:?} addr={:#x} size={:#x}",
+            b.index, b.kind, b.addr, b.size
+        );
+    }
+    println!(
+        "PROBE intx gsi={:?} pin={:?} userspace_eoi={}",
+        d.intx_gsi(),
+        d.intx_pin(),
+        d.intx_eoi_fd().is_some()
+    );
+    println!("PROBE intx_wired={}", routing.irqfds().contains(&10));
+
+    d.write_config(COMMAND, 0, &[0x07]);
+    println!("PROBE decode_on slots={:?}", d.mapped_slot_count());
+    if let Some(io) = d.bar_summaries().into_iter().find(|b| b.kind.is_io()) {
+        // A UART (mtty): write a byte, then read LSR and RBR through the trapped path.
+        d.trap_write(io.addr, 0, b"P");
+        let (mut lsr, mut rbr) = ([0u8], [0u8]);
+        d.trap_read(io.addr, 5, &mut lsr);
+        d.trap_read(io.addr, 0, &mut rbr);
+        println!(
+            "PROBE io bar{} lsr={:#x} rbr={:#x}",
+            io.index, lsr[0], rbr[0]
+        );
+    }
+
+    if let Some(cap) = d.msix_model().map(|m| *m.cap()) {
+        let bar = d
+            .bar_summaries()
+            .into_iter()
+            .find(|b| b.index == cap.table_bar as usize)
+            .unwrap();
+        let mut v = [0u8; 4];
+        d.trap_read(bar.addr, cap.table_offset + 12, &mut v);
+        println!(
+            "PROBE msix table_size={} vector0_ctrl={}",
+            cap.table_size,
+            u32::from_le_bytes(v)
+        );
+        d.write_config(cap.offset, 2, &0xc000u16.to_le_bytes()); // enable + function mask
+        d.trap_write(bar.addr, cap.table_offset, &0xfee0_0000u32.to_le_bytes());
+        d.trap_write(bar.addr, cap.table_offset + 8, &0x41u32.to_le_bytes());
+        d.trap_write(bar.addr, cap.table_offset + 12, &0u32.to_le_bytes());
+        d.write_config(cap.offset, 3, &[0x80]); // clear the function mask
+        println!(
+            "PROBE msix routes={} intx_wired={}",
+            routing.routes().len(),
+            routing.irqfds().contains(&10)
+        );
+        let fd = d
+            .msix_model()
+            .unwrap()
+            .eventfd(0)
+            .unwrap()
+            .try_clone()
+            .unwrap();
+        let looped = dev.inner().unwrap().trigger_irq(IrqIndex::Msix.raw(), 0);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        println!(
+            "PROBE msix loopback trigger={:?} eventfd={:?}",
+            looped.is_ok(),
+            fd.read().ok()
+        );
+        d.write_config(cap.offset, 3, &[0x00]); // disable
+        println!(
+            "PROBE msix_off routes={} intx_wired={}",
+            routing.routes().len(),
+            routing.irqfds().contains(&10)
+        );
+    }
+    d.reset();
+    println!(
+        "PROBE reset ok, slots after reset={:?}",
+        d.mapped_slot_count()
+    );
+    drop(d);
+    drop(dev);
+    drop(space);
+    println!("PROBE done");
+}
+
+impl VfioPciDevice {
+    fn trap_read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
+        BusDevice::read(self, base, offset, data)
+    }
+    fn trap_write(&mut self, base: u64, offset: u64, data: &[u8]) {
+        BusDevice::write(self, base, offset, data)
+    }
+}
