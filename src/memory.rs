@@ -104,19 +104,19 @@ pub const E820_RESERVED: u32 = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     /// The size is below the minimum.
-    #[error("guest memory of {size} bytes is too small: passvm needs at least {min} MiB to load a Linux kernel; use --memory size=512M or more", min = MIN_MEMORY_SIZE >> 20)]
+    #[error("guest memory of {} is too small: passvm needs at least {min} MiB to load a Linux kernel; use --memory size=512M or more", human(*size), min = MIN_MEMORY_SIZE >> 20)]
     TooSmall {
         /// Requested size in bytes.
         size: u64,
     },
     /// The size does not fit below 2^39 with the MMIO windows.
-    #[error("guest memory of {size} bytes is too large: RAM and the 64-bit BAR window must stay below 2^39 (the IOMMU's IOVA limit), so at most {max} GiB; use a smaller --memory size", max = MAX_MEMORY_SIZE >> 30)]
+    #[error("guest memory of {} is too large: RAM and the 64-bit BAR window must stay below 2^39 (the IOMMU's IOVA limit), so at most {max} GiB; use a smaller --memory size", human(*size), max = MAX_MEMORY_SIZE >> 30)]
     TooLarge {
         /// Requested size in bytes.
         size: u64,
     },
     /// The size is not a whole number of pages.
-    #[error("guest memory of {size} bytes is not a multiple of {align} KiB; round --memory size to whole {unit}", align = align >> 10, unit = if *align > PAGE_SIZE { "huge pages (e.g. size=512M)" } else { "pages (e.g. size=512M)" })]
+    #[error("guest memory of {} is not a multiple of {} KiB; round --memory size to whole {unit}", human(*size), align >> 10, unit = if *align > PAGE_SIZE { "huge pages (e.g. size=512M)" } else { "pages (e.g. size=512M)" })]
     Unaligned {
         /// Requested size in bytes.
         size: u64,
@@ -416,6 +416,17 @@ fn meminfo_value(key: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// "16 MiB", "3 GiB", or the byte count when it is not a whole number of MiB.
+fn human(bytes: u64) -> String {
+    if bytes != 0 && bytes % (1 << 30) == 0 {
+        format!("{} GiB", bytes >> 30)
+    } else if bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 fn align_up(v: u64, align: u64) -> u64 {
     v.div_ceil(align) * align
 }
@@ -614,6 +625,24 @@ mod tests {
             "got {e:?}"
         );
         assert!(e.to_string().contains("/proc/sys/vm/nr_hugepages"), "{e}");
+    }
+
+    #[test]
+    fn hugepages_back_guest_ram_when_reserved() {
+        let (_, free) = hugepage_counts();
+        let size = 32 * MIB;
+        if free * hugepage_size() < size {
+            eprintln!(
+                "skipped: needs {} MiB of free huge pages (/proc/sys/vm/nr_hugepages)",
+                size >> 20
+            );
+            return;
+        }
+        let mem = create_guest_memory(size, true).unwrap();
+        let region = mem.iter().next().unwrap();
+        assert_eq!(region.is_hugetlbfs(), Some(true));
+        // Touch the memory: a hugetlb mapping that was not really reserved would SIGBUS here.
+        vm_memory::Bytes::write_obj(&mem, 0x1234_5678u32, GuestAddress(size - 4)).unwrap();
     }
 
     #[test]
