@@ -4,10 +4,10 @@
 //! adds its paravirtual signature leaves (0x4000_0000 "KVMKVMKVM", 0x4000_0001 features such
 //! as kvm-clock), which passvm passes through unchanged. Then, per vCPU:
 //!
-//! - leaf 1: EBX[31:24] = initial APIC id (= vCPU index, which is the APIC id KVM assigns),
-//!   EBX[23:16] = logical processors per package, EDX.HTT when there is more than one, and
+//! - leaf 1: `EBX[31:24]` = initial APIC id (= vCPU index, which is the APIC id KVM assigns),
+//!   `EBX[23:16]` = logical processors per package, EDX.HTT when there is more than one, and
 //!   ECX bit 31 "hypervisor present" so the guest looks for the KVM leaves;
-//! - leaf 4 (Intel cache topology): EAX[31:26] = cores per package − 1 and EAX[25:14] =
+//! - leaf 4 (Intel cache topology): `EAX[31:26]` = cores per package − 1 and `EAX[25:14]` =
 //!   threads sharing the cache − 1 (each vCPU is a core of its own, L1/L2 private, L3 shared);
 //! - leaves 0xB and 0x1F (x2APIC topology), rebuilt from scratch: KVM reports only an
 //!   empty subleaf 0 for them ("no topology"), and a guest that finds subleaf 0 alone takes

@@ -5,7 +5,13 @@
 //! RSDP in the BIOS area and falls back to scanning for the MP floating pointer in the
 //! first KiB of the EBDA, the last KiB of base memory and 0xf0000–0xfffff. The pointer is
 //! written at [`MPTABLE_START`] (0x9fc00, the "last KiB of 640 KiB"), followed by the
-//! configuration table:
+//! configuration table. Seen in the nested bed (6.12 guest, `CONFIG_ACPI=y`, PVH and
+//! bzImage entries alike): `ACPI BIOS Error (bug): A valid RSDP was not found` (expected,
+//! harmless; `acpi=off` silences it), then `found SMP MP-table at [mem 0x0009fc00-...]`,
+//! `Processor #0 (Bootup-CPU)`, `Processor #1`, `IOAPIC[0]: apic_id 2, ... GSI 0-23`,
+//! `..TIMER: vector=0x30 apic1=0 pin1=0`, and `smp: Brought up 1 node, 2 CPUs`.
+//!
+//! The table holds:
 //!
 //! - one processor entry per vCPU, APIC id = vCPU index (what KVM gives each vCPU), the
 //!   BSP flag on vCPU 0;
@@ -21,7 +27,7 @@
 //!   describes PCI INTx to KVM guests as `Level, ActiveHigh` for the same reason);
 //! - LINT0 = ExtINT (the 8259 PIC through the BSP's LAPIC), LINT1 = NMI, on all LAPICs.
 //!
-//! [`write`] may be called again after `boot::load` (before the vCPUs run) to add the INTx
+//! [`write()`] may be called again after `boot::load` (before the vCPUs run) to add the INTx
 //! lines of devices created later; it rewrites the whole table in place.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
