@@ -132,7 +132,7 @@ cmd_launch() {
             slot=$((slot + 1))
             ;;
         e1000e)
-            qemu_dev+=(-netdev "user,id=net-$names" -device "e1000e,netdev=net-$names,id=$names,addr=$(printf 0x%x $slot)")
+            qemu_dev+=(-netdev "user,id=net-$names" -device "e1000e,netdev=net-$names,id=$names,romfile=,addr=$(printf 0x%x $slot)")
             map+=("$names@0000:00:$(printf %02x $slot).0")
             slot=$((slot + 1))
             ;;
@@ -210,14 +210,23 @@ cmd_test() {
 
 cmd_prepare_quiet() { (cmd_prepare >/dev/null); }
 
-case "${1:-}" in
-setup | prepare | launch | run | demo | test)
-    c="$1"
-    shift
-    "cmd_$c" "$@"
-    ;;
-*)
-    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
-    exit 2
-    ;;
-esac
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+main() {
+    case "${1:-}" in
+    setup | prepare | launch | run | demo | test)
+        local c="$1"
+        shift
+        "cmd_$c" "$@"
+        ;;
+    help | -h | --help) usage ;;
+    *)
+        usage >&2
+        return 2
+        ;;
+    esac
+}
+
+# One line, so bash has read all of it before running: editing this file while
+# a long `bed.sh test` runs cannot change what that run executes.
+main "$@"; exit $?

@@ -12,7 +12,9 @@
 # - checks the Rust toolchain (cargo, clippy, rustfmt).
 set -euo pipefail
 
-PACKAGES=(bison flex libelf-dev bc cpio busybox-static xz-utils zstd linux-source-6.12 gzip)
+# make, gcc and libc6-dev are usually there already (Rust needs a linker); the
+# kernel build needs them too.
+PACKAGES=(make gcc libc6-dev bison flex libelf-dev bc cpio busybox-static xz-utils zstd linux-source-6.12)
 BACKPORTS_PACKAGES=(qemu-system-x86)
 BACKPORTS_FILE=/etc/apt/sources.list.d/bookworm-backports.sources
 

@@ -5,7 +5,7 @@
 
 mod bed;
 
-use bed::{L1Kernel, Outcome, Scenario};
+use bed::{Device, L1Kernel, Outcome, Scenario};
 
 /// The disk's BDF and IOMMU group from the `bound` marker ("BDF group=N").
 fn bound(out: &Outcome) -> (String, String) {
@@ -107,4 +107,90 @@ fn debian_kernel_offers_the_vfio_group_only() {
         out.marker("sysfs_cdev"),
         Some(format!("{bdf} none").as_str())
     );
+}
+
+/// One `dev` marker of bed-topology: "NAME BDF VVVV:DDDD group=N reset=a,b".
+struct Dev {
+    bdf: String,
+    ids: String,
+    group: String,
+    reset: String,
+}
+
+fn devices(out: &Outcome) -> std::collections::BTreeMap<String, Dev> {
+    out.markers("dev")
+        .into_iter()
+        .map(|m| {
+            let f: Vec<&str> = m.split(' ').collect();
+            assert_eq!(f.len(), 5, "malformed dev marker {m:?}");
+            let dev = Dev {
+                bdf: f[1].to_owned(),
+                ids: f[2].to_owned(),
+                group: f[3].trim_start_matches("group=").to_owned(),
+                reset: f[4].trim_start_matches("reset=").to_owned(),
+            };
+            (f[0].to_owned(), dev)
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_bed -- --ignored"]
+fn every_device_kind_has_the_topology_it_promises() {
+    let out = Scenario::new("bed-topology")
+        .device(Device::blk("d0"))
+        .device(Device::blk_root_port("rp0"))
+        .device(Device::blk_multifunction("mfa", "mfb"))
+        .device(Device::e1000e("nic0"))
+        .device(Device::Edu("edu0".into()))
+        .run();
+    out.assert_ok();
+    let devs = devices(&out);
+    let names: Vec<&str> = devs.keys().map(String::as_str).collect();
+    assert_eq!(names, ["d0", "edu0", "mfa", "mfb", "nic0", "rp0"]);
+
+    let d0 = &devs["d0"];
+    assert_eq!(
+        (d0.bdf.as_str(), d0.ids.as_str()),
+        ("0000:00:10.0", "1af4:1042")
+    );
+    assert_eq!(
+        d0.reset, "none",
+        "a root-bus virtio-blk has no reset method"
+    );
+
+    let rp0 = &devs["rp0"];
+    assert_eq!(rp0.bdf, "0000:01:00.0", "behind the first root port");
+    assert!(
+        rp0.reset.split(',').any(|m| m == "flr"),
+        "rp0 resets: {}",
+        rp0.reset
+    );
+
+    let (mfa, mfb) = (&devs["mfa"], &devs["mfb"]);
+    assert_eq!(
+        (mfa.bdf.as_str(), mfb.bdf.as_str()),
+        ("0000:00:12.0", "0000:00:12.1")
+    );
+    assert_eq!(mfa.group, mfb.group, "functions of one slot share a group");
+
+    assert_eq!(devs["nic0"].ids, "8086:10d3");
+    assert_eq!(devs["edu0"].ids, "1234:11e8");
+
+    // Every other device has a group of its own.
+    let mut groups: Vec<&str> = devs
+        .iter()
+        .filter(|(n, _)| n.as_str() != "mfb")
+        .map(|(_, d)| d.group.as_str())
+        .collect();
+    assert!(
+        groups.iter().all(|g| !g.is_empty()),
+        "a device has no IOMMU group"
+    );
+    groups.sort_unstable();
+    groups.dedup();
+    assert_eq!(groups.len(), 5, "groups overlap: {:?}", out.markers("dev"));
+
+    let mdev = out.marker("mdev").expect("mtty mdev marker");
+    assert!(mdev.starts_with("mtty group="), "{mdev}");
 }
