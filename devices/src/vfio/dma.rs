@@ -45,7 +45,7 @@ pub enum IommuSpace {
 #[derive(Debug, thiserror::Error)]
 pub enum DmaError {
     /// A backend or device could not be opened.
-    #[error("{what}: {source}{hint}")]
+    #[error("{what}: {}{hint}", chain(source))]
     Open {
         /// What was being opened.
         what: String,
@@ -107,6 +107,18 @@ pub enum DmaError {
     /// A guest memory region has no host mapping.
     #[error("guest RAM region at {0:#x} has no host mapping to DMA-map")]
     NoHostAddress(u64),
+}
+
+/// An error and its causes, "a: b: c" (vfio-ioctls keeps the errno in the causes).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// What a successful mapping did, for the log and the benchmarks.

@@ -117,6 +117,7 @@ mod tests {
             e.contains("/dev/iommu") && e.contains("CONFIG_IOMMUFD"),
             "{e}"
         );
+        assert!(e.contains("os error 2"), "the errno is kept: {e}");
         let e = open_ioas(kdev, Some(-1)).err().unwrap().to_string();
         assert!(e.contains("--iommufd-fd -1"), "{e}");
     }
