@@ -23,6 +23,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable};
 
 use crate::exit::{ExitReason, VmExit};
 use crate::signals::kick_signal;
+use crate::vm_ops::BusUpdates;
 
 thread_local! {
     /// This thread's `kvm_run` mapping, for the kick handler. A `const` initialiser keeps
@@ -46,12 +47,14 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 }
 
 /// The buses a vCPU dispatches to.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Buses {
     /// Port I/O.
     pub pio: Arc<RwLock<Bus>>,
     /// Memory-mapped I/O.
     pub mmio: Arc<RwLock<Bus>>,
+    /// Range changes requested during an exit, applied when it ends (see `vm_ops.rs`).
+    pub updates: Arc<BusUpdates>,
 }
 
 /// A vCPU ready to run.
@@ -99,7 +102,9 @@ impl Vcpu {
     fn run(mut self) {
         KVM_RUN.with(|c| c.set(self.fd.get_kvm_run()));
         while !self.exit.is_stopping() {
-            match self.step() {
+            let step = self.step();
+            self.buses.updates.apply(&self.buses);
+            match step {
                 Step::Continue => {}
                 Step::Stop(reason) => {
                     self.exit.request(reason);
@@ -269,10 +274,7 @@ mod tests {
     }
 
     fn no_buses() -> Buses {
-        Buses {
-            pio: Arc::new(RwLock::new(Bus::new())),
-            mmio: Arc::new(RwLock::new(Bus::new())),
-        }
+        Buses::default()
     }
 
     /// A vCPU spinning in the guest (`jmp $`) leaves KVM_RUN when kicked, and its thread ends.
@@ -329,7 +331,7 @@ mod tests {
         pio.insert(Arc::new(Mutex::new(kbd)), 0x60, 5).unwrap();
         let buses = Buses {
             pio: Arc::new(RwLock::new(pio)),
-            mmio: Arc::new(RwLock::new(Bus::new())),
+            ..Buses::default()
         };
         Vcpu::new(0, fd, buses, exit.clone()).run();
         assert_eq!(exit.reason(), Some(ExitReason::GuestReboot));

@@ -43,6 +43,7 @@ use crate::memory::{self, MemoryError};
 use crate::signals::TerminationSignals;
 use crate::terminal::RawMode;
 use crate::vcpu::{self, Buses, Vcpu};
+use crate::vm_ops::Memslots;
 
 /// KVM's TSS (three pages) for vCPUs in real mode on Intel: in the unused space between the
 /// LAPIC/MSI window and the 4 GiB boundary (where firmware would be), outside RAM and BARs.
@@ -164,6 +165,7 @@ pub struct Vm {
     exit: Arc<VmExit>,
     _buses: Buses,
     _pci: Arc<Mutex<PciRoot>>,
+    _memslots: Arc<Memslots>,
     _interrupts: Arc<Interrupts>,
     _vm: Arc<VmFd>,
     _mem: GuestMemoryMmap,
@@ -272,14 +274,17 @@ impl Vm {
         )?;
 
         let exit = Arc::new(VmExit::new().map_err(host_err("stop eventfd"))?);
-        let buses = Buses {
-            pio: Arc::new(RwLock::new(Bus::new())),
-            mmio: Arc::new(RwLock::new(Bus::new())),
-        };
+        let buses = Buses::default();
         let serial = add_legacy_devices(cfg, &buses, &interrupts, &exit)?;
-        // Bus 0; passthrough devices (issue 5) are added here with `PciRoot::add_device`.
+        // Bus 0. Passthrough devices (issue 5) are added here with `PciRoot::add_device`,
+        // each with a `DeviceVmOps::new(vm, memslots, buses.updates)` for its BARs.
         let pci = Arc::new(Mutex::new(PciRoot::new()));
         write_lock(&buses.pio).insert(pci.clone(), PCI_CONFIG_BASE, PCI_CONFIG_PORTS)?;
+        let memslots = Arc::new(Memslots::new(
+            u32::try_from(mem.num_regions()).unwrap_or(u32::MAX),
+            u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX),
+        ));
+        buses.updates.apply(&buses);
 
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
         for id in 0..cfg.vcpus {
@@ -310,6 +315,7 @@ impl Vm {
             exit,
             _buses: buses,
             _pci: pci,
+            _memslots: memslots,
             _interrupts: interrupts,
             _vm: vm,
             _mem: mem,
@@ -326,6 +332,7 @@ impl Vm {
             exit,
             _buses,
             _pci,
+            _memslots,
             _interrupts,
             _vm,
             _mem,
