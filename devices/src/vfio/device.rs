@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::backend::{IrqIndex, RegionInfo, VfioDeviceOps, CONFIG_REGION, ROM_REGION};
+use super::backend::{IrqIndex, RegionInfo, VfioDeviceOps, CONFIG_REGION};
 use super::bars::{mmap_areas, MappedArea, PAGE_SIZE};
 use super::intx::Intx;
 use super::msi::{Msi, MsiCap};
@@ -201,7 +201,6 @@ impl VfioPciDevice {
         // ROM hidden: passvm boots without firmware, and no guest driver we target needs
         // it; reads of an unreadable host ROM would only give zeros anyway.
         overlay.emulate(ROM_BAR_OFFSET, 0xffff_ffff, 0, 0);
-        let _ = ROM_REGION;
 
         // Capabilities.
         let std_caps = caps::walk_standard(&cfg);
@@ -481,6 +480,8 @@ impl VfioPciDevice {
                 self.move_trap(i, a);
             }
         }
+        let line = self.intx.as_ref().map_or(0xff, |i| i.gsi());
+        self.overlay.set(INTERRUPT_LINE, 0xff, line);
         if let Some(i) = self.intx.as_mut() {
             i.enable(self.dev.as_ref(), self.routing.as_ref());
         }
@@ -1438,6 +1439,7 @@ mod tests {
         BusDevice::write(&mut dev, bar0, 0x200c, &0u32.to_le_bytes());
         assert_eq!(vm.irqfds().len(), 1);
         w(&mut dev, 0x10, 0xd000_000c); // guest moved it
+        dev.write_config(0x3c, 0, &[0x05]);
         d.clear_calls();
         dev.reset();
         assert!(vm.slots().is_empty() && vm.routes().is_empty());
@@ -1448,6 +1450,11 @@ mod tests {
             "BAR back at its first address"
         );
         assert!(vm.irqfds().contains(&10), "INTx wired again");
+        assert_eq!(
+            dev.read_config(0x3c) & 0xff,
+            10,
+            "interrupt line back to the GSI"
+        );
         assert!(vm.calls().contains(&VmCall::FreeGsi(24)));
         dev.write_config(COMMAND, 0, &[0x02]);
         assert!(!vm.slots().is_empty());
