@@ -219,7 +219,10 @@ fn guest_panic_is_a_nonzero_exit_with_the_reason() {
 #[test]
 #[ignore = "benchmark in the nested bed; prints figures: cargo test --test nested_vm -- --ignored --nocapture bench"]
 fn bench_boot_to_init() {
-    let out = Scenario::new("vm-bench").run();
+    // 2 kernels x 2 vCPU counts x 3 runs of a full L2 boot: well past the default deadline.
+    let out = Scenario::new("vm-bench")
+        .timeout(std::time::Duration::from_secs(1200))
+        .run();
     out.assert_ok();
     let runs = out.markers("bench");
     assert!(!runs.is_empty(), "no benchmark runs reported");
