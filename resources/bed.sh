@@ -158,6 +158,13 @@ cmd_launch() {
         -nographic -no-reboot -vga none -nic none
         -kernel "$kernel" -initrd "$initrd" -append "$cmdline"
         -device virtio-iommu-pci,addr=0x2 "${qemu_dev[@]}")
+    # One L0 takes both cores: runs wait for each other (the Rust API holds
+    # the same lock itself and says so). QEMU inherits the descriptor, so the
+    # lock lasts exactly as long as it runs.
+    if [ -z "${PASSVM_BED_LOCKED:-}" ]; then
+        exec 8>"${TMPDIR:-/tmp}/passvm-bed.lock"
+        flock -n 8 || { bed_log "waiting for another bed run to finish"; flock 8; }
+    fi
     bed_log "workdir $workdir"
     bed_log "$(printf '%q ' "${qemu[@]}")"
     # --foreground keeps QEMU in the terminal's process group (an interactive

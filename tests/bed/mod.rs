@@ -214,7 +214,9 @@ impl Scenario {
         if !self.l1_append.is_empty() {
             cmd.args(["--append", &self.l1_append.join(" ")]);
         }
-        cmd.stdin(Stdio::null())
+        // We hold the bed lock already (and our deadline must not count waiting).
+        cmd.env("PASSVM_BED_LOCKED", "1")
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             // Its own process group, so the deadline and Drop can kill QEMU and
@@ -493,19 +495,18 @@ impl Drop for ProcessGroup {
     }
 }
 
-/// Held while a scenario runs: an flock on a file in the bed's cache, so scenarios
-/// of every thread and test process on this machine run one at a time.
+/// Held while a scenario runs: an flock on `$TMPDIR/passvm-bed.lock`, so scenarios
+/// of every thread, test process and checkout on this machine run one at a time (the
+/// cores are what is shared, whatever cache a run uses).
 struct BedLock(File);
 
 impl BedLock {
     fn acquire() -> Self {
-        let dir = cache_dir();
-        fs::create_dir_all(&dir).expect("create the bed cache directory");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(dir.join("bed.lock"))
+            .open(std::env::temp_dir().join("passvm-bed.lock"))
             .expect("open the bed lock");
         let waited = Instant::now();
         loop {
@@ -533,17 +534,6 @@ impl BedLock {
 
 fn resources() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("resources")
-}
-
-fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PASSVM_CACHE") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-        .expect("HOME or XDG_CACHE_HOME must be set for the bed cache");
-    base.join("passvm")
 }
 
 /// Runs `resources/bed.sh prepare` once per test binary (kernel, Debian kernel,
