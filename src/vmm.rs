@@ -172,11 +172,15 @@ pub struct Vm {
 }
 
 fn open_kvm() -> Result<Kvm, VmError> {
-    Kvm::new().map_err(|e| match e.errno() {
+    Kvm::new().map_err(|e| kvm_open_error(e.errno()))
+}
+
+fn kvm_open_error(errno: i32) -> VmError {
+    match errno {
         libc::ENOENT | libc::ENODEV | libc::ENXIO => VmError::KvmMissing,
         libc::EACCES | libc::EPERM => VmError::KvmPermission,
         n => VmError::KvmOpen(io::Error::from_raw_os_error(n)),
-    })
+    }
 }
 
 fn check_capabilities(kvm: &Kvm) -> Result<(), VmError> {
@@ -439,5 +443,20 @@ impl MutEventSubscriber for StopWatch {
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.0.evt().read();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_open_failures_say_what_to_do() {
+        let missing = kvm_open_error(libc::ENOENT).to_string();
+        assert!(missing.contains("/dev/kvm does not exist") && missing.contains("kvm_intel"));
+        let perm = kvm_open_error(libc::EACCES).to_string();
+        assert!(perm.contains("add yourself to the kvm group"), "{perm}");
+        let other = kvm_open_error(libc::EBUSY).to_string();
+        assert!(other.starts_with("cannot open /dev/kvm: "), "{other}");
     }
 }
