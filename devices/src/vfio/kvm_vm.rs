@@ -61,8 +61,9 @@ pub struct KvmVmOps {
     vm: Arc<VmFd>,
     slots: Arc<SlotPool>,
     live: Mutex<BTreeMap<u32, (u64, u64, u64)>>,
-    pio: Arc<RwLock<Bus>>,
-    mmio: Arc<RwLock<Bus>>,
+    // Weak: the buses own the device, which owns these services.
+    pio: Weak<RwLock<Bus>>,
+    mmio: Weak<RwLock<Bus>>,
     device: OnceLock<Weak<Mutex<dyn BusDevice>>>,
     pending: Mutex<Vec<TrapOp>>,
     event: EventFd,
@@ -80,8 +81,8 @@ impl KvmVmOps {
             vm,
             slots,
             live: Mutex::new(BTreeMap::new()),
-            pio,
-            mmio,
+            pio: Arc::downgrade(&pio),
+            mmio: Arc::downgrade(&mmio),
             device: OnceLock::new(),
             pending: Mutex::new(Vec::new()),
             event: EventFd::new(EFD_NONBLOCK)?,
@@ -97,7 +98,8 @@ impl KvmVmOps {
     pub fn insert_traps(&self, ranges: &[(AddressSpace, u64, u64)]) -> Result<(), VmOpsError> {
         for &(space, base, len) in ranges {
             let dev = self.device()?;
-            let mut bus = self.bus(space).write().unwrap_or_else(|p| p.into_inner());
+            let bus = self.bus(space)?;
+            let mut bus = bus.write().unwrap_or_else(|p| p.into_inner());
             bus.insert(dev, base, len)
                 .map_err(|e| VmOpsError::Other(e.to_string()))?;
         }
@@ -116,16 +118,17 @@ impl KvmVmOps {
         for op in ops {
             let r = match op {
                 TrapOp::Add(space, base, len) => self.device().and_then(|d| {
-                    let mut bus = self.bus(space).write().unwrap_or_else(|p| p.into_inner());
+                    let bus = self.bus(space)?;
+                    let mut bus = bus.write().unwrap_or_else(|p| p.into_inner());
                     bus.insert(d, base, len)
                         .map_err(|e| VmOpsError::Other(e.to_string()))
                 }),
-                TrapOp::Remove(space, base) => {
-                    let mut bus = self.bus(space).write().unwrap_or_else(|p| p.into_inner());
+                TrapOp::Remove(space, base) => self.bus(space).and_then(|bus| {
+                    let mut bus = bus.write().unwrap_or_else(|p| p.into_inner());
                     bus.remove(base)
                         .map(|_| ())
                         .map_err(|e| VmOpsError::Other(e.to_string()))
-                }
+                }),
             };
             if let Err(e) = r {
                 log::warn!("VFIO: moving a BAR trap: {e}");
@@ -133,11 +136,13 @@ impl KvmVmOps {
         }
     }
 
-    fn bus(&self, space: AddressSpace) -> &RwLock<Bus> {
+    fn bus(&self, space: AddressSpace) -> Result<Arc<RwLock<Bus>>, VmOpsError> {
         match space {
             AddressSpace::Pio => &self.pio,
             AddressSpace::Mmio => &self.mmio,
         }
+        .upgrade()
+        .ok_or_else(|| VmOpsError::Other("the VM's buses are gone (shutting down)".into()))
     }
 
     fn device(&self) -> Result<Arc<Mutex<dyn BusDevice>>, VmOpsError> {
@@ -207,7 +212,8 @@ impl VmOps for KvmVmOps {
 
     fn register_trap(&self, space: AddressSpace, base: u64, len: u64) -> Result<(), VmOpsError> {
         let dev = self.device()?;
-        match self.bus(space).try_write() {
+        let bus = self.bus(space)?;
+        let r = match bus.try_write() {
             Ok(mut bus) => bus
                 .insert(dev, base, len)
                 .map_err(|e| VmOpsError::Other(e.to_string())),
@@ -216,11 +222,13 @@ impl VmOps for KvmVmOps {
                 .into_inner()
                 .insert(dev, base, len)
                 .map_err(|e| VmOpsError::Other(e.to_string())),
-        }
+        };
+        r
     }
 
     fn unregister_trap(&self, space: AddressSpace, base: u64) -> Result<(), VmOpsError> {
-        match self.bus(space).try_write() {
+        let bus = self.bus(space)?;
+        let r = match bus.try_write() {
             Ok(mut bus) => bus
                 .remove(base)
                 .map(|_| ())
@@ -231,7 +239,8 @@ impl VmOps for KvmVmOps {
                 .remove(base)
                 .map(|_| ())
                 .map_err(|e| VmOpsError::Other(e.to_string())),
-        }
+        };
+        r
     }
 }
 
@@ -247,24 +256,42 @@ mod tests {
         fn write(&mut self, _b: u64, _o: u64, _d: &[u8]) {}
     }
 
-    fn ops() -> Option<(KvmVmOps, Arc<Mutex<dyn BusDevice>>)> {
+    struct Fixture {
+        o: KvmVmOps,
+        _dev: Arc<Mutex<dyn BusDevice>>,
+        pio: Arc<RwLock<Bus>>,
+        mmio: Arc<RwLock<Bus>>,
+    }
+
+    fn ops() -> Option<Fixture> {
         let kvm = kvm_ioctls::Kvm::new().ok()?;
         let vm = Arc::new(kvm.create_vm().ok()?);
+        let (pio, mmio) = (
+            Arc::new(RwLock::new(Bus::new())),
+            Arc::new(RwLock::new(Bus::new())),
+        );
         let o = KvmVmOps::new(
             vm,
             Arc::new(SlotPool::new(100, 102)),
-            Arc::new(RwLock::new(Bus::new())),
-            Arc::new(RwLock::new(Bus::new())),
+            pio.clone(),
+            mmio.clone(),
         )
         .unwrap();
         let dev: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(Ones));
         o.set_device(&dev);
-        Some((o, dev))
+        Some(Fixture {
+            o,
+            _dev: dev,
+            pio,
+            mmio,
+        })
     }
 
     #[test]
     fn memslots_on_a_real_vm_are_added_removed_and_reused() {
-        let Some((o, _dev)) = ops() else { return };
+        let Some(Fixture { o, .. }) = ops() else {
+            return;
+        };
         let f = tempfile::tempfile().unwrap();
         f.set_len(0x2000).unwrap();
         let area = crate::vfio::backend::MmapArea {
@@ -291,11 +318,13 @@ mod tests {
 
     #[test]
     fn trap_changes_are_queued_while_the_bus_is_read_locked() {
-        let Some((o, _dev)) = ops() else { return };
+        let Some(Fixture { o, _dev, pio, mmio }) = ops() else {
+            return;
+        };
         o.insert_traps(&[(AddressSpace::Mmio, 0xd000_0000, 0x1000)])
             .unwrap();
         {
-            let _reader = o.mmio.read().unwrap(); // a vCPU dispatching an MMIO exit
+            let _reader = mmio.read().unwrap(); // a vCPU dispatching an MMIO exit
             o.unregister_trap(AddressSpace::Mmio, 0xd000_0000).unwrap();
             o.register_trap(AddressSpace::Mmio, 0xe000_0000, 0x1000)
                 .unwrap();
@@ -304,16 +333,49 @@ mod tests {
         }
         let mut b = [0u8; 1];
         assert!(
-            o.mmio.read().unwrap().read(0xd000_0000, &mut b),
+            mmio.read().unwrap().read(0xd000_0000, &mut b),
             "not yet moved"
         );
         o.apply_pending();
-        assert!(!o.mmio.read().unwrap().read(0xd000_0000, &mut b));
-        assert!(o.mmio.read().unwrap().read(0xe000_0000, &mut b));
+        assert!(!mmio.read().unwrap().read(0xd000_0000, &mut b));
+        assert!(mmio.read().unwrap().read(0xe000_0000, &mut b));
         assert_eq!(b, [1]);
         // Without a reader the change is immediate.
         o.register_trap(AddressSpace::Pio, 0xc000, 0x20).unwrap();
-        assert!(o.pio.read().unwrap().read(0xc010, &mut b));
+        assert!(pio.read().unwrap().read(0xc010, &mut b));
+    }
+}
+
+#[cfg(test)]
+mod cycle_tests {
+    use super::*;
+
+    struct Nop;
+    impl BusDevice for Nop {
+        fn read(&mut self, _b: u64, _o: u64, _d: &mut [u8]) {}
+        fn write(&mut self, _b: u64, _o: u64, _d: &[u8]) {}
+    }
+
+    /// The buses own the device and the device owns its VmOps: the VmOps must not own
+    /// the buses back, or nothing would ever be dropped (and no device reset at exit).
+    #[test]
+    fn vm_ops_do_not_keep_the_buses_alive() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        let (pio, mmio) = (
+            Arc::new(RwLock::new(Bus::new())),
+            Arc::new(RwLock::new(Bus::new())),
+        );
+        let o =
+            KvmVmOps::new(vm, Arc::new(SlotPool::new(1, 2)), pio.clone(), mmio.clone()).unwrap();
+        let dev: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(Nop));
+        o.set_device(&dev);
+        assert_eq!(Arc::strong_count(&pio), 1);
+        drop((pio, mmio));
+        let e = o.register_trap(AddressSpace::Pio, 0xc000, 8).unwrap_err();
+        assert!(e.to_string().contains("shutting down"), "{e}");
     }
 }
 
