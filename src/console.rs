@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::Serial;
@@ -93,6 +93,9 @@ pub struct ConsoleInput {
     serial: Arc<Mutex<Serial>>,
     pending: VecDeque<u8>,
     stdin_watched: bool,
+    /// stdin hit end of file or an error: never watched again.
+    stdin_done: bool,
+    stdin: RawFd,
 }
 
 impl ConsoleInput {
@@ -102,6 +105,8 @@ impl ConsoleInput {
             serial,
             pending: VecDeque::new(),
             stdin_watched: false,
+            stdin_done: false,
+            stdin: STDIN,
         }
     }
 
@@ -118,24 +123,33 @@ impl ConsoleInput {
     }
 
     fn set_stdin_watch(&mut self, ops: &mut EventOps, on: bool) {
-        if on == self.stdin_watched {
+        if on == self.stdin_watched || (on && self.stdin_done) {
             return;
         }
-        let ev = Events::with_data_raw(STDIN, EV_STDIN, EventSet::IN);
+        let ev = Events::with_data_raw(self.stdin, EV_STDIN, EventSet::IN);
         let res = if on { ops.add(ev) } else { ops.remove(ev) };
         match res {
             Ok(()) => self.stdin_watched = on,
             // epoll refuses regular files and /dev/null: then there is simply no input.
-            Err(e) => log::debug!("console: stdin not watched: {e:?}"),
+            Err(e) => {
+                log::debug!("console: stdin not watched: {e:?}");
+                self.stdin_done |= on;
+            }
         }
+    }
+
+    /// End of input: the guest keeps running without it (a pipe's EOF must not spin).
+    fn stop_stdin(&mut self, ops: &mut EventOps) {
+        self.set_stdin_watch(ops, false);
+        self.stdin_done = true;
     }
 
     fn read_stdin(&mut self, ops: &mut EventOps) {
         let mut buf = [0u8; 256];
         // SAFETY: reading into a local buffer of the given size from fd 0.
-        let n = unsafe { libc::read(STDIN, buf.as_mut_ptr().cast(), buf.len()) };
+        let n = unsafe { libc::read(self.stdin, buf.as_mut_ptr().cast(), buf.len()) };
         match n {
-            0 => self.set_stdin_watch(ops, false),
+            0 => self.stop_stdin(ops),
             n if n > 0 => self.pending.extend(&buf[..n as usize]),
             _ => {
                 let e = io::Error::last_os_error();
@@ -144,7 +158,7 @@ impl ConsoleInput {
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ) {
                     log::warn!("console: reading stdin: {e}; guest input stops");
-                    self.set_stdin_watch(ops, false);
+                    self.stop_stdin(ops);
                 }
             }
         }
@@ -172,7 +186,7 @@ impl MutEventSubscriber for ConsoleInput {
                     self.read_stdin(ops);
                 } else {
                     // Hang-up or error with nothing to read: the writer is gone.
-                    self.set_stdin_watch(ops, false);
+                    self.stop_stdin(ops);
                 }
             }
             _ => {
@@ -267,6 +281,49 @@ mod tests {
             exit.reason(),
             Some(ExitReason::GuestPanic("sysrq triggered crash".into()))
         );
+    }
+
+    /// A pipe as stdin: its bytes reach the guest, and its end of file neither stops the VM
+    /// nor keeps the event loop busy.
+    #[test]
+    fn piped_input_then_eof_does_not_spin() {
+        use event_manager::{EventManager, SubscriberOps};
+        use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two descriptors this test owns.
+        assert_eq!(
+            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
+            0
+        );
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let serial = Arc::new(Mutex::new(Serial::new(irq, Box::new(io::sink())).unwrap()));
+        let mut input = ConsoleInput::new(serial.clone());
+        input.stdin = fds[0];
+        let mut em = EventManager::<Box<dyn MutEventSubscriber + Send>>::new().unwrap();
+        em.add_subscriber(Box::new(input));
+        // SAFETY: writing a local buffer to the pipe, then closing our write end.
+        unsafe {
+            assert_eq!(libc::write(fds[1], b"ls\r".as_ptr().cast(), 3), 3);
+            libc::close(fds[1]);
+        }
+        let mut handled = 0;
+        for _ in 0..5 {
+            handled += em.run_with_timeout(50).unwrap();
+        }
+        assert!(
+            handled <= 2,
+            "EOF must not wake the loop again and again ({handled})"
+        );
+        let mut got = Vec::new();
+        let mut s = serial.lock().unwrap();
+        for _ in 0..3 {
+            let mut b = [0u8];
+            devices::bus::BusDevice::read(&mut *s, 0x3f8, 0, &mut b);
+            got.push(b[0]);
+        }
+        assert_eq!(got, b"ls\r");
+        // SAFETY: closing the read end this test opened.
+        unsafe { libc::close(fds[0]) };
     }
 
     #[test]
