@@ -217,6 +217,23 @@ fn guest_panic_is_a_nonzero_exit_with_the_reason() {
 }
 
 #[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_vm -- --ignored"]
+fn sigterm_stops_a_running_guest_with_143() {
+    let out = Scenario::new("vm-signal").run();
+    out.assert_ok();
+    assert_eq!(out.marker("signal_rc"), Some("143"));
+    assert_eq!(
+        out.marker("signal_reason"),
+        Some("passvm: stopped by SIGTERM")
+    );
+    let ms: u64 = out
+        .marker("signal_ms")
+        .and_then(|m| m.parse().ok())
+        .expect("signal_ms");
+    println!("SIGTERM to exit: {ms} ms");
+}
+
+#[test]
 #[ignore = "benchmark in the nested bed; prints figures: cargo test --test nested_vm -- --ignored --nocapture bench"]
 fn bench_boot_to_init() {
     // 2 kernels x 2 vCPU counts x 3 runs of a full L2 boot: well past the default deadline.
