@@ -120,6 +120,23 @@ pub struct PciIntx {
     pub ioapic_pin: u8,
 }
 
+impl PciIntx {
+    /// The route of a device on bus 0 from what the VMM knows about it: its slot, the value
+    /// of its `Interrupt Pin` config register (1 = INTA# … 4 = INTD#) and the GSI its INTx
+    /// irqfd raises (an IOAPIC pin with KVM's default routing). `None` when the device has
+    /// no INTx pin or the values cannot be described (slot ≥ 32, GSI beyond the IOAPIC).
+    #[allow(dead_code)] // for the VMM's passthrough wiring (issue 4)
+    pub fn new(device: u8, interrupt_pin: u8, gsi: u32) -> Option<Self> {
+        let pin = IntxPin::from_config(interrupt_pin)?;
+        let ioapic_pin = u8::try_from(gsi).ok().filter(|p| *p < IOAPIC_PINS)?;
+        (device < 32).then_some(PciIntx {
+            device,
+            pin,
+            ioapic_pin,
+        })
+    }
+}
+
 /// Errors from writing the MP table.
 #[derive(Debug, thiserror::Error)]
 pub enum MpTableError {
@@ -367,6 +384,21 @@ mod tests {
         assert!(matches!(build(1, &[bad]), Err(MpTableError::BadIntx(_))));
         assert_eq!(IntxPin::from_config(0), None);
         assert_eq!(IntxPin::from_config(2), Some(IntxPin::B));
+    }
+
+    #[test]
+    fn intx_route_from_device_facts() {
+        assert_eq!(
+            PciIntx::new(3, 1, 16),
+            Some(PciIntx {
+                device: 3,
+                pin: IntxPin::A,
+                ioapic_pin: 16
+            })
+        );
+        assert_eq!(PciIntx::new(3, 0, 16), None, "no INTx pin");
+        assert_eq!(PciIntx::new(3, 1, 24), None, "beyond the IOAPIC");
+        assert_eq!(PciIntx::new(32, 1, 16), None, "no such slot");
     }
 
     #[test]
