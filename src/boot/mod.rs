@@ -123,7 +123,7 @@ pub enum BootError {
         reason: String,
     },
     /// The kernel does not fit in guest RAM.
-    #[error("kernel {} does not fit in the guest's {low_ram_mib} MiB of low RAM; give the VM more memory (--memory size=512M)", path.display())]
+    #[error("kernel {} cannot be copied into guest RAM: it does not fit in the guest's {low_ram_mib} MiB below the PCI hole, or the file is truncated; give the VM more memory (--memory size=512M) or check the file", path.display())]
     KernelTooBig {
         /// The --kernel path.
         path: PathBuf,

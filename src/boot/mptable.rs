@@ -146,6 +146,9 @@ pub enum MpTableError {
     /// An INTx entry is out of range.
     #[error("PCI INTx route {0:?} is invalid: the device must be < 32 and the IOAPIC pin < {IOAPIC_PINS}")]
     BadIntx(PciIntx),
+    /// More INTx routes than bus 0 has pins.
+    #[error("{0} PCI INTx routes requested, but bus 0 has at most 128 (32 slots x 4 pins)")]
+    TooManyIntx(usize),
     /// The table would not fit below 1 MiB.
     #[error("the MP table for {0} vCPUs does not fit below 1 MiB")]
     TooLarge(u8),
@@ -158,6 +161,11 @@ pub enum MpTableError {
 pub fn build(vcpus: u8, intx: &[PciIntx]) -> Result<Vec<u8>, MpTableError> {
     if vcpus == 0 || vcpus > MAX_VCPUS {
         return Err(MpTableError::VcpuCount(vcpus));
+    }
+    // Bus 0 has 32 slots of 4 pins; more routes than that is a caller bug, refused before
+    // the entry count could overflow.
+    if intx.len() > 32 * 4 {
+        return Err(MpTableError::TooManyIntx(intx.len()));
     }
     if let Some(bad) = intx
         .iter()
