@@ -244,3 +244,119 @@ pub fn to_json(inv: &Inventory, roots: &Roots, all: bool) -> Json {
         ("devices", Json::Arr(devices)),
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::vfio::discovery::group::GroupMember;
+    use devices::vfio::discovery::irq_remap::InterruptIsolation;
+    use devices::vfio::discovery::memlock::HostLimits;
+    use devices::vfio::discovery::{DeviceKind, Problem, ProblemKind, ResolvedDevice};
+    use std::path::PathBuf;
+
+    fn dev(name: &str, driver: &str, class: u32, group: u32) -> ResolvedDevice {
+        ResolvedDevice {
+            given_as: name.into(),
+            kind: DeviceKind::Pci,
+            name: name.into(),
+            bdf: name.parse().ok(),
+            parent: None,
+            mdev_type: None,
+            sysfs: PathBuf::from("/sys/devices/pci0000:00").join(name),
+            vendor: Some(0x1af4),
+            device: Some(0x1042),
+            class: Some(class),
+            driver: Some(driver.into()),
+            vfio_bound: driver == "vfio-pci",
+            group: Some(group),
+            group_members: vec![GroupMember {
+                name: name.into(),
+                sysfs: PathBuf::new(),
+                bus: Some("pci".into()),
+                driver: Some(driver.into()),
+                class: Some(class),
+                vfio_bound: driver == "vfio-pci",
+            }],
+            group_node: Some(PathBuf::from(format!("/dev/vfio/{group}"))),
+            cdev: None,
+            cdev_absent: Some("not bound to a VFIO driver".into()),
+            fd: None,
+            id: None,
+            managed: false,
+        }
+    }
+
+    fn inventory() -> Inventory {
+        let problem = Problem {
+            kind: ProblemKind::NotVfioDriver,
+            reason: "bound to the host driver virtio-pci, not to vfio-pci".into(),
+            fix: "bind it with `passvm bind 0000:00:11.0`".into(),
+        };
+        Inventory {
+            entries: vec![
+                Entry {
+                    device: dev("0000:00:10.0", "vfio-pci", 0x010000, 0),
+                    problems: vec![],
+                    bridge: false,
+                },
+                Entry {
+                    device: dev("0000:00:11.0", "virtio-pci", 0x010000, 1),
+                    problems: vec![problem],
+                    bridge: false,
+                },
+                Entry {
+                    device: dev("0000:00:00.0", "-", 0x060000, 2),
+                    problems: vec![],
+                    bridge: true,
+                },
+            ],
+            isolation: InterruptIsolation {
+                remapping: Remapping::Absent,
+                type1_unsafe_ok: Some(true),
+                iommufd_unsafe_ok: None,
+            },
+            limits: HostLimits {
+                memlock: Some(8 << 20),
+                ipc_lock: false,
+            },
+            iommufd: true,
+        }
+    }
+
+    #[test]
+    fn table_marks_assignability_and_prints_fixes_under_the_row() {
+        let t = table(&inventory(), &Roots::host(), false);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("DEVICE") && lines[0].ends_with("ASSIGNABLE"));
+        assert!(lines[1].starts_with("0000:00:10.0") && lines[1].ends_with(" yes"));
+        assert!(lines[2].starts_with("0000:00:11.0") && lines[2].ends_with(" no"));
+        assert!(lines[3].contains("- bound to the host driver virtio-pci"));
+        assert!(lines[4].contains("fix: bind it with `passvm bind 0000:00:11.0`"));
+        assert!(t.contains("(1 bridge hidden; --all shows them)"));
+        assert!(!t.contains("Host bridge"));
+        assert!(t.contains("RLIMIT_MEMLOCK 8M"));
+        let all = table(&inventory(), &Roots::host(), true);
+        assert!(all.contains("Host bridge"));
+    }
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let j = to_json(&inventory(), &Roots::host(), false).render();
+        for field in [
+            "\"iommufd\": true",
+            "\"interrupt_remapping\": \"absent\"",
+            "\"vfio_iommu_type1\": true",
+            "\"iommufd\": null",
+            "\"memlock_limit\": 8388608",
+            "\"name\": \"0000:00:10.0\"",
+            "\"class\": \"010000\"",
+            "\"class_name\": \"SCSI storage controller\"",
+            "\"group_node\": \"/dev/vfio/0\"",
+            "\"assignable\": true",
+            "\"kind\": \"not-vfio-driver\"",
+        ] {
+            assert!(j.contains(field), "missing {field} in\n{j}");
+        }
+        assert!(!j.contains("0000:00:00.0"), "bridges only with --all");
+    }
+}

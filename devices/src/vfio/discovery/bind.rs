@@ -131,6 +131,14 @@ pub fn bind(bdf: &Bdf, roots: &Roots, w: &dyn SysfsWriter) -> Result<BindOutcome
             driver: d.to_string(),
         });
     }
+    if !dir.join("iommu_group").exists() {
+        return Err(step_err(
+            bdf,
+            "check the IOMMU",
+            "the device has no IOMMU group, and vfio-pci refuses such devices",
+            "turn the IOMMU on (see `passvm devices` for how); nothing was changed",
+        ));
+    }
     if !roots.sys_path("bus/pci/drivers/vfio-pci").is_dir() {
         return Err(step_err(
             bdf,
@@ -174,15 +182,23 @@ pub fn bind(bdf: &Bdf, roots: &Roots, w: &dyn SysfsWriter) -> Result<BindOutcome
             );
             Ok(BindOutcome::Bound { previous: current })
         }
-        other => Err(step_err(
-            bdf,
-            "probe with vfio-pci",
-            format!(
-                "the device is on {} afterwards",
-                other.unwrap_or("no driver")
-            ),
-            "see the kernel log (dmesg); vfio-pci refuses devices without an IOMMU group",
-        )),
+        other => {
+            let now = other.unwrap_or("no driver").to_string();
+            // Do not leave the device without its driver: undo with the record.
+            let undo = match unbind(bdf, roots, w) {
+                Ok(o) => format!(
+                    "it was given back to {}",
+                    o.now.as_deref().unwrap_or("no driver")
+                ),
+                Err(e) => format!("giving it back failed too: {e}"),
+            };
+            Err(step_err(
+                bdf,
+                "probe with vfio-pci",
+                format!("the device was on {now} afterwards; {undo}"),
+                "see the kernel log (dmesg)",
+            ))
+        }
     }
 }
 

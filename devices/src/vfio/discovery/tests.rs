@@ -699,6 +699,14 @@ fn bind_errors_are_explained() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("does not exist"), "{e}");
+    h.pci("0000:00:07.0", STORAGE, Some("e1000e"), None);
+    let e = bind(&"00:07.0".parse().unwrap(), &h.roots, &k)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no IOMMU group") && e.contains("nothing was changed"),
+        "{e}"
+    );
     h.pci("0000:00:05.0", STORAGE, Some("e1000e"), Some(2));
     fs::remove_dir(h.sys("bus/pci/drivers/vfio-pci")).unwrap();
     let e = bind(&"00:05.0".parse().unwrap(), &h.roots, &k)
@@ -732,4 +740,44 @@ fn managed_binding_restores_on_drop() {
         link_name(&other.join("driver")).as_deref(),
         Some("vfio-pci")
     );
+}
+
+/// A kernel whose vfio-pci refuses the device: probing leaves it driverless.
+struct RefusingKernel {
+    inner: FakeKernel,
+}
+
+impl SysfsWriter for RefusingKernel {
+    fn write(&self, path: &Path, value: &str) -> std::io::Result<()> {
+        let dev = self
+            .inner
+            .host_sys
+            .join("bus/pci/devices")
+            .join(value.trim());
+        let wants_vfio = fs::read_to_string(dev.join("driver_override"))
+            .unwrap_or_default()
+            .trim()
+            == "vfio-pci";
+        if path.ends_with("drivers_probe") && wants_vfio {
+            return fs::write(path, value);
+        }
+        self.inner.write(path, value)
+    }
+}
+
+#[test]
+fn a_failed_bind_gives_the_device_back() {
+    let h = FakeHost::new();
+    let dir = h.pci("0000:00:05.0", STORAGE, Some("e1000e"), Some(2));
+    let k = RefusingKernel {
+        inner: FakeKernel {
+            host_sys: h.roots.sys.clone(),
+        },
+    };
+    let e = bind(&"00:05.0".parse().unwrap(), &h.roots, &k)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("given back to e1000e"), "{e}");
+    assert_eq!(link_name(&dir.join("driver")).as_deref(), Some("e1000e"));
+    assert!(!h.roots.state.join("bind/0000:00:05.0").exists());
 }
