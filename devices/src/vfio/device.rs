@@ -430,6 +430,19 @@ impl VfioPciDevice {
             .count()
     }
 
+    /// `(BAR index, offset in the BAR, host address)` of every mmapped area.
+    #[cfg(test)]
+    pub(crate) fn mapped_areas(&self) -> Vec<(usize, u64, u64)> {
+        self.bars
+            .iter()
+            .flat_map(|b| {
+                b.areas
+                    .iter()
+                    .map(move |a| (b.index, a.offset, a.host_addr()))
+            })
+            .collect()
+    }
+
     /// The MSI-X model, for tests that look inside.
     #[cfg(test)]
     pub(crate) fn msix_model(&self) -> Option<&Msix> {

@@ -118,6 +118,17 @@ fn hw_probe() {
 
     d.write_config(COMMAND, 0, &[0x07]);
     println!("PROBE decode_on slots={:?}", d.mapped_slot_count());
+    for (index, offset, host) in d.mapped_areas() {
+        let mut via_region = [0u8; 4];
+        dev.region_read(index as u32, offset, &mut via_region);
+        // SAFETY: `host` is a live, page-sized-or-larger mapping of the device's BAR owned
+        // by `d`; a volatile 4-byte read at its start stays inside it.
+        let via_mmap = unsafe { std::ptr::read_volatile(host as *const u32) };
+        println!(
+            "PROBE bar{index}+{offset:#x} region={:#x} mmap={via_mmap:#x}",
+            u32::from_le_bytes(via_region)
+        );
+    }
     if let Some(io) = d.bar_summaries().into_iter().find(|b| b.kind.is_io()) {
         // A UART (mtty): write a byte, then read LSR and RBR through the trapped path.
         d.trap_write(io.addr, 0, b"P");
