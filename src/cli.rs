@@ -34,6 +34,9 @@ Examples:
     passvm devices
     passvm bind 0000:0a:03.1
 
+The console: with --serial tty on a terminal, the terminal is in raw mode and every key,
+Ctrl-C included, goes to the guest; end the VM from the guest (reboot) or with SIGTERM.
+
 Exit status of a VM run:
     0    the guest rebooted (reboot, i8042 reset) or powered off
     1    passvm failed (setup error, KVM entry failure, vCPU error)
