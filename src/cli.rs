@@ -86,8 +86,9 @@ pub struct VmArgs {
     pub memory: Option<String>,
 
     /// Guest serial port (COM1): tty (this terminal: output to stdout, input from stdin),
-    /// file=PATH (output only), or off [default: tty].
-    #[arg(long, value_name = "tty|file=PATH|off")]
+    /// file=PATH (output appended, no input), null (output discarded) or off (no port; no
+    /// guest-panic detection either) [default: tty].
+    #[arg(long, value_name = "tty|file=PATH|null|off")]
     pub serial: Option<String>,
 
     /// A device to pass through (repeatable): PATH or path=PATH[,id=NAME][,bdf=BDF][,managed=on] or fd=N.
