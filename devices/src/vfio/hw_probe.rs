@@ -547,3 +547,76 @@ fn hw_probe_kvm_intx() {
     drop(d);
     println!("PROBE kvm intx done");
 }
+
+/// DMA map/unmap time per GiB on a real IOMMU, 4 KiB pages vs 2 MiB hugepages, for the
+/// backend in `PASSVM_PROBE_BACKEND` (size in MiB from `PASSVM_PROBE_DMA_MIB`, 256 by
+/// default; hugepages need `/proc/sys/vm/nr_hugepages` set first).
+#[test]
+#[ignore = "needs a VFIO device: PASSVM_PROBE_DEVICE=<sysfs path> [PASSVM_PROBE_BACKEND] [PASSVM_PROBE_DMA_MIB]"]
+fn hw_dma_bench() {
+    use vm_memory::mmap::MmapRegionBuilder;
+    use vm_memory::GuestRegionMmap;
+    let Ok(sysfs) = std::env::var("PASSVM_PROBE_DEVICE") else {
+        println!("PROBE skipped: PASSVM_PROBE_DEVICE is not set");
+        return;
+    };
+    let backend = std::env::var("PASSVM_PROBE_BACKEND").unwrap_or_else(|_| "iommufd".into());
+    let mib: usize = std::env::var("PASSVM_PROBE_DMA_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
+    let vm = kvm.create_vm().unwrap();
+    let kdev = super::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
+    let space = match backend.as_str() {
+        "group" => super::group::open_container(kdev),
+        _ => super::iommufd::open_ioas(kdev, None),
+    }
+    .unwrap();
+    let src = DeviceSource {
+        sysfs: sysfs.into(),
+        cdev: None,
+        cdev_fd: None,
+    };
+    let _dev = space.open_device(&src).unwrap();
+    for (label, flags) in [
+        (
+            "4k",
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        ),
+        (
+            "2m",
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+        ),
+    ] {
+        let region = match MmapRegionBuilder::<()>::new(mib << 20)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(flags)
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                println!("PROBE dma_bench {} {label}: no memory ({e})", space.name());
+                continue;
+            }
+        };
+        let mem =
+            GuestMemoryMmap::from_regions(vec![
+                GuestRegionMmap::new(region, GuestAddress(0)).unwrap()
+            ])
+            .unwrap();
+        match space.map_guest_memory(&mem) {
+            Ok(r) => {
+                let unmap = space.unmap_guest_memory(&mem).unwrap();
+                let per_gib = |d: std::time::Duration| d.as_secs_f64() * 1e3 * 1024.0 / mib as f64;
+                println!(
+                    "PROBE dma_bench {} {label} {mib} MiB: map {:.0} ms/GiB, unmap {:.0} ms/GiB",
+                    space.name(),
+                    per_gib(r.elapsed),
+                    per_gib(unmap)
+                );
+            }
+            Err(e) => println!("PROBE dma_bench {} {label}: {e}", space.name()),
+        }
+    }
+}
