@@ -21,7 +21,7 @@
 #                        every blk NAME gets a disk image WORKDIR/NAME.img (16 MiB, raw)
 #                        whose first sector reads "PASSVM-DISK name=NAME"
 #   --workdir DIR        disk images go here                        [mktemp -d]
-#   --timeout SECS       QEMU is stopped after this long            [300]
+#   --timeout SECS       QEMU is stopped after this long, 0 for never [300]
 #   --append ARGS        extra L1 kernel arguments (e.g. loglevel=7)
 #   --memory MIB         L1 RAM                                     [3072]
 set -euo pipefail
@@ -167,9 +167,11 @@ cmd_launch() {
     fi
     bed_log "workdir $workdir"
     bed_log "$(printf '%q ' "${qemu[@]}")"
+    # --timeout 0: the caller keeps the deadline (the Rust API: QEMU is then
+    # this very process, which the API's parent-death signal reaches).
+    [ "$timeout" = 0 ] && exec "${qemu[@]}"
     # --foreground keeps QEMU in the terminal's process group (an interactive
-    # demo would stop on SIGTTIN otherwise); callers that need to kill every
-    # process (the Rust API) put the whole launch in its own group.
+    # demo would stop on SIGTTIN otherwise).
     exec timeout --foreground -k 10 "$timeout" "${qemu[@]}"
 }
 

@@ -205,8 +205,8 @@ impl Scenario {
             .args(["--l1", self.l1.as_arg()])
             .arg("--workdir")
             .arg(&workdir)
-            // The launcher's own deadline is a backstop; ours comes first.
-            .args(["--timeout", &(self.timeout.as_secs() + 30).to_string()])
+            // The deadline is ours: the launcher `exec`s QEMU directly.
+            .args(["--timeout", "0"])
             .args(["--memory", &self.memory_mib.to_string()]);
         for d in &self.devices {
             cmd.args(["--device", &d.spec()]);
@@ -222,6 +222,20 @@ impl Scenario {
             // Its own process group, so the deadline and Drop can kill QEMU and
             // everything else the launcher started with one signal.
             .process_group(0);
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // prctl(2), which is async-signal-safe and touches no memory of ours.
+        unsafe {
+            // If this test process dies without unwinding (SIGKILL, a harness
+            // timeout), the kernel kills the launcher, which by then is QEMU itself
+            // (bash and the launcher `exec`; PDEATHSIG survives exec).
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
 
         let start = Instant::now();
         let mut group = ProcessGroup(cmd.spawn().expect("start resources/bed.sh launch"));
@@ -299,8 +313,8 @@ impl Scenario {
 pub struct Outcome {
     /// The scenario's name.
     pub scenario: String,
-    /// The launcher's exit status: QEMU's (0 after L1 powered off), 124 when its
-    /// backstop deadline fired, `None` when it was killed by a signal.
+    /// QEMU's exit status (0 after L1 powered off), `None` when it was killed by a
+    /// signal (the deadline).
     pub status: Option<i32>,
     /// The signal that ended the launcher, if any.
     pub signal: Option<i32>,
@@ -414,10 +428,9 @@ impl Outcome {
         }
         let l0 = match (self.status, self.signal) {
             (Some(0), _) => "QEMU exited".to_owned(),
-            (Some(124), _) => "QEMU stopped by the launcher's deadline".to_owned(),
             (Some(c), _) => format!("QEMU failed with status {c}"),
-            (None, Some(s)) => format!("launcher killed by signal {s}"),
-            (None, None) => "launcher ended without a status".to_owned(),
+            (None, Some(s)) => format!("QEMU killed by signal {s}"),
+            (None, None) => "QEMU ended without a status".to_owned(),
         };
         match self.scenario_rc() {
             Some(rc) => format!("{l0}, scenario rc={rc}"),
