@@ -251,6 +251,7 @@ pub struct BootConfig<'a> {
 
 /// Loads the kernel, initramfs, command line, MP table and boot parameters into `mem`.
 pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootInfo, BootError> {
+    let started = std::time::Instant::now();
     if cfg.vcpus == 0 || cfg.vcpus > mptable::MAX_VCPUS {
         return Err(BootError::VcpuId {
             id: 0,
@@ -331,8 +332,9 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootInfo, BootErr
     mptable::write(mem, cfg.vcpus, &[])?;
 
     log::info!(
-        "kernel {} loaded: {:?} entry {:#x}, params at {params:#x}, initramfs {:x?}",
+        "kernel {} loaded in {:?}: {:?} entry {:#x}, params at {params:#x}, initramfs {:x?}",
         cfg.kernel.display(),
+        started.elapsed(),
         protocol,
         kernel.entry.0,
         initramfs
