@@ -24,8 +24,9 @@
 //!    LINT pins ([`regs`]). Only vCPU 0 starts at the entry point; KVM keeps the others in
 //!    wait-for-SIPI until the guest's SMP bring-up starts them, at which point INIT/SIPI
 //!    reset their registers, but CPUID, MSRs and LAPIC set here stay.
-//! 3. Optionally [`mptable::write`] again, before the vCPUs run, to add PCI INTx lines of
-//!    devices created after `load`.
+//! 3. Optionally [`mptable::write`] again, before the vCPUs run, to add the PCI INTx lines
+//!    of devices created after `load` ([`mptable::PciIntx::new`] from the device's slot,
+//!    `Interrupt Pin` register and GSI); it rewrites the whole table in place.
 //!
 //! Memory layout of all of this: [`layout`] and [`crate::memory`].
 
