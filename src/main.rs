@@ -9,6 +9,7 @@ mod dry_run;
 mod exit;
 mod interrupts;
 mod memory;
+mod passthrough;
 mod signals;
 mod terminal;
 mod vcpu;

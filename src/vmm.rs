@@ -27,6 +27,7 @@ use devices::bus::{Bus, BusError};
 use devices::legacy::{cmos, i8042, serial, Cmos, Serial, Sink, I8042};
 use devices::pci::host_bridge::{PciRoot, PCI_CONFIG_BASE, PCI_CONFIG_PORTS};
 use devices::pci::{InterruptRouting, RoutingError};
+use devices::vfio::discovery::ManagedBinding;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
@@ -40,6 +41,7 @@ use crate::console::{self, ConsoleInput, ConsoleOutput};
 use crate::exit::{ExitReason, VmExit, EXIT_ERROR, EXIT_USAGE};
 use crate::interrupts::Interrupts;
 use crate::memory::{self, MemoryError};
+use crate::passthrough::{self, PassthroughSetupError, PassthroughVm, Prepared, VmParts};
 use crate::signals::TerminationSignals;
 use crate::terminal::RawMode;
 use crate::vcpu::{self, Buses, Vcpu};
@@ -88,6 +90,9 @@ pub enum VmError {
     /// Kernel loading.
     #[error(transparent)]
     Boot(#[from] BootError),
+    /// Passthrough devices.
+    #[error(transparent)]
+    Passthrough(#[from] PassthroughSetupError),
     /// GSI routing.
     #[error("interrupt routing: {0}")]
     Routing(#[from] RoutingError),
@@ -135,15 +140,14 @@ pub fn run(args: VmArgs) -> ExitCode {
     if config.dry_run {
         return crate::dry_run::print_plan(&config);
     }
-    if !config.devices.is_empty() {
-        eprintln!(
-            "passvm: --device {}: device passthrough is not in this build yet (it lands with issue 5); \
-             run without --device, or add --dry-run to see how the devices resolve",
-            config.devices[0]
-        );
-        return ExitCode::from(EXIT_USAGE);
-    }
-    match Vm::build(&config).and_then(Vm::run) {
+    let prepared = match passthrough::prepare(&config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("passvm: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    match Vm::build(&config, prepared).and_then(Vm::run) {
         Ok(reason) => {
             eprintln!("passvm: {reason}");
             ExitCode::from(reason.code())
@@ -165,10 +169,13 @@ pub struct Vm {
     exit: Arc<VmExit>,
     _buses: Buses,
     _pci: Arc<Mutex<PciRoot>>,
+    passthrough: PassthroughVm,
     _memslots: Arc<Memslots>,
     _interrupts: Arc<Interrupts>,
     _vm: Arc<VmFd>,
     _mem: GuestMemoryMmap,
+    // Last: giving a device back to its driver blocks while it is still open.
+    managed: Vec<ManagedBinding>,
 }
 
 fn open_kvm() -> Result<Kvm, VmError> {
@@ -240,7 +247,9 @@ fn serial_output(cfg: &SerialConfig) -> Result<Option<Box<dyn io::Write + Send>>
 
 impl Vm {
     /// Creates the VM, loads the guest and configures the vCPUs, without running anything.
-    pub fn build(cfg: &VmConfig) -> Result<Self, VmError> {
+    pub fn build(cfg: &VmConfig, mut prepared: Prepared) -> Result<Self, VmError> {
+        // Dropped after every local below on an error, i.e. after the devices.
+        let managed = prepared.take_guards();
         let kvm = open_kvm()?;
         check_capabilities(&kvm)?;
         let max = kvm.get_max_vcpus();
@@ -280,14 +289,26 @@ impl Vm {
         let exit = Arc::new(VmExit::new().map_err(host_err("stop eventfd"))?);
         let buses = Buses::default();
         let serial = add_legacy_devices(cfg, &buses, &interrupts, &exit)?;
-        // Bus 0. Passthrough devices (issue 5) are added here with `PciRoot::add_device`,
-        // each with a `DeviceVmOps::new(vm, memslots, buses.updates)` for its BARs.
+        // Bus 0: the host bridge, then the passthrough devices (src/passthrough.rs).
         let pci = Arc::new(Mutex::new(PciRoot::new()));
         write_lock(&buses.pio).insert(pci.clone(), PCI_CONFIG_BASE, PCI_CONFIG_PORTS)?;
         let memslots = Arc::new(Memslots::new(
             u32::try_from(mem.num_regions()).unwrap_or(u32::MAX),
             u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX),
         ));
+        let passthrough = passthrough::attach(
+            &prepared,
+            &VmParts {
+                vm: &vm,
+                nr_memslots: kvm.get_nr_memslots(),
+                interrupts: &interrupts,
+                buses: &buses,
+                pci: &pci,
+                mem: &mem,
+                mem_size: cfg.memory.size,
+                vcpus: cfg.vcpus,
+            },
+        )?;
         buses.updates.apply(&buses);
 
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
@@ -319,27 +340,33 @@ impl Vm {
             exit,
             _buses: buses,
             _pci: pci,
+            passthrough,
             _memslots: memslots,
             _interrupts: interrupts,
             _vm: vm,
             _mem: mem,
+            managed,
         })
     }
 
     /// Starts the vCPUs, runs the event loop until something stops the VM, and tears down.
     pub fn run(self) -> Result<ExitReason, VmError> {
+        // Bindings drop in reverse order on an early return: devices (held by the buses,
+        // the PCI root and `passthrough`) before guest RAM, the managed bindings last.
         let Self {
-            vcpus,
-            input,
-            raw_mode,
-            signals,
-            exit,
-            _buses,
-            _pci,
-            _memslots,
-            _interrupts,
-            _vm,
+            managed,
             _mem,
+            _vm,
+            passthrough,
+            _interrupts,
+            _memslots,
+            _pci,
+            _buses,
+            exit,
+            signals,
+            raw_mode,
+            input,
+            vcpus,
         } = self;
         let mut em = EventManager::<Box<dyn MutEventSubscriber + Send>>::new()
             .map_err(|e| host_err("event loop")(io::Error::other(format!("{e:?}"))))?;
@@ -347,6 +374,9 @@ impl Vm {
         em.add_subscriber(Box::new(StopWatch(exit.clone())));
         if let Some(input) = input {
             em.add_subscriber(Box::new(input));
+        }
+        if let Some(pt) = passthrough.subscriber() {
+            em.add_subscriber(Box::new(pt));
         }
 
         let mut threads = Vec::with_capacity(vcpus.len());
@@ -378,9 +408,20 @@ impl Vm {
             }
         }
         drop(raw_mode);
-        Ok(exit.reason().unwrap_or_else(|| {
+        let reason = exit.reason().unwrap_or_else(|| {
             ExitReason::VmmError("stopped without a reason (a passvm bug)".into())
-        }))
+        });
+        if reason == ExitReason::GuestReboot {
+            passthrough.reset_for_reboot();
+        }
+        // Teardown order: everything holding a passthrough device (event loop, buses, PCI
+        // root), then the devices themselves, then the managed bindings.
+        drop(em);
+        drop(_buses);
+        drop(_pci);
+        drop(passthrough);
+        drop(managed);
+        Ok(reason)
     }
 }
 

@@ -73,18 +73,6 @@ fn bad_cpus() {
     assert_one_line_error(&out, 2, &["--cpus 'boot=0'", "between 1 and"]);
 }
 
-#[test]
-fn device_passthrough_is_refused_until_issue_5() {
-    let k = a_file();
-    let out = passvm(&[
-        "--kernel",
-        k.path().to_str().unwrap(),
-        "--device",
-        "0000:00:04.0",
-    ]);
-    assert_one_line_error(&out, 2, &["--device 0000:00:04.0", "issue 5", "--dry-run"]);
-}
-
 /// Needs a /dev/kvm that opens (this machine's does, even though it cannot run Linux):
 /// the kernel is checked after the VM is created, and must fail cleanly.
 #[test]

@@ -1,0 +1,332 @@
+//! The VMM side of PCI passthrough: from the `--device` strings to devices on the VM's
+//! buses, their event-loop hooks, reset on guest reboot and the teardown order.
+//!
+//! The device model is `devices::vfio` (docs/passthrough.md); this file only glues it to
+//! the VM core, in this order:
+//! 1. [`prepare`] (before KVM is touched): `discovery::plan`, its lines on stderr, and the
+//!    `managed=on` bindings, whose guards the VM keeps for its whole life;
+//! 2. [`attach`] (after the irqchip, guest RAM and the PCI root exist, before the vCPUs):
+//!    one IOMMU space and KVM-VFIO device, each device in `--device` order in the lowest
+//!    free slot, BARs in the memory layout's windows, INTx on an IOAPIC pin, and the MP
+//!    table rewritten with one level-triggered entry per INTx line;
+//! 3. [`PassthroughVm::subscriber`] for the event loop: it applies the bus changes a
+//!    device queued from inside a guest config write, and forwards guest EOIs of INTx to
+//!    devices whose VFIO driver cannot unmask by itself (mdev mtty);
+//! 4. at the end: [`PassthroughVm::reset_for_reboot`] when the guest rebooted, then the
+//!    devices are dropped (each one resets itself), then the IOMMU space, and last the
+//!    `managed=on` guards. The guards must go last: unbinding vfio-pci from a device that
+//!    is still open blocks until it is closed, which would hang passvm.
+//!
+//! The plan goes to stderr, unconditionally, one line per device: the guest's console is
+//! stdout, and what a VM was given is worth seeing without raising the log level.
+
+use std::os::unix::io::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use devices::pci::bar::{BarAllocator, Window, DEFAULT_MMIO64_LIMIT};
+use devices::pci::host_bridge::PciRoot;
+use devices::pci::InterruptRouting;
+use devices::vfio::device::VfioPciDevice;
+use devices::vfio::discovery::{self, BackendChoice, DiscoveryError, ManagedBinding, Plan, Roots};
+use devices::vfio::dma::DeviceSource;
+use devices::vfio::kvm_vm::{KvmVmOps, SlotPool};
+use devices::vfio::passthrough::{AttachedDevice, Passthrough, PassthroughError, VmPlumbing};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use kvm_ioctls::VmFd;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::boot::mptable::{self, MpTableError, PciIntx, FIRST_PCI_IOAPIC_PIN};
+use crate::config::{VfioBackendChoice, VmConfig};
+use crate::interrupts::Interrupts;
+use crate::memory::{MemoryError, MemoryLayout};
+use crate::vcpu::Buses;
+
+/// The I/O-port window for I/O BARs: the top quarter of the port space, as on a PC, clear
+/// of every legacy port passvm emulates.
+const IO_WINDOW: Window = Window {
+    base: 0xc000,
+    size: 0x4000,
+};
+/// IOAPIC pins 16-23 carry PCI INTx; slots share them modulo 8 (a shared level line is
+/// fine for PCI).
+const PCI_INTX_PINS: u32 = 8;
+
+/// Setting up passthrough for a VM failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PassthroughSetupError {
+    /// The IOMMU space or the KVM-VFIO device.
+    #[error("VFIO: {0}")]
+    Space(#[source] PassthroughError),
+    /// One device.
+    #[error("--device {given}: {source}")]
+    Device {
+        /// The device as the user named it.
+        given: String,
+        /// What failed.
+        #[source]
+        source: PassthroughError,
+    },
+    /// The BAR windows (only for a guest size the config check would have refused).
+    #[error(transparent)]
+    Layout(#[from] MemoryError),
+    /// The MP table with the INTx lines.
+    #[error("describing the devices' INTx lines to the guest: {0}")]
+    MpTable(#[from] MpTableError),
+}
+
+/// What [`prepare`] found: the plan (when there are devices) and the `managed=on` guards.
+pub struct Prepared {
+    plan: Option<Plan>,
+    /// Dropping these gives the devices back to their original drivers.
+    guards: Vec<ManagedBinding>,
+}
+
+impl Prepared {
+    /// No passthrough.
+    pub fn none() -> Self {
+        Self {
+            plan: None,
+            guards: Vec::new(),
+        }
+    }
+
+    /// Splits off the guards, which the VM must drop after everything else.
+    pub fn take_guards(&mut self) -> Vec<ManagedBinding> {
+        std::mem::take(&mut self.guards)
+    }
+}
+
+fn backend_choice(c: VfioBackendChoice) -> BackendChoice {
+    match c {
+        VfioBackendChoice::Auto => BackendChoice::Auto,
+        VfioBackendChoice::Iommufd => BackendChoice::Iommufd,
+        VfioBackendChoice::Group => BackendChoice::Group,
+    }
+}
+
+/// Resolves and checks every `--device`, prints the plan on stderr and binds the
+/// `managed=on` devices. The error's [`DiscoveryError::exit_code`] is the exit status.
+pub fn prepare(cfg: &VmConfig) -> Result<Prepared, DiscoveryError> {
+    if cfg.devices.is_empty() {
+        return Ok(Prepared::none());
+    }
+    let roots = Roots::host();
+    let p = discovery::plan(
+        &cfg.devices,
+        backend_choice(cfg.vfio_backend),
+        cfg.iommufd_fd,
+        cfg.memory.size,
+        &roots,
+    )?;
+    eprint!("{p}");
+    let (guards, p) = if p.needs_binding() {
+        p.bind_managed()?
+    } else {
+        (Vec::new(), p)
+    };
+    Ok(Prepared {
+        plan: Some(p),
+        guards,
+    })
+}
+
+/// The IOAPIC pin of a slot's INTx line.
+fn intx_gsi(slot: u8) -> u32 {
+    u32::from(FIRST_PCI_IOAPIC_PIN) + u32::from(slot) % PCI_INTX_PINS
+}
+
+/// The pieces of the VM a device is attached to.
+pub struct VmParts<'a> {
+    /// The VM (its irqchip exists).
+    pub vm: &'a Arc<VmFd>,
+    /// KVM's memory slot count.
+    pub nr_memslots: usize,
+    /// The GSI router.
+    pub interrupts: &'a Arc<Interrupts>,
+    /// The buses.
+    pub buses: &'a Buses,
+    /// PCI bus 0.
+    pub pci: &'a Mutex<PciRoot>,
+    /// Guest RAM (RAM slots `0..num_regions`).
+    pub mem: &'a GuestMemoryMmap,
+    /// Guest RAM size (gives the BAR windows).
+    pub mem_size: u64,
+    /// vCPU count (the MP table).
+    pub vcpus: u8,
+}
+
+/// The VM's passthrough devices. Drop order is field order: devices, then the IOMMU space.
+#[derive(Default)]
+pub struct PassthroughVm {
+    devices: Vec<AttachedDevice>,
+    space: Option<Passthrough>,
+}
+
+/// Opens the IOMMU space and attaches every planned device (no-op without devices).
+pub fn attach(
+    prepared: &Prepared,
+    parts: &VmParts<'_>,
+) -> Result<PassthroughVm, PassthroughSetupError> {
+    let Some(plan) = &prepared.plan else {
+        return Ok(PassthroughVm::default());
+    };
+    let layout = MemoryLayout::new(parts.mem_size)?;
+    let mut space = Passthrough::new(parts.vm, plan.backend(), plan.iommufd_fd)
+        .map_err(PassthroughSetupError::Space)?;
+    let mut bars = BarAllocator::new(
+        Some(Window {
+            base: layout.mmio32.start,
+            size: layout.mmio32.size,
+        }),
+        Some(Window {
+            base: layout.mmio64.start,
+            size: layout.mmio64.size,
+        }),
+        Some(IO_WINDOW),
+        DEFAULT_MMIO64_LIMIT,
+    );
+    let first_slot = u32::try_from(parts.mem.num_regions()).unwrap_or(u32::MAX);
+    let routing: Arc<dyn InterruptRouting> = parts.interrupts.clone();
+    let mut vmp = VmPlumbing {
+        vm: parts.vm.clone(),
+        slots: Arc::new(SlotPool::new(
+            first_slot,
+            u32::try_from(parts.nr_memslots).unwrap_or(u32::MAX),
+        )),
+        pio: parts.buses.pio.clone(),
+        mmio: parts.buses.mmio.clone(),
+        pci: parts.pci,
+        routing,
+        bars: &mut bars,
+    };
+    let mut out = PassthroughVm {
+        devices: Vec::with_capacity(plan.devices.len()),
+        space: None,
+    };
+    for d in &plan.devices {
+        let name = d.id.clone().unwrap_or_else(|| d.name.clone());
+        let a = space
+            .attach(&name, &DeviceSource::from(d), parts.mem, &mut vmp, intx_gsi)
+            .map_err(|source| PassthroughSetupError::Device {
+                given: d.given_as.clone(),
+                source,
+            })?;
+        out.devices.push(a);
+    }
+    out.space = Some(space);
+    let intx = out.intx_lines();
+    mptable::write(parts.mem, parts.vcpus, &intx)?;
+    Ok(out)
+}
+
+impl PassthroughVm {
+    /// The MP table's INTx entries (level-triggered, active-high).
+    fn intx_lines(&self) -> Vec<PciIntx> {
+        self.devices
+            .iter()
+            .filter_map(|a| {
+                let (pin, gsi) = a.intx?;
+                PciIntx::new(a.slot, pin, gsi)
+            })
+            .collect()
+    }
+
+    /// The event-loop hooks, or `None` without devices.
+    pub fn subscriber(&self) -> Option<PassthroughEvents> {
+        (!self.devices.is_empty()).then(|| PassthroughEvents {
+            devices: self
+                .devices
+                .iter()
+                .map(|a| (a.ops.clone(), a.device.clone()))
+                .collect(),
+        })
+    }
+
+    /// The guest rebooted: every device back to its power-on state (interrupts off,
+    /// reset). The VM then ends (passvm's reboot policy), so the next VM finds the devices
+    /// quiet even if dropping one were to fail.
+    pub fn reset_for_reboot(&self) {
+        for a in &self.devices {
+            a.device.lock().unwrap_or_else(|p| p.into_inner()).reset();
+        }
+    }
+}
+
+/// Event-loop hooks of the passthrough devices. Event data: `2 * index` for a device's
+/// queued bus changes, `2 * index + 1` for its INTx EOI.
+pub struct PassthroughEvents {
+    devices: Vec<(Arc<KvmVmOps>, Arc<Mutex<VfioPciDevice>>)>,
+}
+
+impl MutEventSubscriber for PassthroughEvents {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, (vm_ops, dev)) in self.devices.iter().enumerate() {
+            let Ok(i) = u32::try_from(i) else { break };
+            if let Err(e) = ops.add(Events::with_data(
+                vm_ops.pending_event(),
+                2 * i,
+                EventSet::IN,
+            )) {
+                log::error!("VFIO: cannot watch a device's bus changes: {e:?}");
+            }
+            let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(fd) = dev.intx_eoi_fd() {
+                log::info!(
+                    "{}: INTx EOIs forwarded by passvm (no kernel unmask)",
+                    dev.name()
+                );
+                if let Err(e) = ops.add(Events::with_data_raw(
+                    fd.as_raw_fd(),
+                    2 * i + 1,
+                    EventSet::IN,
+                )) {
+                    log::error!("{}: cannot watch INTx EOIs: {e:?}", dev.name());
+                }
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let (i, eoi) = ((events.data() / 2) as usize, events.data() % 2 == 1);
+        let Some((vm_ops, dev)) = self.devices.get(i) else {
+            return;
+        };
+        if eoi {
+            // Reads the eventfd (so the level-triggered watch calms down) and unmasks.
+            dev.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .handle_intx_eoi();
+        } else {
+            // No device lock is held here, as apply_pending requires.
+            vm_ops.apply_pending();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intx_lines_use_the_pci_ioapic_pins() {
+        assert_eq!(intx_gsi(1), 17);
+        assert_eq!(intx_gsi(7), 23);
+        assert_eq!(intx_gsi(8), 16);
+        for slot in 0..32 {
+            assert!((16..24).contains(&intx_gsi(slot)));
+        }
+    }
+
+    #[test]
+    fn backend_choices_map_one_to_one() {
+        assert_eq!(backend_choice(VfioBackendChoice::Auto), BackendChoice::Auto);
+        assert_eq!(
+            backend_choice(VfioBackendChoice::Iommufd),
+            BackendChoice::Iommufd
+        );
+        assert_eq!(
+            backend_choice(VfioBackendChoice::Group),
+            BackendChoice::Group
+        );
+    }
+}
