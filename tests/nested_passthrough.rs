@@ -1,0 +1,272 @@
+//! PCI passthrough into L2 (issue 5).
+//!
+//! * A host-side test (plain `cargo test`): a `--device` that cannot be used stops passvm
+//!   with exit status 2 and discovery's one-line reason, before KVM is touched.
+//! * Nested scenarios (`--ignored`; QEMU TCG, a minute or two each), asserting on what L2
+//!   reports about its own devices and interrupts and on L0's disk images:
+//!   `resources/scenarios/pt-blk.sh` (virtio-blk disks, with the L2 check
+//!   `resources/l2/checks/pt-blk.sh`) and `pt-mtty.sh` (the mtty mdev, `pt-uart.sh`).
+//! * A benchmark (`--ignored`, prints figures, asserts no times): `pt-bench.sh`.
+
+mod bed;
+
+use std::process::Command;
+use std::time::Duration;
+
+use bed::{Device, L1Kernel, Outcome, Scenario};
+
+/// Where L2's pt-blk check writes "PASSVM-PT-RUN n=N name=NAME" (sector 4096).
+const RUN_MARKER_OFFSET: u64 = 2 << 20;
+
+#[test]
+fn a_device_that_does_not_exist_is_refused_before_kvm() {
+    let k = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(k.path(), b"not a kernel").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_passvm"))
+        .args(["--kernel", k.path().to_str().unwrap()])
+        .args(["--device", "0000:1f:1f.7"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("passvm: 0000:1f:1f.7"), "{err}");
+    assert!(err.contains("passvm devices"), "the fix is named: {err}");
+    assert!(out.stdout.is_empty(), "nothing on the guest console");
+}
+
+/// One `irq=COUNT CHIP HWIRQ-TYPE NAME` marker of L2's pt-blk check.
+#[derive(Debug)]
+struct IrqLine {
+    count: u64,
+    chip: String,
+    kind: String,
+    name: String,
+}
+
+fn irq_lines(out: &Outcome) -> Vec<IrqLine> {
+    out.l2_markers("irq")
+        .into_iter()
+        .filter_map(|m| {
+            let w: Vec<&str> = m.split_whitespace().collect();
+            Some(IrqLine {
+                count: w.first()?.parse().ok()?,
+                chip: w.get(1)?.to_string(),
+                kind: w.get(2).unwrap_or(&"").to_string(),
+                name: w.last()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// What every pt-blk run must show: each of `runs` passvm runs ended by L2's reboot with
+/// 0; in each, L2's virtio-pci driver bound every disk and virtio_blk read the name L0
+/// wrote in its header; L0's images hold what the last run wrote; the disks are still
+/// on vfio-pci in L1 afterwards.
+fn assert_disks_work(out: &Outcome, disks: &[&str], runs: usize) {
+    out.assert_ok();
+    assert_eq!(
+        out.markers("passvm_rc"),
+        vec!["0"; runs],
+        "each run exits 0"
+    );
+    let results: Vec<&str> = out
+        .l2_lines()
+        .filter(|l| l.starts_with("PASSVM-L2-RESULT "))
+        .collect();
+    assert_eq!(
+        results,
+        vec!["PASSVM-L2-RESULT check=pt-blk rc=0"; runs],
+        "L2's check passed in every run"
+    );
+    let drivers = out.l2_markers("driver");
+    assert_eq!(drivers.len(), disks.len() * runs, "{drivers:?}");
+    assert!(
+        drivers.iter().all(|d| d.ends_with(" virtio-pci")),
+        "L2's own virtio-pci driver: {drivers:?}"
+    );
+    let mut seen: Vec<&str> = out
+        .l2_markers("disk")
+        .into_iter()
+        .filter_map(|m| m.split_whitespace().nth(1))
+        .collect();
+    seen.sort_unstable();
+    let mut want: Vec<&str> = disks.iter().flat_map(|d| vec![*d; runs]).collect();
+    want.sort_unstable();
+    assert_eq!(seen, want, "L2 read each disk's header as L0 wrote it");
+    for d in disks {
+        assert!(out.l2_wrote(d), "L0's {d}.img holds L2's line at 1 MiB");
+        let want = format!("PASSVM-PT-RUN n={runs} name={d}\n");
+        let got = out.read_disk(d, RUN_MARKER_OFFSET, want.len());
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            want,
+            "L0's {d}.img: the last run's marker at 2 MiB"
+        );
+    }
+    let after = out.markers("after");
+    assert_eq!(after.len(), disks.len());
+    assert!(after.iter().all(|a| a.ends_with(" vfio-pci")), "{after:?}");
+}
+
+/// Every disk's request queue interrupted L2 through MSI-X, in every run.
+fn assert_msix(out: &Outcome, disks: usize, runs: usize) {
+    let irqs = irq_lines(out);
+    let msix_req = irqs
+        .iter()
+        .filter(|i| i.chip.starts_with("PCI-MSIX") && i.name.contains("-req") && i.count > 0)
+        .count();
+    assert!(
+        msix_req >= disks * runs,
+        "a firing MSI-X request vector per disk and run: {irqs:?}"
+    );
+    assert!(
+        !irqs.iter().any(|i| i.chip == "IO-APIC"),
+        "no virtio INTx line once MSI-X is on: {irqs:?}"
+    );
+}
+
+fn pt_blk(l1: L1Kernel, disks: &[&str], params: &str) -> Outcome {
+    let mut s = Scenario::new("pt-blk")
+        .l1(l1)
+        .timeout(Duration::from_secs(420));
+    for d in disks {
+        s = s.device(Device::blk(d));
+    }
+    if !params.is_empty() {
+        s = s.l1_append(params);
+    }
+    s.run()
+}
+
+/// 1. iommufd + the device cdev on the bed's kernel, MSI-X.
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_passthrough -- --ignored"]
+fn virtio_blk_over_iommufd_cdev() {
+    let out = pt_blk(
+        L1Kernel::Own,
+        &["d0"],
+        "passvm.pt.backend=iommufd passvm.pt.name=cdev",
+    );
+    assert_disks_work(&out, &["d0"], 1);
+    assert_msix(&out, 1, 1);
+    assert_eq!(out.marker("iommu"), Some("yes"));
+    assert!(
+        out.vmm_lines()
+            .any(|l| l.contains("/dev/vfio/devices/vfio") && l.contains("backend iommufd")),
+        "the plan line names the cdev and the backend"
+    );
+}
+
+/// 2. The legacy container + group backend on Debian's kernel (no iommufd there).
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_passthrough -- --ignored"]
+fn virtio_blk_over_legacy_groups_on_debian() {
+    let out = pt_blk(
+        L1Kernel::Debian,
+        &["d0"],
+        "passvm.pt.backend=group passvm.pt.name=bdf",
+    );
+    assert_disks_work(&out, &["d0"], 1);
+    assert_msix(&out, 1, 1);
+    assert_eq!(
+        out.marker("iommu"),
+        Some("no"),
+        "Debian's L1 has no /dev/iommu"
+    );
+    assert!(out.vmm_lines().any(|l| l.contains("backend group")));
+}
+
+/// 3. L2 booted pci=nomsi: the disk interrupts through INTx, a level-triggered IOAPIC
+///    line, and the data is still right.
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_passthrough -- --ignored"]
+fn virtio_blk_over_intx_with_pci_nomsi() {
+    let out = pt_blk(L1Kernel::Own, &["d0"], "passvm.pt.nomsi=1");
+    assert_disks_work(&out, &["d0"], 1);
+    let irqs = irq_lines(&out);
+    assert!(
+        irqs.iter()
+            .any(|i| i.chip == "IO-APIC" && i.kind.ends_with("-fasteoi") && i.count > 0),
+        "a level (fasteoi) IO-APIC line that fired: {irqs:?}"
+    );
+    assert!(
+        !irqs.iter().any(|i| i.chip.starts_with("PCI-MSI")),
+        "no MSI with pci=nomsi: {irqs:?}"
+    );
+}
+
+/// 4. Two disks in two IOMMU groups, one IOAS: both work in L2.
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_passthrough -- --ignored"]
+fn two_devices_in_two_groups() {
+    let out = pt_blk(L1Kernel::Own, &["d0", "d1"], "");
+    assert_disks_work(&out, &["d0", "d1"], 1);
+    assert_msix(&out, 2, 1);
+    let groups: Vec<&str> = out
+        .markers("bound")
+        .into_iter()
+        .filter_map(|b| b.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(groups.len(), 2);
+    assert_ne!(groups[0], groups[1], "two groups: {groups:?}");
+}
+
+/// 5. The mtty mdev: L2's 8250_pci registers its ports on the I/O BARs and the bytes
+///    written to each port come back (mtty loops them), through INTx without an unmask
+///    eventfd.
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_passthrough -- --ignored"]
+fn mtty_mdev_uart() {
+    let out = Scenario::new("pt-mtty")
+        .l1(L1Kernel::Own)
+        .timeout(Duration::from_secs(420))
+        .run();
+    out.assert_ok();
+    assert_eq!(out.l2_rc(), Some(0), "L2's pt-uart check");
+    let drivers = out.l2_markers("driver");
+    assert!(
+        drivers.len() == 1 && drivers[0].ends_with(" serial"),
+        "8250_pci ('serial') drives it: {drivers:?}"
+    );
+    let ports = out.l2_markers("port");
+    assert_eq!(ports.len(), 2, "mtty-2 has two ports: {ports:?}");
+    for p in &ports {
+        let base = p.split_whitespace().nth(1).unwrap();
+        let base = u32::from_str_radix(base.trim_start_matches("0x"), 16).unwrap();
+        assert!(
+            (0xc000..0x1_0000).contains(&base),
+            "an I/O BAR in passvm's I/O window: {p}"
+        );
+    }
+    let echoes = out.l2_markers("echo");
+    assert_eq!(echoes.len(), 2);
+    for e in echoes {
+        let (tty, back) = e.split_once(' ').unwrap();
+        assert_eq!(back, format!("PASSVM-MTTY-{tty}"), "looped back on {tty}");
+    }
+    assert!(
+        out.vmm_lines()
+            .any(|l| l.contains("INTx EOIs forwarded by passvm")),
+        "mtty cannot unmask by eventfd: passvm forwards the EOIs"
+    );
+}
+
+/// 6. L2's `reboot -f` ends passvm with 0 and leaves the disk usable: a second passvm in
+///    the same L1 reads and writes it again (its run marker is the one L0 finds).
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_passthrough -- --ignored"]
+fn guest_reboot_leaves_the_device_usable_for_a_second_run() {
+    let out = pt_blk(L1Kernel::Own, &["d0"], "passvm.pt.runs=2");
+    assert_disks_work(&out, &["d0"], 2);
+    assert_msix(&out, 1, 2);
+    assert_eq!(out.markers("run"), vec!["1 rc=0", "2 rc=0"]);
+    assert_eq!(
+        out.vmm_lines()
+            .filter(|l| l.contains("guest requested reboot"))
+            .count(),
+        2,
+        "both runs ended by the guest's reboot"
+    );
+}
