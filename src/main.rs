@@ -13,9 +13,6 @@ mod passthrough;
 mod signals;
 mod terminal;
 mod vcpu;
-// DeviceVmOps is constructed by the passthrough wiring (issue 5); until then only tests do.
-#[allow(dead_code)]
-mod vm_ops;
 mod vmm;
 
 use clap::Parser;

@@ -23,7 +23,6 @@ use vmm_sys_util::signal::{register_signal_handler, Killable};
 
 use crate::exit::{ExitReason, VmExit};
 use crate::signals::kick_signal;
-use crate::vm_ops::BusUpdates;
 
 thread_local! {
     /// This thread's `kvm_run` mapping, for the kick handler. A `const` initialiser keeps
@@ -53,8 +52,6 @@ pub struct Buses {
     pub pio: Arc<RwLock<Bus>>,
     /// Memory-mapped I/O.
     pub mmio: Arc<RwLock<Bus>>,
-    /// Range changes requested during an exit, applied when it ends (see `vm_ops.rs`).
-    pub updates: Arc<BusUpdates>,
 }
 
 /// A vCPU ready to run.
@@ -102,9 +99,7 @@ impl Vcpu {
     fn run(mut self) {
         KVM_RUN.with(|c| c.set(self.fd.get_kvm_run()));
         while !self.exit.is_stopping() {
-            let step = self.step();
-            self.buses.updates.apply(&self.buses);
-            match step {
+            match self.step() {
                 Step::Continue => {}
                 Step::Stop(reason) => {
                     self.exit.request(reason);

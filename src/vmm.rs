@@ -45,7 +45,6 @@ use crate::passthrough::{self, PassthroughSetupError, PassthroughVm, Prepared, V
 use crate::signals::TerminationSignals;
 use crate::terminal::RawMode;
 use crate::vcpu::{self, Buses, Vcpu};
-use crate::vm_ops::Memslots;
 
 /// KVM's TSS (three pages) for vCPUs in real mode on Intel: in the unused space between the
 /// LAPIC/MSI window and the 4 GiB boundary (where firmware would be), outside RAM and BARs.
@@ -170,7 +169,6 @@ pub struct Vm {
     _buses: Buses,
     _pci: Arc<Mutex<PciRoot>>,
     passthrough: PassthroughVm,
-    _memslots: Arc<Memslots>,
     _interrupts: Arc<Interrupts>,
     _vm: Arc<VmFd>,
     _mem: GuestMemoryMmap,
@@ -292,10 +290,6 @@ impl Vm {
         // Bus 0: the host bridge, then the passthrough devices (src/passthrough.rs).
         let pci = Arc::new(Mutex::new(PciRoot::new()));
         write_lock(&buses.pio).insert(pci.clone(), PCI_CONFIG_BASE, PCI_CONFIG_PORTS)?;
-        let memslots = Arc::new(Memslots::new(
-            u32::try_from(mem.num_regions()).unwrap_or(u32::MAX),
-            u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX),
-        ));
         let passthrough = passthrough::attach(
             &prepared,
             &VmParts {
@@ -309,7 +303,6 @@ impl Vm {
                 vcpus: cfg.vcpus,
             },
         )?;
-        buses.updates.apply(&buses);
 
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
         for id in 0..cfg.vcpus {
@@ -341,7 +334,6 @@ impl Vm {
             _buses: buses,
             _pci: pci,
             passthrough,
-            _memslots: memslots,
             _interrupts: interrupts,
             _vm: vm,
             _mem: mem,
@@ -359,7 +351,6 @@ impl Vm {
             _vm,
             passthrough,
             _interrupts,
-            _memslots,
             _pci,
             _buses,
             exit,
