@@ -9,11 +9,14 @@
 //!    takes over the GSI routing table;
 //! 4. guest RAM (`memory::create_guest_memory`) and one memslot per region;
 //! 5. the kernel, initramfs, command line and boot tables (`boot::load`);
-//! 6. the legacy devices and the PCI root on the port-I/O bus;
+//! 6. the legacy devices and the PCI root on the port-I/O bus, then the passthrough
+//!    devices (`passthrough::attach`: after the irqchip, which their INTx and MSI routes
+//!    need, and after RAM, which their DMA mappings need);
 //! 7. the vCPUs, each configured by `boot::setup_vcpu`.
 //!
 //! Threading model: the main thread runs the event loop (event-manager: stdin, the
-//! termination signalfd, the UART's FIFO-space event and the stop latch); each vCPU has
+//! termination signalfd, the UART's FIFO-space event, the stop latch and the passthrough
+//! devices' events); each vCPU has
 //! its own thread. Devices are `Arc<Mutex<_>>` on shared buses and run on whichever vCPU
 //! thread touched them; interrupts leave through irqfds, never through the main thread.
 //! Any thread may set the stop latch ([`VmExit`]); the main thread then kicks the vCPUs,
