@@ -104,6 +104,11 @@ cmd_launch() {
     for spec in "${devices[@]}"; do
         kind="${spec%%:*}" names="${spec#*:}"
         [ "$kind" != "$spec" ] && [ -n "$names" ] || bed_die "bad --device '$spec' (KIND:NAME)"
+        # Names become QEMU ids and L1 command-line words.
+        [[ "$names" =~ ^[A-Za-z][A-Za-z0-9_-]*(\+[A-Za-z][A-Za-z0-9_-]*)?$ ]] ||
+            bed_die "bad device name in '$spec': use a letter then letters, digits, _ or -"
+        # Slot 0x1f belongs to q35's ICH9 functions.
+        [ $slot -lt 31 ] || bed_die "too many devices: slots 0x10-0x1e are used up"
         case "$kind" in
         blk)
             make_disk "$names"
@@ -180,9 +185,23 @@ cmd_run() {
     cmd_launch "$@"
 }
 
+# The demo: the console goes to the terminal (and WORKDIR/serial.log); after
+# L0 exits, show from this side what L2 wrote to the disk. The exit status is
+# the scenario's (passvm's, for the demo scenario).
 cmd_demo() {
+    local workdir rc=0 written
     cmd_setup
-    cmd_run --scenario demo --device blk:d0 --timeout 600 "$@"
+    workdir="$(mktemp -d -t passvm-demo.XXXXXX)"
+    (cmd_run --scenario demo --device blk:d0 --timeout 600 --workdir "$workdir" "$@") 2>&1 |
+        tee "$workdir/serial.log" || rc=$?
+    if [ $rc -eq 0 ]; then
+        rc="$(tr -d '\r' <"$workdir/serial.log" | sed -n 's/^PASSVM-BED-RESULT .* rc=\([0-9]*\)$/\1/p' | tail -n 1)"
+        rc="${rc:-1}"
+    fi
+    written="$(dd if="$workdir/d0.img" bs=512 skip=2048 count=1 status=none | tr -d '\0' | head -n 1)"
+    bed_log "demo finished with status $rc; log: $workdir/serial.log"
+    bed_log "L0's disk image d0.img at 1 MiB: ${written:-(nothing written: L2 did not reach the disk)}"
+    return "$rc"
 }
 
 # Every stage runs even when an earlier one failed, so one CI run shows every

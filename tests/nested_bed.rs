@@ -194,3 +194,19 @@ fn every_device_kind_has_the_topology_it_promises() {
     let mdev = out.marker("mdev").expect("mtty mdev marker");
     assert!(mdev.starts_with("mtty group="), "{mdev}");
 }
+
+/// The README's demo (`resources/bed.sh demo` runs the same scenario): passvm passes
+/// the disk through and L2's own virtio driver reads its header and writes to it.
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_bed -- --ignored"]
+fn demo_guest_uses_the_passed_through_disk() {
+    let out = Scenario::new("demo")
+        .disk("d0")
+        .timeout(std::time::Duration::from_secs(480))
+        .run();
+    out.assert_ok();
+    assert_eq!(out.marker("passvm_rc"), Some("0"), "passvm's exit status");
+    assert_eq!(out.l2_rc(), Some(0), "L2's disk check");
+    assert_eq!(out.l2_markers("disk"), vec!["vda d0"], "L2 read the header");
+    assert!(out.l2_wrote("d0"), "L2's write is in L0's disk image");
+}

@@ -33,13 +33,16 @@ for n in $ports; do
         sleep 0.2
         i=$((i + 1))
     done
+    # While the port is open its interrupt line is in /proc/interrupts.
+    awk -v n="$n" '$NF == n {
+        c = 0
+        for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) c += $i
+        rest = ""
+        for (; i <= NF; i++) rest = rest " " $i
+        print "BED irq=" c rest
+    }' /proc/interrupts
     kill "$reader" 2>/dev/null
     bed_report echo "$n $(head -n 1 "/tmp/$n.rx")"
 done
-awk '/ttyS|serial/ {
-    n = 0
-    for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i
-    rest = ""
-    for (; i <= NF; i++) rest = rest " " $i
-    print "BED irq=" n rest
-}' /proc/interrupts
+# The driver's own counters: "N: uart:16550A port:0000C000 irq:17 tx:18 rx:18 ...".
+grep -v '^serinfo' /proc/tty/driver/serial | while read -r line; do bed_report serial "$line"; done
