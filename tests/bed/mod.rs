@@ -238,8 +238,11 @@ impl Scenario {
         }
 
         let start = Instant::now();
-        let mut group = ProcessGroup(cmd.spawn().expect("start resources/bed.sh launch"));
-        let stdout = group.0.stdout.take().expect("piped stdout");
+        let mut group = ProcessGroup {
+            leader: cmd.spawn().expect("start resources/bed.sh launch"),
+            reaped: false,
+        };
+        let stdout = group.leader.stdout.take().expect("piped stdout");
         let log = Arc::new(Mutex::new(String::new()));
         let reader = {
             let log = Arc::clone(&log);
@@ -261,18 +264,18 @@ impl Scenario {
 
         let mut timed_out = false;
         let status = loop {
-            if let Some(status) = group.0.try_wait().expect("wait for the launcher") {
+            if let Some(status) = group.leader.try_wait().expect("wait for the launcher") {
                 break status;
             }
             if start.elapsed() > self.timeout {
                 timed_out = true;
                 group.kill();
-                break group.0.wait().expect("wait for the killed launcher");
+                break group.leader.wait().expect("wait for the killed launcher");
             }
             thread::sleep(Duration::from_millis(100));
         };
-        // Nothing may survive the launcher (its QEMU is `exec`ed, but be sure).
-        group.kill();
+        group.reaped = true;
+        // The launcher `exec`ed QEMU, the only holder of the pipe: it is closed now.
         let _ = reader.join();
         let elapsed = start.elapsed();
 
@@ -484,17 +487,25 @@ fn markers_in<'a>(lines: impl Iterator<Item = &'a str>, key: &str) -> Vec<&'a st
         .collect()
 }
 
-/// The launcher's process group; killed on drop so a panicking test leaves no QEMU.
-struct ProcessGroup(Child);
+/// The launcher's process group (the launcher `exec`s QEMU, so its leader ends up
+/// being QEMU); killed on drop so a panicking test leaves no QEMU.
+struct ProcessGroup {
+    leader: Child,
+    /// Once the leader is reaped its id may be reused: never signal it again.
+    reaped: bool,
+}
 
 impl ProcessGroup {
     fn kill(&mut self) {
-        let Ok(pgid) = i32::try_from(self.0.id()) else {
+        if self.reaped {
+            return;
+        }
+        let Ok(pgid) = i32::try_from(self.leader.id()) else {
             return;
         };
-        // SAFETY: kill(2) takes no pointers; -pgid names the group created by
-        // process_group(0) at spawn, whose leader is our still-unreaped child, so the
-        // id cannot have been reused by an unrelated group.
+        // SAFETY: kill(2) takes no pointers. -pgid names the group process_group(0)
+        // created at spawn; its leader is our child and not yet reaped, so the id
+        // still belongs to that group.
         unsafe {
             libc::kill(-pgid, libc::SIGKILL);
         }
@@ -504,7 +515,9 @@ impl ProcessGroup {
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
         self.kill();
-        let _ = self.0.wait();
+        if !self.reaped {
+            let _ = self.leader.wait();
+        }
     }
 }
 
