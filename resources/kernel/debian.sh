@@ -10,37 +10,57 @@
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 
-# Modules the legacy path needs; their dependencies come from modules.dep.
-# virtio_pci/virtio_iommu are listed in case the package builds them as modules
-# (then L1 has no IOMMU until they are loaded).
+# Modules the legacy path needs; their dependencies are added from each
+# module's own "depends=". virtio_pci/virtio_iommu are listed in case the
+# package builds them as modules (then L1 has no IOMMU until they are loaded).
 WANTED=(virtio_pci virtio_iommu kvm_amd vfio_pci vfio_iommu_type1)
 
-PKG="${PASSVM_DEBIAN_KERNEL:-}"
-if [ -z "$PKG" ]; then
-    PKG="$(apt-cache pkgnames linux-image-6.12 |
-        grep -E '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' | sort -V | tail -n 1)"
-fi
-[ -n "$PKG" ] || bed_die "no linux-image-6.12.*+deb12-amd64-unsigned in the apt lists: run resources/setup.sh"
-VERSION="$(apt-cache policy "$PKG" | awk '/Candidate:/ { print $2 }')"
-[ -n "$VERSION" ] && [ "$VERSION" != "(none)" ] || bed_die "$PKG has no installable candidate"
+# Sets PKG, VERSION and OUT from the apt lists.
+pick() {
+    PKG="${PASSVM_DEBIAN_KERNEL:-}"
+    if [ -z "$PKG" ]; then
+        PKG="$(apt-cache pkgnames linux-image-6.12 |
+            grep -E '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' | sort -V | tail -n 1)"
+    fi
+    [ -n "$PKG" ] || bed_die "no linux-image-6.12.*+deb12-amd64-unsigned in the apt lists: run resources/setup.sh"
+    VERSION="$(apt-cache policy "$PKG" | awk '/Candidate:/ { print $2 }')"
+    [ -n "$VERSION" ] && [ "$VERSION" != "(none)" ] || bed_die "$PKG has no installable candidate"
+    local hash
+    hash="$(bed_hash "$BED_RESOURCES/kernel/debian.sh" -- "$PKG" "$VERSION" "${WANTED[@]}")"
+    OUT="$PASSVM_CACHE/debian-${PKG#linux-image-}-$hash"
+}
+cached() { [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/modules/order" ]; }
 
-HASH="$(bed_hash "$BED_RESOURCES/kernel/debian.sh" -- "$PKG" "$VERSION" "${WANTED[@]}")"
-OUT="$PASSVM_CACHE/debian-${PKG#linux-image-}-$HASH"
-if [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/modules/order" ]; then
+pick
+if cached; then
     echo "$OUT"
     exit 0
 fi
 
-WORK="$OUT.tmp"
-rm -rf "$WORK"
-mkdir -p "$WORK/root" "$WORK/out/modules"
 # apt-get download fetches as the _apt user into the current directory, which
 # must be writable for it (the cache under /root is not).
 DEB_DIR="$(mktemp -d)"
 trap 'rm -rf "$DEB_DIR"' EXIT
 chmod 777 "$DEB_DIR"
 bed_log "downloading $PKG $VERSION"
-(cd "$DEB_DIR" && apt-get download -q "$PKG=$VERSION" >&2)
+if ! (cd "$DEB_DIR" && apt-get download -q "$PKG=$VERSION" >&2); then
+    # Old lists name versions the mirror no longer has: refresh once, pick again.
+    bed_log "download failed; refreshing the apt lists"
+    SUDO=()
+    [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+    "${SUDO[@]}" apt-get update -q >&2
+    pick
+    if cached; then
+        echo "$OUT"
+        exit 0
+    fi
+    bed_log "downloading $PKG $VERSION"
+    (cd "$DEB_DIR" && apt-get download -q "$PKG=$VERSION" >&2) || bed_die "cannot download $PKG $VERSION"
+fi
+
+WORK="$OUT.tmp"
+rm -rf "$WORK"
+mkdir -p "$WORK/root" "$WORK/out/modules"
 dpkg-deb -x "$DEB_DIR"/*.deb "$WORK/root"
 
 KVER="$(ls "$WORK/root/lib/modules")"
