@@ -270,3 +270,65 @@ fn guest_reboot_leaves_the_device_usable_for_a_second_run() {
         "both runs ended by the guest's reboot"
     );
 }
+
+fn median(mut v: Vec<u64>) -> Option<u64> {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+/// MiB/s for 16 MiB in `ms` milliseconds.
+fn mib_per_s(ms: u64) -> f64 {
+    16.0 * 1000.0 / ms.max(1) as f64
+}
+
+/// Benchmark (prints figures; asserts only that every run happened): the DMA map time
+/// of 512 MiB of guest RAM per backend with 4 KiB pages and with 2 MiB hugepages, as
+/// seconds per GiB, and L2's sequential read throughput of the passed-through disk next
+/// to the same disk read by L1 directly. TCG timings: compare within one run only.
+#[test]
+#[ignore = "nested bed benchmark: cargo test --test nested_passthrough -- --ignored --nocapture bench"]
+fn bench_dma_map_and_disk_read() {
+    let out = Scenario::new("pt-bench")
+        .l1(L1Kernel::Own)
+        .device(Device::blk("d0"))
+        .timeout(Duration::from_secs(600))
+        .run();
+    out.assert_ok();
+    let labels = out.markers("bench");
+    assert_eq!(labels.len(), 4, "four passvm runs");
+    let maps: Vec<(u64, f64)> = out
+        .vmm_lines()
+        .filter_map(|l| {
+            let rest = l.split_once("DMA-mapped ")?.1;
+            let mib: u64 = rest.split_whitespace().next()?.parse().ok()?;
+            let ms: f64 = rest
+                .rsplit_once(" in ")?
+                .1
+                .trim_end_matches(" ms")
+                .parse()
+                .ok()?;
+            Some((mib, ms))
+        })
+        .collect();
+    assert_eq!(maps.len(), 4, "one DMA map line per run");
+    let parse = |v: Vec<&str>| -> Vec<u64> { v.iter().filter_map(|s| s.parse().ok()).collect() };
+    let l1 = parse(out.markers("l1_read_ms"));
+    let l2 = parse(out.l2_markers("read_ms"));
+    assert_eq!(l2.len(), 12, "three reads per run");
+    let l1_ms = median(l1).unwrap();
+    eprintln!("pt-bench (QEMU TCG L0, nested KVM L1; one run, order of magnitude only)");
+    eprintln!(
+        "L1 reads the disk directly:      16 MiB in {l1_ms} ms (median of 3) = {:.1} MiB/s",
+        mib_per_s(l1_ms)
+    );
+    for (i, label) in labels.iter().enumerate() {
+        let (mib, ms) = maps[i];
+        let read = median(l2[i * 3..i * 3 + 3].to_vec()).unwrap();
+        eprintln!(
+            "{label:<12} DMA map {mib} MiB in {ms:.0} ms = {:.2} s/GiB; L2 reads 16 MiB in {read} ms = {:.1} MiB/s ({:.0}% of L1)",
+            ms / 1000.0 * 1024.0 / mib as f64,
+            mib_per_s(read),
+            100.0 * mib_per_s(read) / mib_per_s(l1_ms)
+        );
+    }
+}
