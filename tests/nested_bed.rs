@@ -210,3 +210,47 @@ fn demo_guest_uses_the_passed_through_disk() {
     assert_eq!(out.l2_markers("disk"), vec!["vda d0"], "L2 read the header");
     assert!(out.l2_wrote("d0"), "L2's write is in L0's disk image");
 }
+
+/// The console protocol parser, on a log shaped like a real run (no bed needed).
+#[test]
+fn outcome_reads_markers_and_results_by_level() {
+    let log = "\
+[bed] workdir /tmp/x
+[    2.1] kvm_intel: VMX not supported by CPU 0
+L1| PASSVM-BED: L1 up
+L1| BED bound=0000:00:10.0 group=0
+L1| BED vfio_group=/dev/vfio/0
+L1| BED vfio_group=/dev/vfio/1
+VMM| passvm: BED x=not-a-marker
+L2| BED disk=vda d0
+L2| PASSVM-L2-RESULT check=disk rc=0
+L1| BED passvm_rc=0
+PASSVM-BED-RESULT scenario=demo rc=3
+";
+    let out = Outcome {
+        scenario: "demo".into(),
+        status: Some(0),
+        signal: None,
+        timed_out: false,
+        elapsed: std::time::Duration::from_secs(1),
+        timeout: bed::DEFAULT_TIMEOUT,
+        log: log.into(),
+        log_path: "/nonexistent/serial.log".into(),
+        workdir: "/nonexistent".into(),
+        disks: Default::default(),
+    };
+    assert_eq!(out.marker("bound"), Some("0000:00:10.0 group=0"));
+    assert_eq!(out.markers("vfio_group"), ["/dev/vfio/0", "/dev/vfio/1"]);
+    assert_eq!(out.marker("disk"), None, "an L2 marker is not an L1 one");
+    assert_eq!(out.l2_marker("disk"), Some("vda d0"));
+    assert_eq!(out.marker("x"), None, "passvm's stderr carries no markers");
+    assert_eq!(out.l2_rc(), Some(0));
+    assert_eq!(out.scenario_rc(), Some(3));
+    assert!(!out.succeeded(), "a scenario that returned 3 failed");
+    assert_eq!(out.summary(), "QEMU exited, scenario rc=3");
+    assert_eq!(out.l1_lines().count(), 5);
+    assert_eq!(
+        out.vmm_lines().collect::<Vec<_>>(),
+        ["passvm: BED x=not-a-marker"]
+    );
+}
