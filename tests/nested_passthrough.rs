@@ -65,6 +65,11 @@ fn irq_lines(out: &Outcome) -> Vec<IrqLine> {
 /// wrote in its header; L0's images hold what the last run wrote; the disks are still
 /// on vfio-pci in L1 afterwards.
 fn assert_disks_work(out: &Outcome, disks: &[&str], runs: usize) {
+    assert_disks_work_then(out, disks, runs, "vfio-pci");
+}
+
+/// [`assert_disks_work`], with the disks on `l1_driver` in L1 after the last run.
+fn assert_disks_work_then(out: &Outcome, disks: &[&str], runs: usize, l1_driver: &str) {
     out.assert_ok();
     assert_eq!(
         out.markers("passvm_rc"),
@@ -107,7 +112,10 @@ fn assert_disks_work(out: &Outcome, disks: &[&str], runs: usize) {
     }
     let after = out.markers("after");
     assert_eq!(after.len(), disks.len());
-    assert!(after.iter().all(|a| a.ends_with(" vfio-pci")), "{after:?}");
+    assert!(
+        after.iter().all(|a| a.ends_with(&format!(" {l1_driver}"))),
+        "in L1 afterwards: {after:?}"
+    );
 }
 
 /// Every disk's request queue interrupted L2 through MSI-X, in every run.
@@ -244,8 +252,15 @@ fn mtty_mdev_uart() {
     assert_eq!(echoes.len(), 2);
     for e in echoes {
         let (tty, back) = e.split_once(' ').unwrap();
-        assert_eq!(back, format!("PASSVM-MTTY-{tty}"), "looped back on {tty}");
+        assert_eq!(back, format!("PT-{tty}"), "looped back on {tty}");
     }
+    let irqs = irq_lines(&out);
+    assert_eq!(irqs.len(), 2, "one line per open port: {irqs:?}");
+    assert!(
+        irqs.iter()
+            .all(|i| i.chip == "IO-APIC" && i.kind.ends_with("-fasteoi") && i.count > 0),
+        "each port interrupted through the level-triggered IOAPIC line: {irqs:?}"
+    );
     assert!(
         out.vmm_lines()
             .any(|l| l.contains("INTx EOIs forwarded by passvm")),
@@ -331,4 +346,29 @@ fn bench_dma_map_and_disk_read() {
             100.0 * mib_per_s(read) / mib_per_s(l1_ms)
         );
     }
+}
+
+/// `managed=on` and SIGTERM: passvm binds the disk (on virtio-pci in L1) to vfio-pci,
+/// a SIGTERM while L2 runs ends it with 143 and the disk goes back to virtio-pci; a
+/// second passvm binds it again, L2 uses it, and after L2's reboot it is back on
+/// virtio-pci once more.
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_passthrough -- --ignored"]
+fn managed_device_survives_sigterm_and_goes_back_to_its_driver() {
+    let out = pt_blk(
+        L1Kernel::Own,
+        &["d0"],
+        "passvm.pt.managed=1 passvm.pt.sigterm=1",
+    );
+    assert_eq!(out.marker("sigterm_rc"), Some("143"), "SIGTERM's status");
+    let before = out.markers("before");
+    assert_eq!(before.len(), 1);
+    assert!(before[0].ends_with(" virtio-pci"), "{before:?}");
+    let after_sigterm = out.markers("after_sigterm");
+    assert!(
+        after_sigterm.len() == 1 && after_sigterm[0].ends_with(" virtio-pci"),
+        "given back after SIGTERM: {after_sigterm:?}"
+    );
+    assert_disks_work_then(&out, &["d0"], 1, "virtio-pci");
+    assert_msix(&out, 1, 1);
 }

@@ -2,7 +2,7 @@
 # driver cannot unmask through an eventfd) created in L1 and passed to L2, where 8250_pci
 # drives it. Parameters: passvm.pt.name=dev|sysfs (--device /dev/vfio/mdev/<uuid>, the
 # default, or /sys/bus/mdev/devices/<uuid>). L2 runs resources/l2/checks/pt-uart.sh.
-export RUST_LOG=info
+export RUST_LOG="$(bed_cmdline_arg passvm.pt.log || echo info)"
 form="$(bed_cmdline_arg passvm.pt.name || echo dev)"
 path="$(bed_mtty_create 2)"
 uuid="${path##*/}"

@@ -1,7 +1,8 @@
 # The mtty mdev (a 2-port PCI UART whose ports loop written bytes back) seen from L2:
 # 8250_pci must claim it and register its ports on the I/O-port BARs; bytes written
 # to each port must come back. Markers: driver, port ("ttySn IO-BASE IRQ"), echo
-# ("ttySn <what came back>"), irq (its interrupt line and count).
+# ("ttySn <what came back>"), irq (its interrupt line and count while open), serial
+# (the driver's tx/rx counters).
 found=0
 for d in /sys/bus/pci/devices/*; do
     [ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x4348:0x3253 ] || continue
@@ -27,9 +28,11 @@ for n in $ports; do
     cat "/dev/$n" >"/tmp/$n.rx" &
     reader=$!
     sleep 1
-    printf 'PASSVM-MTTY-%s\n' "$n" >"/dev/$n"
+    # Fewer than 16 bytes: mtty's loopback FIFO is a 16-entry ring whose LSR reports
+    # "no data" when all 16 entries are full (head == tail), and 8250 loads 16 at once.
+    printf 'PT-%s\n' "$n" >"/dev/$n"
     i=0
-    until grep -q "PASSVM-MTTY-$n" "/tmp/$n.rx" || [ "$i" -ge 50 ]; do
+    until grep -q "PT-$n" "/tmp/$n.rx" || [ "$i" -ge 50 ]; do
         sleep 0.2
         i=$((i + 1))
     done
