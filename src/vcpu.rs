@@ -97,9 +97,10 @@ impl Vcpu {
     }
 
     fn run(mut self) {
-        KVM_RUN.with(|c| c.set(self.fd.get_kvm_run()));
+        let run: *mut kvm_run = self.fd.get_kvm_run();
+        KVM_RUN.with(|c| c.set(run));
         while !self.exit.is_stopping() {
-            match self.step() {
+            match self.step(run) {
                 Step::Continue => {}
                 Step::Stop(reason) => {
                     self.exit.request(reason);
@@ -110,7 +111,9 @@ impl Vcpu {
         KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
     }
 
-    fn step(&mut self) -> Step {
+    /// One `KVM_RUN` and its exit. `run` is this vCPU's `kvm_run` mapping, read for the
+    /// details kvm-ioctls' `VcpuExit` leaves out.
+    fn step(&mut self, run: *const kvm_run) -> Step {
         let id = self.id;
         let exit = match self.fd.run() {
             Ok(exit) => exit,
@@ -122,15 +125,13 @@ impl Vcpu {
             Err(e) => return fail(id, format!("KVM_RUN: {e}")),
         };
         match exit {
+            // A string instruction (rep ins/outs) arrives as one exit of `count` accesses of
+            // `size` bytes each, all to the same port; kvm-ioctls joins them in one slice.
             VcpuExit::IoIn(port, data) => {
-                if !read_lock(&self.buses.pio).read(u64::from(port), data) {
-                    log::debug!("vcpu{id}: unhandled port read {port:#x} ({} bytes)", data.len());
-                }
+                port_in(&read_lock(&self.buses.pio), port, data, io_access_size(run), id)
             }
             VcpuExit::IoOut(port, data) => {
-                if !read_lock(&self.buses.pio).write(u64::from(port), data) {
-                    log::debug!("vcpu{id}: unhandled port write {port:#x} = {data:02x?}");
-                }
+                port_out(&read_lock(&self.buses.pio), port, data, io_access_size(run), id)
             }
             VcpuExit::MmioRead(addr, data) => {
                 if !read_lock(&self.buses.mmio).read(addr, data) {
@@ -184,6 +185,34 @@ impl Vcpu {
         }
         Step::Continue
     }
+}
+
+fn port_in(bus: &Bus, port: u16, data: &mut [u8], size: usize, vcpu: u8) {
+    for access in data.chunks_mut(size) {
+        if !bus.read(u64::from(port), access) {
+            log::debug!(
+                "vcpu{vcpu}: unhandled port read {port:#x} ({} bytes)",
+                access.len()
+            );
+        }
+    }
+}
+
+fn port_out(bus: &Bus, port: u16, data: &[u8], size: usize, vcpu: u8) {
+    for access in data.chunks(size) {
+        if !bus.write(u64::from(port), access) {
+            log::debug!("vcpu{vcpu}: unhandled port write {port:#x} = {access:02x?}");
+        }
+    }
+}
+
+/// The width of each access of the current `KVM_EXIT_IO` (1, 2 or 4).
+fn io_access_size(run: *const kvm_run) -> usize {
+    // SAFETY: only called while handling KVM_EXIT_IO, so `io` is the active union member;
+    // the mapping outlives the vCPU loop. `addr_of!` reads the field without creating a
+    // reference that would overlap the exit's data slice.
+    let size = unsafe { std::ptr::addr_of!((*run).__bindgen_anon_1.io.size).read_volatile() };
+    usize::from(size).max(1)
 }
 
 fn fail(vcpu: u8, message: String) -> Step {
@@ -270,6 +299,42 @@ mod tests {
 
     fn no_buses() -> Buses {
         Buses::default()
+    }
+
+    /// A string instruction's exit (`rep outsw`: 3 accesses of 2 bytes) becomes three
+    /// writes to the same port, and `rep insb` three reads of it, not accesses to the ports
+    /// that follow.
+    #[test]
+    fn string_port_io_is_split_into_accesses() {
+        #[derive(Default)]
+        struct Log(Vec<(u64, Vec<u8>)>, u8);
+        impl devices::bus::BusDevice for Log {
+            fn read(&mut self, _b: u64, offset: u64, data: &mut [u8]) {
+                self.1 += 1;
+                data.fill(self.1);
+                self.0.push((offset, vec![]));
+            }
+            fn write(&mut self, _b: u64, offset: u64, data: &[u8]) {
+                self.0.push((offset, data.to_vec()));
+            }
+        }
+        let dev = Arc::new(Mutex::new(Log::default()));
+        let mut bus = Bus::new();
+        bus.insert(dev.clone(), 0xc000, 8).unwrap();
+        port_out(&bus, 0xc000, &[1, 2, 3, 4, 5, 6], 2, 0);
+        let mut input = [0u8; 3];
+        port_in(&bus, 0xc000, &mut input, 1, 0);
+        assert_eq!(input, [1, 2, 3]);
+        let log = &dev.lock().unwrap().0;
+        assert_eq!(
+            log[..3],
+            [(0, vec![1, 2]), (0, vec![3, 4]), (0, vec![5, 6])],
+            "three word writes to offset 0"
+        );
+        assert!(
+            log[3..].iter().all(|(off, _)| *off == 0),
+            "three byte reads of offset 0"
+        );
     }
 
     /// A vCPU spinning in the guest (`jmp $`) leaves KVM_RUN when kicked, and its thread ends.
