@@ -8,12 +8,18 @@
 #   passvm.pt.nomsi=1                     boot L2 with pci=nomsi (the INTx path)
 #   passvm.pt.runs=N                      run passvm N times in a row (default 1); L2's
 #                                         `reboot -f` ends each run
+#   passvm.pt.sigterm=1                   first, a passvm whose L2 idles is stopped with
+#                                         SIGTERM (marker sigterm_rc); the runs follow
+#   passvm.pt.managed=1                   leave the disks on virtio-pci and pass them as
+#                                         BDF,managed=on: passvm binds them to vfio-pci
+#                                         and gives them back when it ends
 # L2 runs resources/l2/checks/pt-blk.sh. Markers: passvm_rc/passvm_ms per run,
 # run="N rc=RC", after="BDF DRIVER" (the disk's L1 driver once passvm is gone).
 export RUST_LOG=info
 backend="$(bed_cmdline_arg passvm.pt.backend || echo auto)"
 form="$(bed_cmdline_arg passvm.pt.name || echo cdev)"
 runs="$(bed_cmdline_arg passvm.pt.runs || echo 1)"
+managed="$(bed_cmdline_arg passvm.pt.managed || echo 0)"
 l2extra=""
 [ "$(bed_cmdline_arg passvm.pt.nomsi)" = 1 ] && l2extra="pci=nomsi"
 bed_report_host
@@ -22,9 +28,14 @@ set --
 bdfs=""
 for entry in $(bed_cmdline_arg passvm.devices | tr ',' ' '); do
     bdf="${entry#*@}"
-    bed_bind_vfio "$bdf"
     bdfs="$bdfs $bdf"
     name="$bdf"
+    if [ "$managed" = 1 ]; then
+        bed_report before "$bdf $(bed_driver "$bdf")"
+        set -- "$@" --device "$bdf,managed=on"
+        continue
+    fi
+    bed_bind_vfio "$bdf"
     case "$form" in
     cdev) name="$(bed_vfio_cdev "$bdf")"; [ -n "$name" ] || name="$bdf" ;;
     sysfs) name="/sys/bus/pci/devices/$bdf" ;;
@@ -34,6 +45,26 @@ for entry in $(bed_cmdline_arg passvm.devices | tr ',' ' '); do
     set -- "$@" --device "$name"
 done
 [ -n "$bdfs" ] || bed_fail "no device attached (Scenario::device)"
+
+if [ "$(bed_cmdline_arg passvm.pt.sigterm)" = 1 ]; then
+    echo "passvm with an idle L2, to be stopped by SIGTERM: $*"
+    "$PASSVM" --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --memory size=256M \
+        --vfio-backend "$backend" --cmdline "$(bed_l2_cmdline vm-idle)" "$@" \
+        </dev/null >/tmp/.pt-l2 2>/tmp/.pt-vmm &
+    pid=$!
+    i=0
+    until grep -q "BED idle=yes" /tmp/.pt-l2 2>/dev/null; do
+        i=$((i + 1))
+        [ "$i" -le 900 ] || { kill -9 "$pid"; bed_fail "L2 did not come up"; }
+        kill -0 "$pid" 2>/dev/null || { sed 's/^/VMM| /' /tmp/.pt-vmm; bed_fail "passvm exited early"; }
+        sleep 0.2
+    done
+    kill -TERM "$pid"
+    wait "$pid"
+    bed_report sigterm_rc "$?"
+    sed 's/^/VMM| /' /tmp/.pt-vmm
+    for bdf in $bdfs; do bed_report after_sigterm "$bdf $(bed_driver "$bdf")"; done
+fi
 
 run=1
 while [ "$run" -le "$runs" ]; do
