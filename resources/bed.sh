@@ -224,11 +224,11 @@ cmd_test() {
     cd "$BED_REPO"
     stage "cargo fmt --check" cargo fmt --all --check
     stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
-    stage "cargo test" cargo test --workspace
+    stage "cargo test" cargo test --workspace --no-fail-fast
     # The nested scenarios are #[ignore]d in a plain `cargo test`. One L0 takes
     # both cores: one scenario at a time (the Rust API also holds a lock).
     stage "bed prepare" cmd_prepare_quiet
-    stage "nested scenarios" cargo test --workspace --test 'nested_*' -- --ignored --test-threads=1
+    stage "nested scenarios" cargo test --workspace --no-fail-fast --test 'nested_*' -- --ignored --test-threads=1
     if [ ${#failed[@]} -gt 0 ]; then
         bed_log "FAILED after $((SECONDS - start)) s: ${failed[*]}"
         return 1
