@@ -64,6 +64,16 @@ pub enum VfioBackendChoice {
     Group,
 }
 
+impl From<VfioBackendChoice> for devices::vfio::discovery::BackendChoice {
+    fn from(c: VfioBackendChoice) -> Self {
+        match c {
+            VfioBackendChoice::Auto => Self::Auto,
+            VfioBackendChoice::Iommufd => Self::Iommufd,
+            VfioBackendChoice::Group => Self::Group,
+        }
+    }
+}
+
 /// A VM, fully validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {

@@ -1,10 +1,12 @@
 //! `--dry-run`: show what a command line would build, without touching KVM.
 //!
-//! HOOK for the device plan: when `devices::vfio::discovery` exposes a function that turns
-//! the `--device` strings into resolved devices and a backend choice, call it from
-//! [`print_plan`] in place of the raw list printed now.
+//! The device lines come from the same `discovery::plan` a real start runs, so a dry run
+//! refuses (exit 2, same message) exactly what a start would refuse. Unlike a start it
+//! binds nothing: `managed=on` devices are reported, not switched to vfio-pci.
 
 use std::process::ExitCode;
+
+use devices::vfio::discovery::{self, Roots};
 
 use crate::config::{SerialConfig, VmConfig};
 use crate::exit::EXIT_USAGE;
@@ -35,11 +37,22 @@ pub fn print_plan(cfg: &VmConfig) -> ExitCode {
     };
     println!("serial     {serial}");
     println!("vfio       backend {:?}", cfg.vfio_backend);
-    for d in &cfg.devices {
-        println!("device     {d} (not resolved: the device plan is not wired in yet)");
-    }
     if cfg.devices.is_empty() {
         println!("device     none");
+    } else {
+        match discovery::plan(
+            &cfg.devices,
+            cfg.vfio_backend.into(),
+            cfg.iommufd_fd,
+            cfg.memory.size,
+            &Roots::host(),
+        ) {
+            Ok(plan) => print!("{plan}"),
+            Err(e) => {
+                eprintln!("passvm: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+        }
     }
     match MemoryLayout::new(cfg.memory.size) {
         Ok(layout) => print_layout(&layout),
