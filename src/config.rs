@@ -4,6 +4,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use devices::vfio::discovery::BackendChoice;
+
 use crate::cli::{parse_on_off, parse_option_list, parse_size, OptionError, VmArgs};
 
 /// Kernel command line used when `--cmdline` is not given.
@@ -53,27 +55,6 @@ pub enum SerialConfig {
     Off,
 }
 
-/// Which VFIO interface passthrough devices are opened through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VfioBackendChoice {
-    /// iommufd when every device has a cdev, otherwise groups.
-    Auto,
-    /// `/dev/iommu` + `/dev/vfio/devices/vfioN`.
-    Iommufd,
-    /// `/dev/vfio/vfio` container + `/dev/vfio/N` groups.
-    Group,
-}
-
-impl From<VfioBackendChoice> for devices::vfio::discovery::BackendChoice {
-    fn from(c: VfioBackendChoice) -> Self {
-        match c {
-            VfioBackendChoice::Auto => Self::Auto,
-            VfioBackendChoice::Iommufd => Self::Iommufd,
-            VfioBackendChoice::Group => Self::Group,
-        }
-    }
-}
-
 /// A VM, fully validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -92,7 +73,7 @@ pub struct VmConfig {
     /// `--device` strings as given; resolved by `devices::vfio::naming`.
     pub devices: Vec<String>,
     /// VFIO backend choice.
-    pub vfio_backend: VfioBackendChoice,
+    pub vfio_backend: BackendChoice,
     /// A pre-opened `/dev/iommu` descriptor.
     pub iommufd_fd: Option<i32>,
     /// Print the plan and exit.
@@ -199,18 +180,13 @@ impl VmConfig {
                 ));
             }
         }
-        let vfio_backend = match args.vfio_backend.as_str() {
-            "auto" => VfioBackendChoice::Auto,
-            "iommufd" => VfioBackendChoice::Iommufd,
-            "group" => VfioBackendChoice::Group,
-            other => {
-                return Err(invalid(
-                    "--vfio-backend",
-                    other,
-                    "use auto, iommufd or group",
-                ))
-            }
-        };
+        let vfio_backend: BackendChoice = args.vfio_backend.parse().map_err(|_| {
+            invalid(
+                "--vfio-backend",
+                &args.vfio_backend,
+                "use auto, iommufd or group",
+            )
+        })?;
         if let Some(fd) = args.iommufd_fd {
             if fd < 0 {
                 return Err(invalid(
@@ -342,7 +318,7 @@ mod tests {
         assert_eq!(c.serial, SerialConfig::Tty);
         assert!(c.cmdline.starts_with("console=ttyS0 "));
         assert!(c.cmdline.contains("reboot=k"));
-        assert_eq!(c.vfio_backend, VfioBackendChoice::Auto);
+        assert_eq!(c.vfio_backend, BackendChoice::Auto);
     }
 
     #[test]
@@ -365,7 +341,7 @@ mod tests {
         );
         assert_eq!(c.serial, SerialConfig::File("/tmp/x.log".into()));
         assert_eq!(c.cmdline, "console=ttyS0 panic=-1");
-        assert_eq!(c.vfio_backend, VfioBackendChoice::Group);
+        assert_eq!(c.vfio_backend, BackendChoice::Group);
 
         a.cpus = Some("3".into());
         a.memory = Some("768M".into());

@@ -42,7 +42,7 @@ pub fn print_plan(cfg: &VmConfig) -> ExitCode {
     } else {
         match discovery::plan(
             &cfg.devices,
-            cfg.vfio_backend.into(),
+            cfg.vfio_backend,
             cfg.iommufd_fd,
             cfg.memory.size,
             &Roots::host(),

@@ -27,7 +27,7 @@ use devices::pci::bar::{BarAllocator, Window, DEFAULT_MMIO64_LIMIT};
 use devices::pci::host_bridge::PciRoot;
 use devices::pci::InterruptRouting;
 use devices::vfio::device::VfioPciDevice;
-use devices::vfio::discovery::{self, BackendChoice, DiscoveryError, ManagedBinding, Plan, Roots};
+use devices::vfio::discovery::{self, DiscoveryError, ManagedBinding, Plan, Roots};
 use devices::vfio::dma::DeviceSource;
 use devices::vfio::kvm_vm::{KvmVmOps, SlotPool};
 use devices::vfio::passthrough::{AttachedDevice, Passthrough, PassthroughError, VmPlumbing};
@@ -36,7 +36,7 @@ use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::boot::mptable::{self, MpTableError, PciIntx, FIRST_PCI_IOAPIC_PIN};
-use crate::config::{VfioBackendChoice, VmConfig};
+use crate::config::VmConfig;
 use crate::interrupts::Interrupts;
 use crate::memory::{MemoryError, MemoryLayout};
 use crate::vcpu::Buses;
@@ -96,14 +96,6 @@ impl Prepared {
     }
 }
 
-fn backend_choice(c: VfioBackendChoice) -> BackendChoice {
-    match c {
-        VfioBackendChoice::Auto => BackendChoice::Auto,
-        VfioBackendChoice::Iommufd => BackendChoice::Iommufd,
-        VfioBackendChoice::Group => BackendChoice::Group,
-    }
-}
-
 /// Resolves and checks every `--device`, prints the plan on stderr and binds the
 /// `managed=on` devices. The error's [`DiscoveryError::exit_code`] is the exit status.
 pub fn prepare(cfg: &VmConfig) -> Result<Prepared, DiscoveryError> {
@@ -113,7 +105,7 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, DiscoveryError> {
     let roots = Roots::host();
     let p = discovery::plan(
         &cfg.devices,
-        backend_choice(cfg.vfio_backend),
+        cfg.vfio_backend,
         cfg.iommufd_fd,
         cfg.memory.size,
         &roots,
@@ -315,18 +307,5 @@ mod tests {
         for slot in 0..32 {
             assert!((16..24).contains(&intx_gsi(slot)));
         }
-    }
-
-    #[test]
-    fn backend_choices_map_one_to_one() {
-        assert_eq!(backend_choice(VfioBackendChoice::Auto), BackendChoice::Auto);
-        assert_eq!(
-            backend_choice(VfioBackendChoice::Iommufd),
-            BackendChoice::Iommufd
-        );
-        assert_eq!(
-            backend_choice(VfioBackendChoice::Group),
-            BackendChoice::Group
-        );
     }
 }

@@ -38,9 +38,6 @@ use crate::memory::{HIGH_RAM_START, IOAPIC_START, LAPIC_START};
 /// Number of IOAPIC input pins (KVM's in-kernel IOAPIC).
 pub const IOAPIC_PINS: u8 = 24;
 /// First IOAPIC pin not used by ISA interrupts; PCI INTx lines should use 16..24.
-// The INTx API below is for the passthrough device's legacy interrupt wiring (issue 4);
-// until that code lands only the tests use it.
-#[allow(dead_code)]
 pub const FIRST_PCI_IOAPIC_PIN: u8 = 16;
 /// Most vCPUs the table can describe: xAPIC ids are 8 bits, 0xff is broadcast, and the
 /// IOAPIC takes the id after the last vCPU.
@@ -78,7 +75,6 @@ const FLOATING_SIZE: usize = 16;
 const HEADER_SIZE: usize = 44;
 
 /// A PCI interrupt pin.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntxPin {
     /// INTA#
@@ -93,7 +89,6 @@ pub enum IntxPin {
 
 impl IntxPin {
     /// From the PCI `Interrupt Pin` config register (1 = INTA# … 4 = INTD#).
-    #[allow(dead_code)]
     pub fn from_config(value: u8) -> Option<Self> {
         match value {
             1 => Some(IntxPin::A),
@@ -125,7 +120,6 @@ impl PciIntx {
     /// of its `Interrupt Pin` config register (1 = INTA# … 4 = INTD#) and the GSI its INTx
     /// irqfd raises (an IOAPIC pin with KVM's default routing). `None` when the device has
     /// no INTx pin or the values cannot be described (slot ≥ 32, GSI beyond the IOAPIC).
-    #[allow(dead_code)] // for the VMM's passthrough wiring (issue 4)
     pub fn new(device: u8, interrupt_pin: u8, gsi: u32) -> Option<Self> {
         let pin = IntxPin::from_config(interrupt_pin)?;
         let ioapic_pin = u8::try_from(gsi).ok().filter(|p| *p < IOAPIC_PINS)?;
