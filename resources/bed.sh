@@ -7,6 +7,8 @@
 #   bed.sh run ...     prepare, then launch
 #   bed.sh demo        setup + run the demo scenario (passvm passes a disk to L2)
 #   bed.sh test        setup + fmt + clippy + unit tests + every nested scenario
+#   bed.sh bench       setup + the nested benchmarks (boot time and RSS, DMA map
+#                      time, disk throughput): figures printed, nothing asserted
 #
 # launch/run options:
 #   --scenario NAME      resources/scenarios/NAME.sh (required)
@@ -228,12 +230,23 @@ cmd_test() {
     # The nested scenarios are #[ignore]d in a plain `cargo test`. One L0 takes
     # both cores: one scenario at a time (the Rust API also holds a lock).
     stage "bed prepare" cmd_prepare_quiet
-    stage "nested scenarios" cargo test --workspace --no-fail-fast --test 'nested_*' -- --ignored --test-threads=1
+    # Benchmarks (tests named bench_*) print figures and assert nothing about
+    # speed; they have their own command so the test run stays short.
+    stage "nested scenarios" cargo test --workspace --no-fail-fast --test 'nested_*' -- --ignored --test-threads=1 --skip bench_
     if [ ${#failed[@]} -gt 0 ]; then
         bed_log "FAILED after $((SECONDS - start)) s: ${failed[*]}"
         return 1
     fi
     bed_log "all tests passed in $((SECONDS - start)) s"
+}
+
+# The benchmarks: each prints its figures (--nocapture) and fails only if the
+# scenario itself fails.
+cmd_bench() {
+    cmd_setup
+    cd "$BED_REPO"
+    cmd_prepare_quiet
+    cargo test --workspace --no-fail-fast --test 'nested_*' -- --ignored --test-threads=1 --nocapture bench_
 }
 
 cmd_prepare_quiet() { (cmd_prepare >/dev/null); }
@@ -242,7 +255,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 main() {
     case "${1:-}" in
-    setup | prepare | launch | run | demo | test)
+    setup | prepare | launch | run | demo | test | bench)
         local c="$1"
         shift
         "cmd_$c" "$@"
