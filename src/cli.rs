@@ -40,7 +40,7 @@ Ctrl-C included, goes to the guest; end the VM from the guest (reboot) or with S
 Exit status of a VM run:
     0    the guest rebooted (reboot, i8042 reset) or powered off
     1    passvm failed (setup error, KVM entry failure, vCPU error)
-    2    bad command line
+    2    bad command line, or a --device that cannot be assigned (the message says why)
     3    the guest triple-faulted
     4    the guest kernel panicked (\"Kernel panic - not syncing\" seen on its serial
          console, or a KVM crash event)

@@ -5,7 +5,7 @@
 //! |--------|------------------------------------------------------------------------|
 //! | 0      | the guest rebooted (i8042 reset, KVM reset event) or powered off        |
 //! | 1      | passvm failed: setup error, KVM entry failure, vCPU internal error      |
-//! | 2      | bad command line (clap's usage errors use 2 as well)                   |
+//! | 2      | bad command line (clap uses 2 too), or a `--device` that cannot be assigned |
 //! | 3      | the guest triple-faulted (KVM_EXIT_SHUTDOWN)                            |
 //! | 4      | the guest kernel panicked                                               |
 //! | 128+N  | stopped by signal N: 129 SIGHUP, 130 SIGINT, 143 SIGTERM (shell rule)   |
