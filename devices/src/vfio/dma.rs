@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use vfio_ioctls::{VfioContainer, VfioIommufd, VfioOps};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
+use super::backend::VfioDeviceOps;
+use super::discovery::{check_device_flags, UnsupportedDeviceType};
 use super::handle::OwnedVfioDevice;
 use super::iova::{self, IovaRange};
 
@@ -107,6 +109,9 @@ pub enum DmaError {
     /// A guest memory region has no host mapping.
     #[error("guest RAM region at {0:#x} has no host mapping to DMA-map")]
     NoHostAddress(u64),
+    /// The opened device is not a PCI device.
+    #[error(transparent)]
+    UnsupportedType(#[from] UnsupportedDeviceType),
 }
 
 /// An error and its causes, "a: b: c" (vfio-ioctls keeps the errno in the causes).
@@ -221,11 +226,20 @@ impl IommuSpace {
 
     /// Opens a device in this space: groups need its sysfs path; iommufd takes a
     /// pre-opened cdev fd, else the cdev path, else the sysfs path.
+    ///
+    /// A device whose `VFIO_DEVICE_GET_INFO` flags do not say PCI (platform, ccw, ...) is
+    /// refused here, after opening, as the uAPI intends: only the kernel knows the type.
     pub fn open_device(&self, src: &DeviceSource) -> Result<OwnedVfioDevice, DmaError> {
-        match self {
-            IommuSpace::Group(c) => super::group::open_device(c, &src.sysfs),
-            IommuSpace::Iommufd(i) => super::iommufd::open_device(i, src),
-        }
+        let dev = match self {
+            IommuSpace::Group(c) => super::group::open_device(c, &src.sysfs)?,
+            IommuSpace::Iommufd(i) => super::iommufd::open_device(i, src)?,
+        };
+        let name = src.sysfs.file_name().map_or_else(
+            || src.sysfs.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        check_device_flags(&name, dev.device_flags())?;
+        Ok(dev)
     }
 
     /// Identity-maps every region of `mem` (IOVA = GPA), after the checks above.
