@@ -4,12 +4,12 @@
 //! The VMM's glue, in order:
 //! 1. [`Passthrough::new`] once the VM and its irqchip exist, with the backend the
 //!    discovery step chose;
-//! 2. per resolved device: [`Passthrough::add_device`] with a per-device [`VmOps`](super::vm::VmOps)
-//!    (e.g. [`super::kvm_vm::KvmVmOps`]), the GSI router, the VM's BAR allocator and the
-//!    INTx GSI of its slot; RAM is DMA-mapped right after the first one opens;
-//! 3. wrap the device in `Arc<Mutex<..>>`, add it to the PCI root, register its
-//!    [`VfioPciDevice::trapped_ranges`] on the buses, and poll
-//!    [`VfioPciDevice::intx_eoi_fd`] if it returns one;
+//! 2. per resolved device: [`Passthrough::attach`] with the VM's plumbing
+//!    ([`VmPlumbing`]: slot pool, buses, PCI root, GSI router, BAR allocator) and the
+//!    INTx GSI of a slot; RAM is DMA-mapped right after the first device opens. It puts
+//!    the device on the PCI root and its trapped BAR ranges on the buses;
+//! 3. poll [`VfioPciDevice::intx_eoi_fd`] and the VM ops' pending-change event if the
+//!    attached device returns them;
 //! 4. on guest reboot call [`VfioPciDevice::reset`]; at exit drop the devices before this.
 
 use std::os::unix::io::RawFd;
@@ -204,21 +204,6 @@ impl Passthrough {
             self.dma = Some(self.space.map_guest_memory(mem)?);
         }
         attach_device(name, dev, vmp, intx_gsi)
-    }
-
-    /// Opens `src`, maps guest RAM if it is the first device, and builds its model.
-    pub fn add_device<M: GuestMemoryBackend>(
-        &mut self,
-        name: &str,
-        src: &DeviceSource,
-        mem: &M,
-        ctx: DeviceContext<'_>,
-    ) -> Result<VfioPciDevice, PassthroughError> {
-        let dev = Arc::new(self.space.open_device(src)?);
-        if self.dma.is_none() {
-            self.dma = Some(self.space.map_guest_memory(mem)?);
-        }
-        Ok(VfioPciDevice::new(name, dev, ctx)?)
     }
 }
 
