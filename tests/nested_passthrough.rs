@@ -167,6 +167,25 @@ fn virtio_blk_over_iommufd_cdev() {
     );
 }
 
+/// 1b. The launcher form: a privileged parent opens the cdev and /dev/iommu and passvm
+/// gets only the descriptors (`--device fd=7 --iommufd-fd 8`).
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_passthrough -- --ignored"]
+fn virtio_blk_from_launcher_fds() {
+    let out = pt_blk(
+        L1Kernel::Own,
+        &["d0"],
+        "passvm.pt.backend=auto passvm.pt.name=fd",
+    );
+    assert_disks_work(&out, &["d0"], 1);
+    assert_msix(&out, 1, 1);
+    assert!(
+        out.vmm_lines()
+            .any(|l| l.contains("fd=7") && l.contains("backend iommufd")),
+        "the plan line names the descriptor and the iommufd backend"
+    );
+}
+
 /// 2. The legacy container + group backend on Debian's kernel (no iommufd there).
 #[test]
 #[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_passthrough -- --ignored"]

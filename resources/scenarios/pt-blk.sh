@@ -3,8 +3,12 @@
 # and given to one passvm, in passvm.devices order.
 # Parameters (L1 kernel arguments, Scenario::l1_append):
 #   passvm.pt.backend=auto|iommufd|group  --vfio-backend (default auto)
-#   passvm.pt.name=cdev|bdf|sysfs         how --device names a disk (default cdev when
-#                                         the kernel has one, else bdf)
+#   passvm.pt.name=cdev|bdf|sysfs|fd      how --device names a disk (default cdev when
+#                                         the kernel has one, else bdf); fd: this script
+#                                         plays the privileged launcher, opening the cdev
+#                                         and /dev/iommu and passing them as fd=N and
+#                                         --iommufd-fd (first disk only: fds 7 and 8;
+#                                         fd 3 is the bed's console)
 #   passvm.pt.nomsi=1                     boot L2 with pci=nomsi (the INTx path)
 #   passvm.pt.runs=N                      run passvm N times in a row (default 1); L2's
 #                                         `reboot -f` ends each run
@@ -40,7 +44,17 @@ for entry in $(bed_cmdline_arg passvm.devices | tr ',' ' '); do
     cdev) name="$(bed_vfio_cdev "$bdf")"; [ -n "$name" ] || name="$bdf" ;;
     sysfs) name="/sys/bus/pci/devices/$bdf" ;;
     bdf) ;;
-    *) bed_fail "passvm.pt.name must be cdev, bdf or sysfs, not '$form'" ;;
+    fd)
+        [ -z "${launcher_fds:-}" ] || bed_fail "passvm.pt.name=fd takes one disk"
+        cdev="$(bed_vfio_cdev "$bdf")"
+        [ -n "$cdev" ] || bed_fail "$bdf has no cdev: the fd form needs iommufd"
+        # The descriptors passvm inherits, as a launcher would hand them over.
+        exec 7<>"$cdev" 8<>/dev/iommu || bed_fail "cannot open $cdev or /dev/iommu"
+        launcher_fds=1
+        name="fd=7"
+        set -- "$@" --iommufd-fd 8
+        ;;
+    *) bed_fail "passvm.pt.name must be cdev, bdf, sysfs or fd, not '$form'" ;;
     esac
     set -- "$@" --device "$name"
 done
