@@ -127,3 +127,18 @@ bed_passvm() {
     bed_report passvm_ms "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%d", (b - a) * 1000 }')"
     return "$pv_rc"
 }
+
+# passvm --dry-run with one --device NAME (plus extra options), for the discovery
+# scenarios: prints the output indented, reports marker plan="NAME|rc=N|LINE"
+# (LINE: the plan's device line, else passvm's error line) and leaves the whole
+# output in BED_DRY_OUT.
+bed_dry_run() {
+    dr_name="$1"
+    shift
+    BED_DRY_OUT="$("$PASSVM" --kernel "$L2_VMLINUX" --memory size=256M --dry-run --device "$dr_name" "$@" 2>&1)"
+    dr_rc=$?
+    echo "$BED_DRY_OUT" | sed 's/^/    /'
+    dr_line="$(echo "$BED_DRY_OUT" | grep -F -- ' -> ' | head -n 1)"
+    [ -n "$dr_line" ] || dr_line="$(echo "$BED_DRY_OUT" | grep -F 'passvm' | head -n 1)"
+    bed_report plan "$dr_name|rc=$dr_rc|$dr_line"
+}

@@ -4,17 +4,7 @@
 # two names, and names that must be refused. tests/nested_discovery.rs asserts
 # on the "plan" markers: "NAME|rc=N|<the plan's device line or the error>".
 
-# Run passvm --dry-run with one --device (plus extra options) and report it.
-dry() {
-    name="$1"
-    shift
-    out="$("$PASSVM" --kernel "$L2_VMLINUX" --memory size=256M --dry-run --device "$name" "$@" 2>&1)"
-    rc=$?
-    echo "$out" | sed 's/^/    /'
-    line="$(echo "$out" | grep -F -- ' -> ' | head -n 1)"
-    [ -n "$line" ] || line="$(echo "$out" | grep -F 'passvm' | head -n 1)"
-    bed_report plan "$name|rc=$rc|$line"
-}
+dry() { bed_dry_run "$@"; }
 
 bdf="$(bed_bdf d0)"
 bed_bind_vfio "$bdf"

@@ -4,15 +4,8 @@
 # so does the whole group (two devices).
 
 dry() {
-    name="$1"
-    shift
-    out="$("$PASSVM" --kernel "$L2_VMLINUX" --memory size=256M --dry-run --device "$name" "$@" 2>&1)"
-    rc=$?
-    echo "$out" | sed 's/^/    /'
-    line="$(echo "$out" | grep -F -- ' -> ' | head -n 1)"
-    [ -n "$line" ] || line="$(echo "$out" | grep -F 'passvm' | head -n 1)"
-    bed_report plan "$name|rc=$rc|$line"
-    bed_report plan_devices "$name|$(echo "$out" | grep -c -F -- ' -> ')"
+    bed_dry_run "$@"
+    bed_report plan_devices "$1|$(echo "$BED_DRY_OUT" | grep -c -F -- ' -> ')"
 }
 
 a="$(bed_bdf a)"

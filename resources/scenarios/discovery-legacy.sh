@@ -3,16 +3,7 @@
 # resolve to the same device with the group backend, and asking for iommufd
 # must fail saying why. Markers as in discovery-cdev.sh.
 
-dry() {
-    name="$1"
-    shift
-    out="$("$PASSVM" --kernel "$L2_VMLINUX" --memory size=256M --dry-run --device "$name" "$@" 2>&1)"
-    rc=$?
-    echo "$out" | sed 's/^/    /'
-    line="$(echo "$out" | grep -F -- ' -> ' | head -n 1)"
-    [ -n "$line" ] || line="$(echo "$out" | grep -F 'passvm' | head -n 1)"
-    bed_report plan "$name|rc=$rc|$line"
-}
+dry() { bed_dry_run "$@"; }
 
 bdf="$(bed_bdf d0)"
 bed_bind_vfio "$bdf"
