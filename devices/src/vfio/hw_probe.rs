@@ -329,6 +329,92 @@ fn irr_bit(vcpu: &kvm_ioctls::VcpuFd, vector: u8) -> bool {
     word & (1 << (vector % 32)) != 0
 }
 
+/// What both KVM probes run on: a VM with an in-kernel irqchip and one vCPU whose LAPIC
+/// is enabled, the device opened through `PASSVM_PROBE_BACKEND` (iommufd by default),
+/// real GSI routing, real buses and memory slots, and the device model on top.
+struct Rig {
+    vcpu: kvm_ioctls::VcpuFd,
+    dev: Arc<super::handle::OwnedVfioDevice>,
+    device: VfioPciDevice,
+    // The VM ops hold the buses weakly: they must outlive the device model.
+    _buses: (Arc<RwLock<Bus>>, Arc<RwLock<Bus>>),
+}
+
+impl Rig {
+    /// `irqchip_setup` runs once the LAPIC is on, before the device opens.
+    fn new(sysfs: &str, intx_gsi: u32, irqchip_setup: impl FnOnce(&kvm_ioctls::VmFd)) -> Self {
+        let backend = std::env::var("PASSVM_PROBE_BACKEND").unwrap_or_else(|_| "iommufd".into());
+        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        vm.create_irq_chip().unwrap();
+        let vcpu = vm.create_vcpu(0).unwrap();
+        let mut l = vcpu.get_lapic().unwrap();
+        l.regs[0xf0] = 0xff_u8 as _; // spurious vector 0xff
+        l.regs[0xf1] = 0x01; // SVR bit 8: APIC software-enabled
+        vcpu.set_lapic(&l).unwrap();
+        irqchip_setup(&vm);
+        let kdev = super::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
+        let space = match backend.as_str() {
+            "group" => super::group::open_container(kdev),
+            _ => super::iommufd::open_ioas(kdev, None),
+        }
+        .unwrap();
+        let src = DeviceSource {
+            sysfs: sysfs.into(),
+            cdev: None,
+            cdev_fd: None,
+        };
+        let dev = Arc::new(space.open_device(&src).unwrap());
+        let routing = Arc::new(KvmRouting {
+            vm: vm.clone(),
+            routes: Default::default(),
+            next: std::sync::atomic::AtomicU32::new(24),
+        });
+        routing.commit().unwrap();
+        let (pio, mmio) = (
+            Arc::new(RwLock::new(Bus::new())),
+            Arc::new(RwLock::new(Bus::new())),
+        );
+        let ops = Arc::new(
+            KvmVmOps::new(
+                vm.clone(),
+                Arc::new(SlotPool::new(100, 200)),
+                pio.clone(),
+                mmio.clone(),
+            )
+            .unwrap(),
+        );
+        let mut bars = BarAllocator::new(
+            Some(Window {
+                base: 0xc000_0000,
+                size: 0x3ec0_0000,
+            }),
+            Some(Window {
+                base: 1 << 36,
+                size: 1 << 36,
+            }),
+            Some(Window {
+                base: 0xc000,
+                size: 0x4000,
+            }),
+            DEFAULT_MMIO64_LIMIT,
+        );
+        let ctx = DeviceContext {
+            vm: ops,
+            routing,
+            bars: &mut bars,
+            intx_gsi: Some(intx_gsi),
+        };
+        let device = VfioPciDevice::new("probe", dev.clone(), ctx).unwrap();
+        Rig {
+            vcpu,
+            dev,
+            device,
+            _buses: (pio, mmio),
+        }
+    }
+}
+
 /// MSI-X end to end on real KVM: a VFIO loopback interrupt on vector 0 must arrive in
 /// vCPU 0's local APIC (IRR) through the shared eventfd, the irqfd and the MSI route the
 /// model built from the guest's table entry; masked, it must not.
@@ -339,68 +425,8 @@ fn hw_probe_kvm_msix() {
         println!("PROBE skipped: PASSVM_PROBE_DEVICE is not set");
         return;
     };
-    let backend = std::env::var("PASSVM_PROBE_BACKEND").unwrap_or_else(|_| "iommufd".into());
-    let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
-    let vm = Arc::new(kvm.create_vm().unwrap());
-    vm.create_irq_chip().unwrap();
-    let vcpu = vm.create_vcpu(0).unwrap();
-    let mut l = vcpu.get_lapic().unwrap();
-    l.regs[0xf0] = 0xff_u8 as _; // spurious vector 0xff
-    l.regs[0xf1] = 0x01; // SVR bit 8: APIC software-enabled
-    vcpu.set_lapic(&l).unwrap();
-    let kdev = super::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
-    let space = match backend.as_str() {
-        "group" => super::group::open_container(kdev),
-        _ => super::iommufd::open_ioas(kdev, None),
-    }
-    .unwrap();
-    let src = DeviceSource {
-        sysfs: sysfs.into(),
-        cdev: None,
-        cdev_fd: None,
-    };
-    let dev = Arc::new(space.open_device(&src).unwrap());
-    let routing = Arc::new(KvmRouting {
-        vm: vm.clone(),
-        routes: Default::default(),
-        next: std::sync::atomic::AtomicU32::new(24),
-    });
-    routing.commit().unwrap();
-    let (pio, mmio) = (
-        Arc::new(RwLock::new(Bus::new())),
-        Arc::new(RwLock::new(Bus::new())),
-    );
-    let ops = Arc::new(
-        KvmVmOps::new(
-            vm.clone(),
-            Arc::new(SlotPool::new(100, 200)),
-            pio.clone(),
-            mmio.clone(),
-        )
-        .unwrap(),
-    );
-    let mut bars = BarAllocator::new(
-        Some(Window {
-            base: 0xc000_0000,
-            size: 0x3ec0_0000,
-        }),
-        Some(Window {
-            base: 1 << 36,
-            size: 1 << 36,
-        }),
-        Some(Window {
-            base: 0xc000,
-            size: 0x4000,
-        }),
-        DEFAULT_MMIO64_LIMIT,
-    );
-    let ctx = DeviceContext {
-        vm: ops,
-        routing: routing.clone(),
-        bars: &mut bars,
-        intx_gsi: Some(16),
-    };
-    let mut d = VfioPciDevice::new("probe", dev.clone(), ctx).unwrap();
+    let rig = Rig::new(&sysfs, 16, |_| ());
+    let (vcpu, dev, mut d) = (rig.vcpu, rig.dev, rig.device);
     let Some(cap) = d.msix_model().map(|m| *m.cap()) else {
         println!("PROBE no MSI-X");
         return;
@@ -463,69 +489,8 @@ fn hw_probe_kvm_intx() {
         println!("PROBE skipped: PASSVM_PROBE_DEVICE is not set");
         return;
     };
-    let backend = std::env::var("PASSVM_PROBE_BACKEND").unwrap_or_else(|_| "iommufd".into());
-    let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
-    let vm = Arc::new(kvm.create_vm().unwrap());
-    vm.create_irq_chip().unwrap();
-    let vcpu = vm.create_vcpu(0).unwrap();
-    let mut l = vcpu.get_lapic().unwrap();
-    l.regs[0xf0] = 0xff_u8 as _;
-    l.regs[0xf1] = 0x01;
-    vcpu.set_lapic(&l).unwrap();
-    program_ioapic_pin(&vm, 17, 0x51);
-    let kdev = super::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
-    let space = match backend.as_str() {
-        "group" => super::group::open_container(kdev),
-        _ => super::iommufd::open_ioas(kdev, None),
-    }
-    .unwrap();
-    let src = DeviceSource {
-        sysfs: sysfs.into(),
-        cdev: None,
-        cdev_fd: None,
-    };
-    let dev = Arc::new(space.open_device(&src).unwrap());
-    let routing = Arc::new(KvmRouting {
-        vm: vm.clone(),
-        routes: Default::default(),
-        next: std::sync::atomic::AtomicU32::new(24),
-    });
-    routing.commit().unwrap();
-    let (pio, mmio) = (
-        Arc::new(RwLock::new(Bus::new())),
-        Arc::new(RwLock::new(Bus::new())),
-    );
-    let ops = Arc::new(
-        KvmVmOps::new(
-            vm.clone(),
-            Arc::new(SlotPool::new(100, 200)),
-            pio.clone(),
-            mmio.clone(),
-        )
-        .unwrap(),
-    );
-    let mut bars = BarAllocator::new(
-        Some(Window {
-            base: 0xc000_0000,
-            size: 0x3ec0_0000,
-        }),
-        Some(Window {
-            base: 1 << 36,
-            size: 1 << 36,
-        }),
-        Some(Window {
-            base: 0xc000,
-            size: 0x4000,
-        }),
-        DEFAULT_MMIO64_LIMIT,
-    );
-    let ctx = DeviceContext {
-        vm: ops,
-        routing,
-        bars: &mut bars,
-        intx_gsi: Some(17),
-    };
-    let d = VfioPciDevice::new("probe", dev.clone(), ctx).unwrap();
+    let rig = Rig::new(&sysfs, 17, |vm| program_ioapic_pin(vm, 17, 0x51));
+    let (vcpu, dev, d) = (rig.vcpu, rig.dev, rig.device);
     println!(
         "PROBE kvm intx gsi={:?} userspace_eoi={}",
         d.intx_gsi(),
