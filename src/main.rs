@@ -13,6 +13,7 @@ mod passthrough;
 mod signals;
 mod terminal;
 mod vcpu;
+mod vcpu_state;
 mod vmm;
 
 use clap::Parser;

@@ -6,6 +6,9 @@
 //! teardown (terminal restore, device reset) runs. (signalfd needs no UNIX sockets, unlike
 //! signal-hook's iterator, so it also works in the bed's minimal L1 kernel.)
 //!
+//! SIGUSR1 travels the same way and asks every vCPU for a state report
+//! (`vcpu_state.rs`); it does not stop the VM.
+//!
 //! The kick is SIGRTMIN, left unblocked: its handler only sets `immediate_exit` in the
 //! current vCPU's `kvm_run` (see `vcpu.rs`), which makes an in-progress or imminent
 //! `KVM_RUN` return `EINTR`.
@@ -17,20 +20,28 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use std::sync::Arc;
 
 use crate::exit::{ExitReason, VmExit};
+use crate::vcpu_state::StateRequests;
 
 /// The signals that stop the VM.
 pub const TERMINATION_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
-/// A signalfd for [`TERMINATION_SIGNALS`], which it blocks for the calling thread.
+/// The signal that asks for a state report of every vCPU.
+pub const REPORT_SIGNAL: i32 = libc::SIGUSR1;
+
+/// A signalfd for [`TERMINATION_SIGNALS`] and [`REPORT_SIGNAL`], which it blocks for the
+/// calling thread.
 pub struct TerminationSignals {
     fd: OwnedFd,
     exit: Arc<VmExit>,
+    reports: Arc<StateRequests>,
 }
 
 impl TerminationSignals {
     /// Blocks the signals and opens the signalfd. Call before spawning threads.
-    pub fn new(exit: Arc<VmExit>) -> io::Result<Self> {
-        let set = vmm_sys_util::signal::create_sigset(&TERMINATION_SIGNALS)
+    pub fn new(exit: Arc<VmExit>, reports: Arc<StateRequests>) -> io::Result<Self> {
+        let mut signals = TERMINATION_SIGNALS.to_vec();
+        signals.push(REPORT_SIGNAL);
+        let set = vmm_sys_util::signal::create_sigset(&signals)
             .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
         // SAFETY: `set` is a valid sigset; the old mask is not needed.
         let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -46,6 +57,7 @@ impl TerminationSignals {
         Ok(Self {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             exit,
+            reports,
         })
     }
 
@@ -77,7 +89,13 @@ impl MutEventSubscriber for TerminationSignals {
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         while let Some(sig) = self.read_signal() {
-            self.exit.request(ExitReason::Signal(sig));
+            if sig == REPORT_SIGNAL {
+                // The main loop sees the new generation and kicks the vCPUs.
+                self.reports.request();
+                log::warn!("SIGUSR1: every vCPU reports its state");
+            } else {
+                self.exit.request(ExitReason::Signal(sig));
+            }
         }
     }
 }
@@ -95,13 +113,20 @@ mod tests {
     fn a_raised_sigterm_is_read_from_the_signalfd() {
         let exit = Arc::new(VmExit::new().unwrap());
         // Block in this test thread only; the signal is directed at it with pthread_kill.
-        let sigs = TerminationSignals::new(exit.clone()).unwrap();
+        let reports = Arc::new(StateRequests::default());
+        let sigs = TerminationSignals::new(exit.clone(), reports).unwrap();
         // SAFETY: sending a blocked signal to the current thread.
         unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGTERM) };
         assert_eq!(sigs.read_signal(), Some(libc::SIGTERM));
         assert_eq!(sigs.read_signal(), None);
         // Unblock again so other tests on this thread are unaffected.
-        let set = vmm_sys_util::signal::create_sigset(&TERMINATION_SIGNALS).unwrap();
+        let set = vmm_sys_util::signal::create_sigset(&[
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            REPORT_SIGNAL,
+        ])
+        .unwrap();
         // SAFETY: valid sigset.
         unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
         assert_eq!(exit.reason(), None);

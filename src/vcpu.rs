@@ -23,6 +23,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable};
 
 use crate::exit::{ExitReason, VmExit};
 use crate::signals::kick_signal;
+use crate::vcpu_state::{self, StateRequests};
 
 thread_local! {
     /// This thread's `kvm_run` mapping, for the kick handler. A `const` initialiser keeps
@@ -60,6 +61,9 @@ pub struct Vcpu {
     fd: VcpuFd,
     buses: Buses,
     exit: Arc<VmExit>,
+    reports: Arc<StateRequests>,
+    /// The last report generation this vCPU answered.
+    reported: u64,
 }
 
 /// What one exit means for the run loop.
@@ -69,13 +73,22 @@ enum Step {
 }
 
 impl Vcpu {
-    /// Wraps a configured vCPU fd.
-    pub fn new(id: u8, fd: VcpuFd, buses: Buses, exit: Arc<VmExit>) -> Self {
+    /// Wraps a configured vCPU fd. `reports` is where state reports are requested
+    /// (`kill -USR1`); the vCPU answers after the kick that follows a request.
+    pub fn new(
+        id: u8,
+        fd: VcpuFd,
+        buses: Buses,
+        exit: Arc<VmExit>,
+        reports: Arc<StateRequests>,
+    ) -> Self {
         Self {
             id,
             fd,
             buses,
             exit,
+            reports,
+            reported: 0,
         }
     }
 
@@ -120,6 +133,11 @@ impl Vcpu {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 // Kicked: clear the flag so a vCPU that is not stopping re-enters the guest.
                 self.fd.set_kvm_immediate_exit(0);
+                let generation = self.reports.generation();
+                if generation != self.reported {
+                    self.reported = generation;
+                    log::warn!("{}", vcpu_state::report(id, &self.fd));
+                }
                 return Step::Continue;
             }
             Err(e) => return fail(id, format!("KVM_RUN: {e}")),
@@ -345,9 +363,17 @@ mod tests {
         };
         install_kick_handler().unwrap();
         let exit = Arc::new(VmExit::new().unwrap());
-        let t = Vcpu::new(0, fd, no_buses(), exit.clone()).spawn().unwrap();
+        let reports = Arc::new(StateRequests::default());
+        let t = Vcpu::new(0, fd, no_buses(), exit.clone(), reports.clone())
+            .spawn()
+            .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(!t.is_finished(), "the guest loop keeps the vCPU busy");
+        // A state report (SIGUSR1's kick) is answered and the guest goes on.
+        reports.request();
+        kick(std::slice::from_ref(&t));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!t.is_finished(), "a report does not stop the vCPU");
         exit.request(ExitReason::Signal(libc::SIGTERM));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         // One kick is enough: immediate_exit covers a vCPU that is between two KVM_RUNs.
@@ -393,7 +419,7 @@ mod tests {
             pio: Arc::new(RwLock::new(pio)),
             ..Buses::default()
         };
-        Vcpu::new(0, fd, buses, exit.clone()).run();
+        Vcpu::new(0, fd, buses, exit.clone(), Arc::default()).run();
         assert_eq!(exit.reason(), Some(ExitReason::GuestReboot));
         assert_eq!(out.0.lock().unwrap().as_slice(), b"ok");
     }

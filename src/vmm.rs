@@ -48,6 +48,7 @@ use crate::passthrough::{self, PassthroughSetupError, PassthroughVm, Prepared, V
 use crate::signals::TerminationSignals;
 use crate::terminal::RawMode;
 use crate::vcpu::{self, Buses, Vcpu};
+use crate::vcpu_state::StateRequests;
 
 /// KVM's TSS (three pages) for vCPUs in real mode on Intel: in the unused space between the
 /// LAPIC/MSI window and the 4 GiB boundary (where firmware would be), outside RAM and BARs.
@@ -165,6 +166,8 @@ pub fn run(args: VmArgs) -> ExitCode {
 pub struct Vm {
     // Field order is drop order: vCPUs and devices go before the memory they point into.
     vcpus: Vec<Vcpu>,
+    /// State report requests (SIGUSR1), shared with the vCPUs and the signalfd.
+    reports: Arc<StateRequests>,
     input: Option<ConsoleInput>,
     raw_mode: Option<RawMode>,
     signals: TerminationSignals,
@@ -307,13 +310,20 @@ impl Vm {
             },
         )?;
 
+        let reports = Arc::new(StateRequests::default());
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
         for id in 0..cfg.vcpus {
             let fd = vm
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             boot::setup_vcpu(&kvm, &fd, id, cfg.vcpus, &boot_info, &mem)?;
-            vcpus.push(Vcpu::new(id, fd, buses.clone(), exit.clone()));
+            vcpus.push(Vcpu::new(
+                id,
+                fd,
+                buses.clone(),
+                exit.clone(),
+                reports.clone(),
+            ));
         }
 
         // Input only from a terminal or pipe the user gave us, and only with --serial tty.
@@ -322,7 +332,8 @@ impl Vm {
             _ => None,
         };
         // Signals are blocked here, before any thread exists, so every thread inherits it.
-        let signals = TerminationSignals::new(exit.clone()).map_err(host_err("signalfd"))?;
+        let signals =
+            TerminationSignals::new(exit.clone(), reports.clone()).map_err(host_err("signalfd"))?;
         vcpu::install_kick_handler().map_err(host_err("vCPU kick signal handler"))?;
         let raw_mode = match input {
             Some(_) => RawMode::enable_on_stdin().map_err(host_err("terminal raw mode"))?,
@@ -330,6 +341,7 @@ impl Vm {
         };
         Ok(Self {
             vcpus,
+            reports,
             input,
             raw_mode,
             signals,
@@ -360,6 +372,7 @@ impl Vm {
             signals,
             raw_mode,
             input,
+            reports,
             vcpus,
         } = self;
         let mut em = EventManager::<Box<dyn MutEventSubscriber + Send>>::new()
@@ -386,6 +399,7 @@ impl Vm {
                 }
             }
         }
+        let mut kicked_for = 0;
         while !exit.is_stopping() {
             if let Err(e) = em.run() {
                 log::error!("event loop: {e:?}");
@@ -393,6 +407,11 @@ impl Vm {
                     vcpu: 0,
                     message: format!("event loop failed: {e:?}"),
                 });
+            }
+            // A state report was asked for (SIGUSR1): the vCPUs answer once kicked.
+            if reports.generation() != kicked_for {
+                kicked_for = reports.generation();
+                vcpu::kick(&threads);
             }
         }
         vcpu::kick(&threads);
