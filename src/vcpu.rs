@@ -23,7 +23,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable};
 
 use crate::exit::{ExitReason, VmExit};
 use crate::signals::kick_signal;
-use crate::vcpu_state::{self, StateRequests};
+use crate::vcpu_state::StateRequests;
 
 thread_local! {
     /// This thread's `kvm_run` mapping, for the kick handler. A `const` initialiser keeps
@@ -136,7 +136,7 @@ impl Vcpu {
                 let generation = self.reports.generation();
                 if generation != self.reported {
                     self.reported = generation;
-                    log::warn!("{}", vcpu_state::report(id, &self.fd));
+                    log::warn!("{}", self.reports.report(id, &self.fd));
                 }
                 return Step::Continue;
             }

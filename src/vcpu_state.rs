@@ -1,8 +1,11 @@
 //! vCPU state reports on demand: `kill -USR1 <passvm pid>` logs one line per vCPU with
 //! where it is (RIP, RSP, RFLAGS, CR3), what KVM is about to inject (pending or injected
 //! exceptions, interrupts, NMIs, the interrupt shadow) and its local APIC (TPR, in-service
-//! and requested vectors, the timer). It is the first thing to look at when a guest hangs:
-//! a vCPU spinning with IF=0, an interrupt stuck in service, or a timer that stopped.
+//! and requested vectors, the timer), its general registers and the words on top of its
+//! stack (translated through the guest's page tables with `KVM_TRANSLATE`; feed them to
+//! `addr2line -e vmlinux` for a guess at the call chain). It is the first thing to look at
+//! when a guest hangs: a vCPU spinning with IF=0, an interrupt stuck in service, a timer
+//! that stopped.
 //!
 //! The request is a generation counter: the event loop bumps it when SIGUSR1 arrives and
 //! kicks every vCPU out of `KVM_RUN`; a vCPU that sees a generation it has not reported
@@ -11,38 +14,67 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kvm_bindings::{kvm_lapic_state, kvm_vcpu_events};
+use kvm_bindings::{kvm_lapic_state, kvm_regs, kvm_vcpu_events};
 use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// How many 64-bit words from the top of a vCPU's stack a report shows.
+const STACK_WORDS: u64 = 24;
 
 /// Requests for state reports, shared by the event loop and the vCPU threads.
 #[derive(Debug, Default)]
-pub struct StateRequests(AtomicU64);
+pub struct StateRequests {
+    generation: AtomicU64,
+    /// Guest RAM, to show the top of each vCPU's stack (none: registers only).
+    mem: Option<GuestMemoryMmap>,
+}
 
 impl StateRequests {
+    /// Requests whose reports include the stack words read from `mem`.
+    pub fn with_memory(mem: GuestMemoryMmap) -> Self {
+        Self {
+            generation: AtomicU64::new(0),
+            mem: Some(mem),
+        }
+    }
+
     /// Asks every vCPU for a report; returns the new generation.
     pub fn request(&self) -> u64 {
-        self.0.fetch_add(1, Ordering::SeqCst) + 1
+        self.generation.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// The latest generation requested (0: none yet).
     pub fn generation(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The report of vCPU `id` (see [`report`]).
+    pub fn report(&self, id: u8, fd: &VcpuFd) -> String {
+        report(id, fd, self.mem.as_ref())
     }
 }
 
 /// One line describing vCPU `id`, read with its fd's GET ioctls (a failing one is named
-/// in the line instead of its part).
-pub fn report(id: u8, fd: &VcpuFd) -> String {
+/// in the line instead of its part), with the top of its stack when `mem` is given.
+pub fn report(id: u8, fd: &VcpuFd, mem: Option<&GuestMemoryMmap>) -> String {
     let mut line = format!("vcpu{id}:");
-    match fd.get_regs() {
+    let regs = fd.get_regs();
+    match &regs {
         Ok(r) => {
             let _ = write!(
                 line,
-                " rip={:#x} rsp={:#x} rflags={:#x} (IF={})",
+                " rip={:#x} rsp={:#x} rflags={:#x} (IF={}) rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rbp={:#x}",
                 r.rip,
                 r.rsp,
                 r.rflags,
-                (r.rflags >> 9) & 1
+                (r.rflags >> 9) & 1,
+                r.rax,
+                r.rbx,
+                r.rcx,
+                r.rdx,
+                r.rsi,
+                r.rdi,
+                r.rbp,
             );
         }
         Err(e) => {
@@ -69,7 +101,35 @@ pub fn report(id: u8, fd: &VcpuFd) -> String {
             let _ = write!(line, " lapic: {e}");
         }
     }
+    if let (Ok(r), Some(mem)) = (&regs, mem) {
+        line.push_str(&stack_words(fd, r, mem));
+    }
     line
+}
+
+/// The words on top of the stack, each address translated through the guest's own page
+/// tables (KVM_TRANSLATE); stops at the first address that does not translate or read.
+fn stack_words(fd: &VcpuFd, regs: &kvm_regs, mem: &GuestMemoryMmap) -> String {
+    let mut out = String::from(" stack=[");
+    for i in 0..STACK_WORDS {
+        let gva = regs.rsp.wrapping_add(i * 8);
+        let word = fd
+            .translate_gva(gva)
+            .ok()
+            .filter(|t| t.valid != 0)
+            .and_then(|t| mem.read_obj::<u64>(GuestAddress(t.physical_address)).ok());
+        match word {
+            Some(w) => {
+                let _ = write!(out, "{}{w:#x}", if i == 0 { "" } else { " " });
+            }
+            None => {
+                let _ = write!(out, "{}unmapped@{gva:#x}", if i == 0 { "" } else { " " });
+                break;
+            }
+        }
+    }
+    out.push(']');
+    out
 }
 
 /// KVM's pending and injected events, only the ones that are set.
@@ -212,7 +272,7 @@ mod tests {
         let vm = kvm.create_vm().unwrap();
         vm.create_irq_chip().unwrap();
         let fd = vm.create_vcpu(0).unwrap();
-        let line = report(0, &fd);
+        let line = report(0, &fd, None);
         // Reset state: RIP 0xfff0, RFLAGS 2 (interrupts off).
         assert!(line.starts_with("vcpu0: rip=0xfff0 "), "{line}");
         assert!(line.contains("(IF=0)"), "{line}");

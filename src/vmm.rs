@@ -310,7 +310,7 @@ impl Vm {
             },
         )?;
 
-        let reports = Arc::new(StateRequests::default());
+        let reports = Arc::new(StateRequests::with_memory(mem.clone()));
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
         for id in 0..cfg.vcpus {
             let fd = vm
