@@ -5,8 +5,12 @@
 //! as kvm-clock), which passvm passes through unchanged. Then, per vCPU:
 //!
 //! - leaf 1: `EBX[31:24]` = initial APIC id (= vCPU index, which is the APIC id KVM assigns),
-//!   `EBX[23:16]` = logical processors per package, EDX.HTT when there is more than one, and
-//!   ECX bit 31 "hypervisor present" so the guest looks for the KVM leaves;
+//!   `EBX[23:16]` = logical processors per package, EDX.HTT when there is more than one,
+//!   ECX bit 31 "hypervisor present" so the guest looks for the KVM leaves, and ECX bit 24
+//!   "TSC-deadline timer" when KVM emulates it (`KVM_CAP_TSC_DEADLINE_TIMER`: KVM lists it
+//!   in the emulated, not the supported, CPUID). With it the guest programs one-shot
+//!   deadlines instead of calibrating a periodic LAPIC timer against the PIT at boot: fewer
+//!   interrupts to inject, and no calibration (Cloud Hypervisor and Firecracker set it too);
 //! - leaf 4 (Intel cache topology): `EAX[31:26]` = cores per package − 1 and `EAX[25:14]` =
 //!   threads sharing the cache − 1 (each vCPU is a core of its own, L1/L2 private, L3 shared);
 //! - leaves 0xB and 0x1F (x2APIC topology), rebuilt from scratch: KVM reports only an
@@ -36,13 +40,20 @@ const LEAF_AMD_SIZE: u32 = 0x8000_0008;
 const LEAF_AMD_EXT_APIC: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
 
-/// The CPUID table for vCPU `id` of `vcpus`, from KVM's supported table.
-pub fn filter(supported: &CpuId, id: u8, vcpus: u8) -> Result<CpuId, vmm_sys_util::fam::Error> {
+/// The CPUID table for vCPU `id` of `vcpus`, from KVM's supported table; `tsc_deadline`:
+/// KVM emulates the LAPIC's TSC-deadline mode (`KVM_CAP_TSC_DEADLINE_TIMER`).
+pub fn filter(
+    supported: &CpuId,
+    id: u8,
+    vcpus: u8,
+    tsc_deadline: bool,
+) -> Result<CpuId, vmm_sys_util::fam::Error> {
     let apic_id = u32::from(id);
     let count = u32::from(vcpus.max(1));
     // Bits of the APIC id that number the cores: ceil(log2(count)).
@@ -69,6 +80,11 @@ pub fn filter(supported: &CpuId, id: u8, vcpus: u8) -> Result<CpuId, vmm_sys_uti
                     e.edx &= !EDX_HTT;
                 }
                 e.ecx |= ECX_HYPERVISOR;
+                if tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                } else {
+                    e.ecx &= !ECX_TSC_DEADLINE;
+                }
             }
             // Only subleaves that describe a cache (type in EAX[4:0] != 0).
             LEAF_CACHE if e.eax & 0x1f != 0 => {
@@ -177,7 +193,7 @@ mod tests {
     #[test]
     fn leaf1_carries_apic_id_count_and_hypervisor_bit() {
         for (id, vcpus) in [(0u8, 1u8), (1, 2), (5, 8)] {
-            let c = filter(&sample(), id, vcpus).unwrap();
+            let c = filter(&sample(), id, vcpus, false).unwrap();
             let l1 = find(&c, 1, 0);
             assert_eq!(l1.ebx >> 24, u32::from(id));
             assert_eq!((l1.ebx >> 16) & 0xff, u32::from(vcpus));
@@ -189,8 +205,17 @@ mod tests {
     }
 
     #[test]
+    fn tsc_deadline_follows_what_kvm_emulates() {
+        let on = find(&filter(&sample(), 0, 1, true).unwrap(), 1, 0);
+        assert_ne!(on.ecx & ECX_TSC_DEADLINE, 0);
+        assert_eq!(on.ecx & 1, 1, "other feature bits kept");
+        let off = find(&filter(&sample(), 0, 1, false).unwrap(), 1, 0);
+        assert_eq!(off.ecx & ECX_TSC_DEADLINE, 0);
+    }
+
+    #[test]
     fn x2apic_topology_is_one_package_of_single_thread_cores() {
-        let c = filter(&sample(), 3, 4).unwrap();
+        let c = filter(&sample(), 3, 4, false).unwrap();
         let smt = find(&c, 0xb, 0);
         let core = find(&c, 0xb, 1);
         let end = find(&c, 0xb, 2);
@@ -207,15 +232,15 @@ mod tests {
             "no 0x1F beyond the maximum basic leaf"
         );
         // 3 vCPUs still need 2 bits of core id.
-        let c = filter(&sample(), 0, 3).unwrap();
+        let c = filter(&sample(), 0, 3, false).unwrap();
         assert_eq!(find(&c, 0xb, 1).eax, 2);
-        let c = filter(&sample(), 0, 1).unwrap();
+        let c = filter(&sample(), 0, 1, false).unwrap();
         assert_eq!(find(&c, 0xb, 1).eax, 0);
     }
 
     #[test]
     fn cache_and_amd_leaves_follow_the_vcpu_count() {
-        let c = filter(&sample(), 2, 4).unwrap();
+        let c = filter(&sample(), 2, 4, false).unwrap();
         let l1d = find(&c, 4, 0);
         assert_eq!(l1d.eax >> 26, 3, "cores per package − 1");
         assert_eq!((l1d.eax >> 14) & 0xfff, 0, "L1 private");

@@ -45,7 +45,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::{Kvm, VcpuFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
@@ -441,10 +441,12 @@ pub fn setup_vcpu(
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(vcpu_err("read KVM's supported CPUID for"))?;
-    let cpuid = cpuid::filter(&supported, id, vcpus).map_err(|e| BootError::CpuidTable {
-        id,
-        reason: format!("{e:?}"),
-    })?;
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    let cpuid =
+        cpuid::filter(&supported, id, vcpus, tsc_deadline).map_err(|e| BootError::CpuidTable {
+            id,
+            reason: format!("{e:?}"),
+        })?;
     vcpu.set_cpuid2(&cpuid).map_err(vcpu_err("set CPUID"))?;
 
     regs::setup_msrs(vcpu, id)?;
