@@ -161,7 +161,7 @@ cmd_launch() {
     [ -n "$devmap" ] && cmdline+=" passvm.devices=$devmap"
     [ -n "$append" ] && cmdline+=" $append"
 
-    local qemu=(qemu-system-x86_64 -M q35 -accel tcg -cpu max -smp 2 -m "$memory"
+    local qemu=(qemu-system-x86_64 -M q35 -accel "${PASSVM_BED_ACCEL:-tcg}" -cpu max -smp 2 -m "$memory"
         -nographic -no-reboot -vga none -nic none
         -kernel "$kernel" -initrd "$initrd" -append "$cmdline"
         -device virtio-iommu-pci,addr=0x2 "${qemu_dev[@]}")

@@ -231,13 +231,14 @@ PASSVM-BED-RESULT scenario=demo rc=3
         scenario: "demo".into(),
         status: Some(0),
         signal: None,
-        timed_out: false,
+        stopped: None,
         elapsed: std::time::Duration::from_secs(1),
         timeout: bed::DEFAULT_TIMEOUT,
         log: log.into(),
         log_path: "/nonexistent/serial.log".into(),
         workdir: "/nonexistent".into(),
         disks: Default::default(),
+        hung_attempts: Vec::new(),
     };
     assert_eq!(out.marker("bound"), Some("0000:00:10.0 group=0"));
     assert_eq!(out.markers("vfio_group"), ["/dev/vfio/0", "/dev/vfio/1"]);
@@ -253,4 +254,32 @@ PASSVM-BED-RESULT scenario=demo rc=3
         out.vmm_lines().collect::<Vec<_>>(),
         ["passvm: BED x=not-a-marker"]
     );
+}
+
+/// The lockup detector recognises the reports that hung nested runs produced
+/// (L2's RCU stall, relayed through L1), and nothing of a normal boot.
+#[test]
+fn lockup_reports_are_recognised() {
+    assert!(bed::is_lockup_report(
+        "L2| [   30.926349] rcu: INFO: rcu_sched detected stalls on CPUs/tasks:"
+    ));
+    assert!(bed::is_lockup_report(
+        "[   88.1] watchdog: BUG: soft lockup - CPU#1 stuck for 26s! [swapper/1:0]"
+    ));
+    assert!(bed::is_probe_line(
+        "L1| HANG #1 tid=81 comm=vcpu0 state=R utime=4173 stime=212 guest=4081 syscall=running"
+    ));
+    assert!(bed::is_probe_line(
+        "VMM| [2026-11-25T23:16:49Z WARN  passvm::vcpu] vcpu1: rip=0x1000000 rsp=0x0"
+    ));
+    assert!(!bed::is_probe_line(
+        "L2| [    9.870832] sh (46): drop_caches: 3"
+    ));
+    for normal in [
+        "L2| [    0.135266] rcu: Hierarchical RCU implementation.",
+        "L2| [    5.245879] kvm_intel: VMX not supported by CPU 1",
+        "L1| BED passvm_rc=0",
+    ] {
+        assert!(!bed::is_lockup_report(normal), "{normal}");
+    }
 }

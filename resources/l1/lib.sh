@@ -104,6 +104,36 @@ bed_l2_cmdline() {
     echo "console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd passvm.check=$1${2:+ $2}"
 }
 
+# While passvm PID runs, every passvm.hang_probe=SECS (L1 cmdline, default 30)
+# print where each of its threads is: state, CPU ticks (user/system/guest) and
+# the syscall it sits in (/proc/PID/task/TID/syscall: "running", or the number
+# and arguments; 16 = ioctl, e.g. KVM_RUN, 202 = futex, 232 = epoll_wait), and
+# ask passvm for its vCPUs' state (SIGUSR1: RIP, RFLAGS, pending events, local
+# APIC, on "VMM| " lines). A hung scenario then shows in its log whether a vCPU
+# is stuck in the guest (and where), in the kernel or on a lock of passvm's
+# own. Lines: "L1| HANG ...".
+bed_hang_probe() {
+    hp_every="$(bed_cmdline_arg passvm.hang_probe || echo 30)"
+    hp_n=0
+    hp_s=0
+    # One-second steps: the probe ends within a second of passvm (a long sleep
+    # would keep the console pipe open, and L1's init waiting, after it).
+    while sleep 1 && [ -d "/proc/$1" ]; do
+        hp_s=$((hp_s + 1))
+        [ $((hp_s % hp_every)) -eq 0 ] || continue
+        hp_n=$((hp_n + 1))
+        for hp_t in /proc/"$1"/task/*; do
+            # comm may hold spaces: take the fields after its closing ")".
+            hp_stat="$(sed 's/^.*) //' "$hp_t/stat" 2>/dev/null)" || continue
+            set -- "$1" $hp_stat
+            # After the shift by one: state=$2 utime=$13 stime=$14 guest=$42.
+            echo "HANG #$hp_n tid=${hp_t##*/} comm=$(cat "$hp_t/comm" 2>/dev/null) state=$2" \
+                "utime=${13} stime=${14} guest=${42} syscall=$(cat "$hp_t/syscall" 2>/dev/null)"
+        done
+        kill -USR1 "$1" 2>/dev/null
+    done
+}
+
 # Run passvm with its stdout (the guest's serial console) shown as "L2| ..." and
 # its stderr as "VMM| ...", straight on the console. Returns passvm's exit
 # status and reports markers passvm_rc and passvm_ms (wall time).
@@ -118,8 +148,13 @@ bed_passvm() {
     awk '{ print "VMM| " $0; fflush() }' <"$pv_fifo.err" >&3 &
     p_err=$!
     t0="$(cut -d' ' -f1 /proc/uptime)"
-    "$PASSVM" "$@" </dev/null >"$pv_fifo.out" 2>"$pv_fifo.err"
+    "$PASSVM" "$@" </dev/null >"$pv_fifo.out" 2>"$pv_fifo.err" &
+    pv_pid=$!
+    bed_hang_probe "$pv_pid" &
+    p_probe=$!
+    wait "$pv_pid"
     pv_rc=$?
+    wait "$p_probe"
     t1="$(cut -d' ' -f1 /proc/uptime)"
     wait "$p_out" "$p_err"
     rm -f "$pv_fifo.out" "$pv_fifo.err"

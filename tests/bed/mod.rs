@@ -47,6 +47,63 @@ pub const DISK_HEADER_OFFSET: u64 = 0;
 pub const DISK_WRITE_OFFSET: u64 = 1 << 20;
 /// Default deadline of a scenario; a normal one takes well under a minute.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(240);
+/// A run whose console shows no progress for this long is stopped as hung. Every
+/// scenario prints at least every few seconds (L2's checks and the benches report
+/// as they go); the hang probe's own lines ([`is_probe_line`]) are not progress.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(90);
+/// How many times a hung run ([`Stopped::Silent`], [`Stopped::Lockup`]) is retried;
+/// `PASSVM_BED_RETRIES` overrides it. A run that failed in any other way is never
+/// retried.
+pub const DEFAULT_RETRIES: usize = 2;
+/// After a kernel (L1's or L2's) reports a lockup, the run goes on this long so
+/// that the backtraces and passvm's hang probe reach the log, then it is stopped.
+const LOCKUP_GRACE: Duration = Duration::from_secs(40);
+
+/// Console lines by which a Linux kernel says a CPU is stuck: the RCU stall
+/// detector (normal and expedited) and the soft- and hard-lockup watchdogs.
+const LOCKUP_SIGNS: &[&str] = &[
+    "detected stalls on CPUs/tasks",
+    "detected expedited stalls",
+    "BUG: soft lockup",
+    "Watchdog detected hard LOCKUP",
+];
+
+/// Whether a console line comes from L1's hang probe (`bed_hang_probe`: thread
+/// states, and passvm's vCPU reports it asks for), which speaks while nothing moves.
+pub fn is_probe_line(line: &str) -> bool {
+    line.starts_with("L1| HANG ")
+        || (line.starts_with("VMM| ")
+            && (line.contains("passvm::vcpu] vcpu") || line.contains("SIGUSR1")))
+}
+
+/// Whether a console line is a kernel's lockup report.
+pub fn is_lockup_report(line: &str) -> bool {
+    LOCKUP_SIGNS.iter().any(|sign| line.contains(sign))
+}
+
+/// Why the bed stopped a run that had not ended by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// The run's deadline passed.
+    Deadline(Duration),
+    /// Nothing reached the console for this long.
+    Silent(Duration),
+    /// A kernel reported a lockup (the line), and the run was stopped after
+    /// the grace period.
+    Lockup(String),
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stopped::Deadline(d) => write!(f, "killed at its {} s deadline", d.as_secs()),
+            Stopped::Silent(d) => {
+                write!(f, "killed after {} s without console output", d.as_secs())
+            }
+            Stopped::Lockup(line) => write!(f, "killed after a kernel reported a lockup: {line}"),
+        }
+    }
+}
 
 /// Which kernel L1 runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +245,47 @@ impl Scenario {
     /// Panics only when the bed itself cannot be set up or started (a test of the
     /// scenario's outcome is the caller's job: see [`Outcome::assert_ok`]).
     pub fn run(self) -> Outcome {
+        let retries = std::env::var("PASSVM_BED_RETRIES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_RETRIES);
+        let mut hung = Vec::new();
+        loop {
+            let mut outcome = self.run_once();
+            let retry = matches!(
+                outcome.stopped,
+                Some(Stopped::Silent(_) | Stopped::Lockup(_))
+            );
+            if !retry || hung.len() >= retries {
+                if !hung.is_empty() {
+                    eprintln!(
+                        "[bed] scenario {} ran {} times: {} hung before this one",
+                        self.name,
+                        hung.len() + 1,
+                        hung.len()
+                    );
+                }
+                outcome.hung_attempts = hung;
+                return outcome;
+            }
+            eprintln!(
+                "[bed] scenario {} hung ({}); its log stays in {}. Running it again: the \
+                 nested emulation hangs now and then by itself (docs/test-bed.md, \"Known \
+                 hangs\"); a hang that repeats fails the test.",
+                self.name,
+                outcome.summary(),
+                outcome.log_path.display()
+            );
+            hung.push(format!(
+                "{}: {}",
+                outcome.log_path.display(),
+                outcome.summary()
+            ));
+        }
+    }
+
+    /// One run: the bed lock, L0 until it exits or is stopped, the outcome.
+    fn run_once(&self) -> Outcome {
         prepare();
         let workdir = new_workdir(&self.name);
         let _bed = BedLock::acquire();
@@ -243,9 +341,13 @@ impl Scenario {
             reaped: false,
         };
         let stdout = group.leader.stdout.take().expect("piped stdout");
-        let log = Arc::new(Mutex::new(String::new()));
+        let console = Arc::new(Mutex::new(Console {
+            log: String::new(),
+            last_output: start,
+            lockup: None,
+        }));
         let reader = {
-            let log = Arc::clone(&log);
+            let console = Arc::clone(&console);
             let echo = std::env::var_os("PASSVM_BED_VERBOSE").is_some();
             thread::spawn(move || {
                 let mut lines = BufReader::new(stdout);
@@ -256,19 +358,26 @@ impl Scenario {
                     if echo {
                         eprint!("{line}");
                     }
-                    log.lock().unwrap().push_str(&line);
+                    let mut c = console.lock().unwrap();
+                    if !is_probe_line(&line) {
+                        c.last_output = Instant::now();
+                    }
+                    if c.lockup.is_none() && is_lockup_report(&line) {
+                        c.lockup = Some((Instant::now(), line.trim_end().to_owned()));
+                    }
+                    c.log.push_str(&line);
                     buf.clear();
                 }
             })
         };
 
-        let mut timed_out = false;
+        let mut stopped = None;
         let status = loop {
             if let Some(status) = group.leader.try_wait().expect("wait for the launcher") {
                 break status;
             }
-            if start.elapsed() > self.timeout {
-                timed_out = true;
+            stopped = self.should_stop(start, &console.lock().unwrap());
+            if stopped.is_some() {
                 group.kill();
                 break group.leader.wait().expect("wait for the killed launcher");
             }
@@ -279,7 +388,7 @@ impl Scenario {
         let _ = reader.join();
         let elapsed = start.elapsed();
 
-        let mut log = std::mem::take(&mut *log.lock().unwrap());
+        let mut log = std::mem::take(&mut console.lock().unwrap().log);
         // Serial consoles end lines with CRLF.
         log.retain(|c| c != '\r');
         let disks = self
@@ -289,16 +398,17 @@ impl Scenario {
             .map(|n| (n.to_owned(), workdir.join(format!("{n}.img"))))
             .collect();
         let outcome = Outcome {
-            scenario: self.name,
+            scenario: self.name.clone(),
             status: status.code(),
             signal: status.signal(),
-            timed_out,
+            stopped,
             elapsed,
             timeout: self.timeout,
             log,
             log_path,
             workdir,
             disks,
+            hung_attempts: Vec::new(),
         };
         eprintln!(
             "[bed] scenario {} finished in {:.1} s: {}",
@@ -310,6 +420,32 @@ impl Scenario {
     }
 }
 
+/// What the reader thread has seen of a running scenario's console.
+struct Console {
+    log: String,
+    last_output: Instant,
+    /// When the first lockup report came, and its line.
+    lockup: Option<(Instant, String)>,
+}
+
+impl Scenario {
+    /// Whether a run that started at `start` must be stopped now, and why: its
+    /// deadline passed, its console fell silent, or a kernel reported a lockup
+    /// (stopped once the grace period let the backtraces through).
+    fn should_stop(&self, start: Instant, console: &Console) -> Option<Stopped> {
+        if start.elapsed() > self.timeout {
+            return Some(Stopped::Deadline(self.timeout));
+        }
+        if console.last_output.elapsed() > SILENCE_LIMIT {
+            return Some(Stopped::Silent(SILENCE_LIMIT));
+        }
+        match &console.lockup {
+            Some((at, line)) if at.elapsed() > LOCKUP_GRACE => Some(Stopped::Lockup(line.clone())),
+            _ => None,
+        }
+    }
+}
+
 /// What a scenario run produced. When the test panics while this is alive, the tail
 /// of the log is printed and the work directory (serial log, disk images) is kept.
 #[derive(Debug)]
@@ -317,12 +453,12 @@ pub struct Outcome {
     /// The scenario's name.
     pub scenario: String,
     /// QEMU's exit status (0 after L1 powered off), `None` when it was killed by a
-    /// signal (the deadline).
+    /// signal (the bed stopping it).
     pub status: Option<i32>,
     /// The signal that ended the launcher, if any.
     pub signal: Option<i32>,
-    /// The deadline passed and the run was killed.
-    pub timed_out: bool,
+    /// Why the bed stopped the run, if it did not end by itself.
+    pub stopped: Option<Stopped>,
     /// Wall time of the run.
     pub elapsed: Duration,
     /// The deadline the run had.
@@ -336,6 +472,9 @@ pub struct Outcome {
     pub workdir: PathBuf,
     /// Disk name → raw image L0 used (L2's writes land here).
     pub disks: BTreeMap<String, PathBuf>,
+    /// Earlier runs of the same scenario that hung and were retried: log path and
+    /// how each ended.
+    pub hung_attempts: Vec<String>,
 }
 
 impl Outcome {
@@ -421,13 +560,13 @@ impl Outcome {
 
     /// QEMU exited by itself (L1 powered off) and the scenario script returned 0.
     pub fn succeeded(&self) -> bool {
-        !self.timed_out && self.status == Some(0) && self.scenario_rc() == Some(0)
+        self.stopped.is_none() && self.status == Some(0) && self.scenario_rc() == Some(0)
     }
 
     /// One line saying how the run ended.
     pub fn summary(&self) -> String {
-        if self.timed_out {
-            return format!("killed at its {} s deadline", self.timeout.as_secs());
+        if let Some(why) = &self.stopped {
+            return why.to_string();
         }
         let l0 = match (self.status, self.signal) {
             (Some(0), _) => "QEMU exited".to_owned(),
@@ -462,9 +601,14 @@ impl Drop for Outcome {
     fn drop(&mut self) {
         if thread::panicking() {
             eprintln!(
-                "\n[bed] ---- scenario {} ({}): last lines of {} ----\n{}\n[bed] ---- end of log (full log and disks kept in {}) ----",
+                "\n[bed] ---- scenario {} ({}{}): last lines of {} ----\n{}\n[bed] ---- end of log (full log and disks kept in {}) ----",
                 self.scenario,
                 self.summary(),
+                if self.hung_attempts.is_empty() {
+                    String::new()
+                } else {
+                    format!("; earlier attempts hung: {}", self.hung_attempts.join(", "))
+                },
                 self.log_path.display(),
                 self.tail(60),
                 self.workdir.display()
