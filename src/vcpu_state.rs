@@ -14,7 +14,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kvm_bindings::{kvm_lapic_state, kvm_regs, kvm_vcpu_events};
+use kvm_bindings::{kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_vcpu_events, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -101,10 +101,38 @@ pub fn report(id: u8, fd: &VcpuFd, mem: Option<&GuestMemoryMmap>) -> String {
             let _ = write!(line, " lapic: {e}");
         }
     }
+    line.push_str(&tsc_deadline(fd));
     if let (Ok(r), Some(mem)) = (&regs, mem) {
         line.push_str(&stack_words(fd, r, mem));
     }
     line
+}
+
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+/// The armed TSC deadline relative to the guest's TSC now (negative: already passed,
+/// so the timer interrupt is due), or "none" when the deadline is 0 (disarmed).
+fn tsc_deadline(fd: &VcpuFd) -> String {
+    let entries = [MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE].map(|index| kvm_msr_entry {
+        index,
+        ..Default::default()
+    });
+    let Ok(mut msrs) = Msrs::from_entries(&entries) else {
+        return String::new();
+    };
+    match fd.get_msrs(&mut msrs) {
+        Ok(2) => {
+            let [tsc, deadline] = [msrs.as_slice()[0].data, msrs.as_slice()[1].data];
+            if deadline == 0 {
+                " tsc-deadline=none".to_owned()
+            } else {
+                format!(" tsc-deadline=now{:+}", deadline as i128 - tsc as i128)
+            }
+        }
+        Ok(_) => " tsc-deadline=unreadable".to_owned(),
+        Err(e) => format!(" tsc-deadline: {e}"),
+    }
 }
 
 /// The words on top of the stack, each address translated through the guest's own page
@@ -277,6 +305,7 @@ mod tests {
         assert!(line.starts_with("vcpu0: rip=0xfff0 "), "{line}");
         assert!(line.contains("(IF=0)"), "{line}");
         assert!(line.contains(" apic(id=0 "), "{line}");
+        assert!(line.contains(" tsc-deadline="), "{line}");
     }
 
     #[test]
