@@ -54,7 +54,7 @@ pub const SILENCE_LIMIT: Duration = Duration::from_secs(90);
 /// How many times a hung run ([`Stopped::Silent`], [`Stopped::Lockup`]) is retried;
 /// `PASSVM_BED_RETRIES` overrides it. A run that failed in any other way is never
 /// retried.
-pub const DEFAULT_RETRIES: usize = 2;
+pub const DEFAULT_RETRIES: usize = 3;
 /// After a kernel (L1's or L2's) reports a lockup, the run goes on this long so
 /// that the backtraces and passvm's hang probe reach the log, then it is stopped.
 const LOCKUP_GRACE: Duration = Duration::from_secs(40);
