@@ -283,3 +283,24 @@ fn lockup_reports_are_recognised() {
         assert!(!bed::is_lockup_report(normal), "{normal}");
     }
 }
+
+/// A run whose console falls silent is stopped as hung, retried, and reported with
+/// the earlier attempt, instead of waiting for its deadline.
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_bed -- --ignored"]
+fn a_silent_run_is_stopped_and_retried() {
+    let limit = std::time::Duration::from_secs(15);
+    let out = Scenario::new("bed-silent")
+        .silence_limit(limit)
+        .retries(1)
+        .run();
+    assert_eq!(out.stopped, Some(bed::Stopped::Silent(limit)));
+    assert!(!out.succeeded());
+    assert_eq!(out.hung_attempts.len(), 1, "{:?}", out.hung_attempts);
+    assert!(out.log.contains("L1| going silent"), "the scenario ran");
+    assert!(
+        out.elapsed < std::time::Duration::from_secs(120),
+        "stopped long before the deadline: {:?}",
+        out.elapsed
+    );
+}

@@ -188,6 +188,8 @@ pub struct Scenario {
     timeout: Duration,
     l1_append: Vec<String>,
     memory_mib: u32,
+    silence_limit: Duration,
+    retries: Option<usize>,
 }
 
 impl Scenario {
@@ -201,6 +203,8 @@ impl Scenario {
             timeout: DEFAULT_TIMEOUT,
             l1_append: Vec::new(),
             memory_mib: 3072,
+            silence_limit: SILENCE_LIMIT,
+            retries: None,
         }
     }
 
@@ -233,6 +237,20 @@ impl Scenario {
         self
     }
 
+    /// How long the console may show no progress before the run counts as hung
+    /// (default [`SILENCE_LIMIT`]).
+    pub fn silence_limit(mut self, limit: Duration) -> Self {
+        self.silence_limit = limit;
+        self
+    }
+
+    /// How many times a hung run is retried (default `PASSVM_BED_RETRIES`, else
+    /// [`DEFAULT_RETRIES`]).
+    pub fn retries(mut self, retries: usize) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
     /// L1's RAM in MiB (default 3072).
     pub fn memory_mib(mut self, mib: u32) -> Self {
         self.memory_mib = mib;
@@ -245,10 +263,12 @@ impl Scenario {
     /// Panics only when the bed itself cannot be set up or started (a test of the
     /// scenario's outcome is the caller's job: see [`Outcome::assert_ok`]).
     pub fn run(self) -> Outcome {
-        let retries = std::env::var("PASSVM_BED_RETRIES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_RETRIES);
+        let retries = self.retries.unwrap_or_else(|| {
+            std::env::var("PASSVM_BED_RETRIES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_RETRIES)
+        });
         let mut hung = Vec::new();
         loop {
             let mut outcome = self.run_once();
@@ -436,8 +456,8 @@ impl Scenario {
         if start.elapsed() > self.timeout {
             return Some(Stopped::Deadline(self.timeout));
         }
-        if console.last_output.elapsed() > SILENCE_LIMIT {
-            return Some(Stopped::Silent(SILENCE_LIMIT));
+        if console.last_output.elapsed() > self.silence_limit {
+            return Some(Stopped::Silent(self.silence_limit));
         }
         match &console.lockup {
             Some((at, line)) if at.elapsed() > LOCKUP_GRACE => Some(Stopped::Lockup(line.clone())),
