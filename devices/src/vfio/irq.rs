@@ -7,6 +7,7 @@
 //! before the route goes. While a vector is quiet VFIO keeps counting into the eventfd,
 //! so registering the irqfd again on unmask delivers what arrived meanwhile.
 
+use std::os::fd::AsRawFd;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::pci::{InterruptRouting, MsiMessage, RoutingError};
@@ -21,6 +22,21 @@ pub struct Vector {
 }
 
 impl Vector {
+    /// Whether an interrupt from the device waits in the eventfd (count above zero),
+    /// without consuming it. While the vector is routed, KVM's irqfd drains the count at
+    /// once; while it is masked the count stays until the irqfd is attached again.
+    pub fn has_pending(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.eventfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on the stack, count 1, timeout 0 (no blocking); the fd
+        // is owned by `self.eventfd`, alive for the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n == 1 && pfd.revents & libc::POLLIN != 0
+    }
+
     /// A quiet vector with a fresh eventfd.
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {

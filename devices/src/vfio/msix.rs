@@ -7,9 +7,10 @@
 //! can only send the whole range, and kernels with `NORESIZE` cannot grow it later).
 //!
 //! All vectors start masked and MSI-X disabled. A vector delivers only while MSI-X is
-//! enabled, the function mask is clear and its own mask bit is clear. The PBA reads as
-//! zero: pending state is kept in each vector's eventfd count, which is delivered when
-//! the vector is unmasked.
+//! enabled, the function mask is clear and its own mask bit is clear. Pending state is
+//! each vector's eventfd count: a masked vector's interrupts wait there and KVM's irqfd
+//! delivers them when it is attached again on unmask; the PBA shows exactly that (bit i
+//! set while vector i is masked and its eventfd is readable).
 
 use super::backend::{IrqIndex, VfioDeviceOps};
 use super::irq::Vector;
@@ -237,10 +238,29 @@ impl Msix {
         }
     }
 
-    /// A guest read of the PBA: nothing is ever pending from the guest's point of view.
+    /// A guest read of the PBA (`offset` from the PBA start): bit i is set while vector i
+    /// is masked (its own bit or the function mask, MSI-X enabled) and an interrupt from
+    /// the device waits for it. Accesses outside the PBA read as zero.
     pub fn read_pba(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        let _ = offset;
+        if !in_range(offset, data.len(), self.cap.pba_len()) {
+            return;
+        }
+        for (i, b) in data.iter_mut().enumerate() {
+            let first = (offset + i as u64) * 8;
+            for bit in 0..8u64 {
+                if usize::try_from(first + bit).is_ok_and(|v| self.pending(v)) {
+                    *b |= 1 << bit;
+                }
+            }
+        }
+    }
+
+    /// Vector `i` holds an interrupt it may not deliver now.
+    fn pending(&self, i: usize) -> bool {
+        self.enabled
+            && self.wanted(i).is_none()
+            && self.vectors.get(i).is_some_and(Vector::has_pending)
     }
 
     /// Quiets every vector, disables MSI-X in VFIO if it was on, frees the GSIs, and
@@ -333,6 +353,46 @@ mod tests {
         cfg[0x74] = 7; // BIR 7 does not exist
         assert!(MsixCap::parse(&cfg, 0x70).is_none());
         assert!(MsixCap::parse(&cfg, 0xfc).is_none(), "runs off the end");
+    }
+
+    fn pba_byte(m: &Msix, offset: u64) -> u8 {
+        let mut b = [0u8; 1];
+        m.read_pba(offset, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn pba_shows_interrupts_held_back_by_a_mask() {
+        let (mut m, dev, vm) = setup(10);
+        m.write_control(CTRL_ENABLE, &dev, &vm);
+        program(&mut m, &vm, 1, 0xfee0_0000, 0x41);
+        // The device signals vectors 1 and 9 while every vector is masked.
+        m.eventfd(1).unwrap().write(1).unwrap();
+        m.eventfd(9).unwrap().write(1).unwrap();
+        assert_eq!(pba_byte(&m, 0), 0b10, "vector 1 pending");
+        assert_eq!(pba_byte(&m, 1), 0b10, "vector 9 pending");
+        let mut q = [0u8; 8];
+        m.read_pba(0, &mut q);
+        assert_eq!(u64::from_le_bytes(q), 1 << 1 | 1 << 9, "qword read");
+        // Unmasked, vector 1 delivers (KVM drains the eventfd): not pending any more.
+        m.write_table(16 + 12, &0u32.to_le_bytes(), &vm);
+        assert_eq!(pba_byte(&m, 0), 0);
+        // The function mask holds it back again.
+        m.write_control(CTRL_ENABLE | CTRL_FUNCTION_MASK, &dev, &vm);
+        assert_eq!(pba_byte(&m, 0), 0b10);
+        // Outside the PBA (one qword for 10 vectors): zero.
+        let mut b = [0xffu8; 4];
+        m.read_pba(16, &mut b);
+        assert_eq!(b, [0; 4]);
+        m.read_pba(u64::MAX, &mut b);
+        assert_eq!(b, [0; 4]);
+    }
+
+    #[test]
+    fn pba_is_clear_while_msix_is_disabled() {
+        let (m, _dev, _vm) = setup(2);
+        m.eventfd(0).unwrap().write(1).unwrap();
+        assert_eq!(pba_byte(&m, 0), 0);
     }
 
     #[test]
