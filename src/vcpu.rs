@@ -162,7 +162,11 @@ impl Vcpu {
                 }
             }
             VcpuExit::Intr => {}
-            VcpuExit::Shutdown => return Step::Stop(ExitReason::TripleFault { vcpu: id }),
+            VcpuExit::Shutdown => {
+                // Where it died is the first question about any triple fault.
+                log::error!("triple fault: {}", self.reports.report(id, &self.fd));
+                return Step::Stop(ExitReason::TripleFault { vcpu: id });
+            }
             VcpuExit::SystemEvent(kind, _) => {
                 return Step::Stop(match kind {
                     KVM_SYSTEM_EVENT_RESET => ExitReason::GuestReboot,
@@ -185,6 +189,7 @@ impl Vcpu {
                 )
             }
             VcpuExit::InternalError => {
+                log::error!("KVM internal error: {}", self.reports.report(id, &self.fd));
                 // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
                 // active member of the union.
                 let internal = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };

@@ -250,9 +250,17 @@ PASSVM-BED-RESULT scenario=demo rc=3
     assert!(!out.succeeded(), "a scenario that returned 3 failed");
     assert_eq!(out.summary(), "QEMU exited, scenario rc=3");
     assert_eq!(out.l1_lines().count(), 5);
+    assert_eq!(out.cpu_crash(), None, "nothing crashed");
     assert_eq!(
         out.vmm_lines().collect::<Vec<_>>(),
         ["passvm: BED x=not-a-marker"]
+    );
+    let mut crashed = out;
+    crashed.log = "VMM| passvm: guest triple-faulted on vCPU 1 (...)\nL1| BED passvm_rc=3\n".into();
+    assert_eq!(
+        crashed.cpu_crash(),
+        Some("passvm: guest triple-faulted on vCPU 1 (...)"),
+        "retried like a hang"
     );
 }
 

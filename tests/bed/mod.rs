@@ -51,7 +51,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(240);
 /// scenario prints at least every few seconds (L2's checks and the benches report
 /// as they go); the hang probe's own lines ([`is_probe_line`]) are not progress.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(90);
-/// How many times a hung run ([`Stopped::Silent`], [`Stopped::Lockup`]) is retried;
+/// How many times a hung run ([`Stopped::Silent`], [`Stopped::Lockup`]) or one whose
+/// guest died at the CPU level ([`Outcome::cpu_crash`]) is retried;
 /// `PASSVM_BED_RETRIES` overrides it. A run that failed in any other way is never
 /// retried.
 pub const DEFAULT_RETRIES: usize = 3;
@@ -275,11 +276,11 @@ impl Scenario {
             let retry = matches!(
                 outcome.stopped,
                 Some(Stopped::Silent(_) | Stopped::Lockup(_))
-            );
+            ) || outcome.cpu_crash().is_some();
             if !retry || hung.len() >= retries {
                 if !hung.is_empty() {
                     eprintln!(
-                        "[bed] scenario {} ran {} times: {} hung before this one",
+                        "[bed] scenario {} ran {} times: {} hung or crashed before this one",
                         self.name,
                         hung.len() + 1,
                         hung.len()
@@ -288,19 +289,18 @@ impl Scenario {
                 outcome.hung_attempts = hung;
                 return outcome;
             }
+            let why = match outcome.cpu_crash() {
+                Some(line) if outcome.stopped.is_none() => format!("the guest crashed: {line}"),
+                _ => outcome.summary(),
+            };
             eprintln!(
-                "[bed] scenario {} hung ({}); its log stays in {}. Running it again: the \
-                 nested emulation hangs now and then by itself (docs/test-bed.md, \"Known \
-                 hangs\"); a hang that repeats fails the test.",
+                "[bed] scenario {} hung or crashed ({why}); its log stays in {}. Running it \
+                 again: the nested emulation breaks a run now and then by itself \
+                 (docs/test-bed.md, \"Known hangs\"); a failure that repeats fails the test.",
                 self.name,
-                outcome.summary(),
                 outcome.log_path.display()
             );
-            hung.push(format!(
-                "{}: {}",
-                outcome.log_path.display(),
-                outcome.summary()
-            ));
+            hung.push(format!("{}: {why}", outcome.log_path.display()));
         }
     }
 
@@ -492,8 +492,8 @@ pub struct Outcome {
     pub workdir: PathBuf,
     /// Disk name → raw image L0 used (L2's writes land here).
     pub disks: BTreeMap<String, PathBuf>,
-    /// Earlier runs of the same scenario that hung and were retried: log path and
-    /// how each ended.
+    /// Earlier runs of the same scenario that hung or crashed and were retried: log
+    /// path and how each ended.
     pub hung_attempts: Vec<String>,
 }
 
@@ -506,6 +506,15 @@ impl Outcome {
     /// Lines of L2's serial console (passvm's stdout), without the `L2| ` prefix.
     pub fn l2_lines(&self) -> impl Iterator<Item = &str> {
         self.prefixed("L2| ")
+    }
+
+    /// passvm's line saying the guest died at the CPU level (a triple fault, a KVM
+    /// internal error), if there is one: how the nested emulation's state corruption
+    /// shows when it does not hang (docs/test-bed.md, "Known hangs"). No scenario
+    /// expects one, so such a run is retried like a hung one.
+    pub fn cpu_crash(&self) -> Option<&str> {
+        self.vmm_lines()
+            .find(|l| l.contains("guest triple-faulted") || l.contains("KVM internal error"))
     }
 
     /// Lines passvm printed on stderr (its log and errors), without `VMM| `.
