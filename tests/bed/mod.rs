@@ -87,7 +87,7 @@ pub fn is_lockup_report(line: &str) -> bool {
 pub enum Stopped {
     /// The run's deadline passed.
     Deadline(Duration),
-    /// Nothing reached the console for this long.
+    /// Nothing but the hang probe reached the console for this long.
     Silent(Duration),
     /// A kernel reported a lockup (the line), and the run was stopped after
     /// the grace period.
@@ -99,7 +99,11 @@ impl std::fmt::Display for Stopped {
         match self {
             Stopped::Deadline(d) => write!(f, "killed at its {} s deadline", d.as_secs()),
             Stopped::Silent(d) => {
-                write!(f, "killed after {} s without console output", d.as_secs())
+                write!(
+                    f,
+                    "killed after {} s without progress on the console",
+                    d.as_secs()
+                )
             }
             Stopped::Lockup(line) => write!(f, "killed after a kernel reported a lockup: {line}"),
         }
