@@ -277,10 +277,12 @@ impl Scenario {
         let mut hung = Vec::new();
         loop {
             let mut outcome = self.run_once();
-            let retry = matches!(
-                outcome.stopped,
-                Some(Stopped::Silent(_) | Stopped::Lockup(_))
-            ) || outcome.cpu_crash().is_some();
+            // Only a failed run is retried (a scenario may provoke a crash on purpose).
+            let retry = !outcome.succeeded()
+                && (matches!(
+                    outcome.stopped,
+                    Some(Stopped::Silent(_) | Stopped::Lockup(_))
+                ) || outcome.cpu_crash().is_some());
             if !retry || hung.len() >= retries {
                 if !hung.is_empty() {
                     eprintln!(
