@@ -151,6 +151,11 @@ fn assert_booted(out: &Outcome, cpus: u32) {
         (200_000..=262_144).contains(&mem),
         "L2 sees most of its 256 MiB: {mem} KiB"
     );
+    assert_eq!(
+        out.l2_marker("clockevent"),
+        Some("lapic-deadline"),
+        "L2 ticks with the TSC-deadline LAPIC timer passvm advertises"
+    );
     assert!(
         out.vmm_lines()
             .any(|l| l == "passvm: guest requested reboot"),

@@ -5,3 +5,6 @@ bed_report nproc "$(nproc)"
 bed_report cpus_online "$(cat /sys/devices/system/cpu/online)"
 bed_report mem_kib "$(awk '/MemTotal/ { print $2 }' /proc/meminfo)"
 bed_report pci "$(ls /sys/bus/pci/devices | tr '\n' ' ')"
+# The timer the kernel ticks with: "lapic-deadline" when passvm offered the
+# TSC-deadline timer (CPUID.1:ECX[24]) and KVM emulates it.
+bed_report clockevent "$(cat /sys/devices/system/clockevents/clockevent0/current_device 2>/dev/null || echo none)"
