@@ -285,12 +285,12 @@ impl Scenario {
                 ) || outcome.cpu_crash().is_some());
             if !retry || hung.len() >= retries {
                 if !hung.is_empty() {
-                    eprintln!(
+                    announce(&format!(
                         "[bed] scenario {} ran {} times: {} hung or crashed before this one",
                         self.name,
                         hung.len() + 1,
                         hung.len()
-                    );
+                    ));
                 }
                 outcome.hung_attempts = hung;
                 return outcome;
@@ -299,13 +299,13 @@ impl Scenario {
                 Some(line) if outcome.stopped.is_none() => format!("the guest crashed: {line}"),
                 _ => outcome.summary(),
             };
-            eprintln!(
+            announce(&format!(
                 "[bed] scenario {} hung or crashed ({why}); its log stays in {}. Running it \
                  again: the nested emulation breaks a run now and then by itself \
                  (docs/test-bed.md, \"Known hangs\"); a failure that repeats fails the test.",
                 self.name,
                 outcome.log_path.display()
-            );
+            ));
             hung.push(format!("{}: {why}", outcome.log_path.display()));
         }
     }
@@ -444,6 +444,12 @@ impl Scenario {
         );
         outcome
     }
+}
+
+/// Prints a line on the test process's real stderr, past libtest's output capture
+/// (which only takes `eprint!`): a retry must show in the log of a passing CI run too.
+fn announce(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// What the reader thread has seen of a running scenario's console.
