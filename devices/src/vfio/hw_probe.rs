@@ -77,21 +77,7 @@ fn hw_probe() {
     let ops =
         Arc::new(KvmVmOps::new(vm.clone(), Arc::new(SlotPool::new(100, 200)), pio, mmio).unwrap());
     let routing = Arc::new(RecordingVm::new());
-    let mut bars = BarAllocator::new(
-        Some(Window {
-            base: 0xc000_0000,
-            size: 0x3ec0_0000,
-        }),
-        Some(Window {
-            base: 1 << 36,
-            size: 1 << 36,
-        }),
-        Some(Window {
-            base: 0xc000,
-            size: 0x4000,
-        }),
-        DEFAULT_MMIO64_LIMIT,
-    );
+    let mut bars = probe_bars();
     let ctx = DeviceContext {
         vm: ops.clone(),
         routing: routing.clone(),
@@ -329,6 +315,26 @@ fn irr_bit(vcpu: &kvm_ioctls::VcpuFd, vector: u8) -> bool {
     word & (1 << (vector % 32)) != 0
 }
 
+/// The BAR windows the probes place the device in, as passvm lays them out: 32-bit
+/// memory from 3 GiB up to the IOAPIC, 64-bit memory at 64 GiB, I/O ports at 0xc000.
+fn probe_bars() -> BarAllocator {
+    BarAllocator::new(
+        Some(Window {
+            base: 0xc000_0000,
+            size: 0x3ec0_0000,
+        }),
+        Some(Window {
+            base: 1 << 36,
+            size: 1 << 36,
+        }),
+        Some(Window {
+            base: 0xc000,
+            size: 0x4000,
+        }),
+        DEFAULT_MMIO64_LIMIT,
+    )
+}
+
 /// What both KVM probes run on: a VM with an in-kernel irqchip and one vCPU whose LAPIC
 /// is enabled, the device opened through `PASSVM_PROBE_BACKEND` (iommufd by default),
 /// real GSI routing, real buses and memory slots, and the device model on top.
@@ -384,21 +390,7 @@ impl Rig {
             )
             .unwrap(),
         );
-        let mut bars = BarAllocator::new(
-            Some(Window {
-                base: 0xc000_0000,
-                size: 0x3ec0_0000,
-            }),
-            Some(Window {
-                base: 1 << 36,
-                size: 1 << 36,
-            }),
-            Some(Window {
-                base: 0xc000,
-                size: 0x4000,
-            }),
-            DEFAULT_MMIO64_LIMIT,
-        );
+        let mut bars = probe_bars();
         let ctx = DeviceContext {
             vm: ops,
             routing,
