@@ -28,6 +28,14 @@ pub const TERMINATION_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SI
 /// The signal that asks for a state report of every vCPU.
 pub const REPORT_SIGNAL: i32 = libc::SIGUSR1;
 
+/// Every signal the signalfd takes (and blocks): the termination signals and the report.
+const SIGNALFD_SIGNALS: [i32; 4] = [
+    TERMINATION_SIGNALS[0],
+    TERMINATION_SIGNALS[1],
+    TERMINATION_SIGNALS[2],
+    REPORT_SIGNAL,
+];
+
 /// A signalfd for [`TERMINATION_SIGNALS`] and [`REPORT_SIGNAL`], which it blocks for the
 /// calling thread.
 pub struct TerminationSignals {
@@ -39,9 +47,7 @@ pub struct TerminationSignals {
 impl TerminationSignals {
     /// Blocks the signals and opens the signalfd. Call before spawning threads.
     pub fn new(exit: Arc<VmExit>, reports: Arc<StateRequests>) -> io::Result<Self> {
-        let mut signals = TERMINATION_SIGNALS.to_vec();
-        signals.push(REPORT_SIGNAL);
-        let set = vmm_sys_util::signal::create_sigset(&signals)
+        let set = vmm_sys_util::signal::create_sigset(&SIGNALFD_SIGNALS)
             .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
         // SAFETY: `set` is a valid sigset; the old mask is not needed.
         let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -120,13 +126,7 @@ mod tests {
         assert_eq!(sigs.read_signal(), Some(libc::SIGTERM));
         assert_eq!(sigs.read_signal(), None);
         // Unblock again so other tests on this thread are unaffected.
-        let set = vmm_sys_util::signal::create_sigset(&[
-            libc::SIGINT,
-            libc::SIGTERM,
-            libc::SIGHUP,
-            REPORT_SIGNAL,
-        ])
-        .unwrap();
+        let set = vmm_sys_util::signal::create_sigset(&SIGNALFD_SIGNALS).unwrap();
         // SAFETY: valid sigset.
         unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
         assert_eq!(exit.reason(), None);
