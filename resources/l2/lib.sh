@@ -17,3 +17,16 @@ bed_disks() { ls /sys/block 2>/dev/null | grep '^vd' || true; }
 bed_disk_name() {
     dd if="/dev/$1" bs=512 count=1 2>/dev/null | head -n 1 | sed -n 's/^PASSVM-DISK name=//p'
 }
+
+# Report "BED irq=COUNT CHIP HWIRQ-TYPE NAME" for each line of /proc/interrupts that
+# the awk pattern $1 selects (e.g. '/virtio/', '$NF == "ttyS1"'); COUNT is summed
+# over the CPUs.
+bed_report_irqs() {
+    awk "$1"' {
+        c = 0
+        for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) c += $i
+        rest = ""
+        for (; i <= NF; i++) rest = rest " " $i
+        print "BED irq=" c rest
+    }' /proc/interrupts
+}

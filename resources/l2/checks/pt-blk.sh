@@ -23,10 +23,4 @@ for d in $(bed_disks); do
         bed_fail "run marker write to /dev/$d failed"
     bed_report run_marker "$d $run"
 done
-awk '/virtio/ {
-    n = 0
-    for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i
-    rest = ""
-    for (; i <= NF; i++) rest = rest " " $i
-    print "BED irq=" n rest
-}' /proc/interrupts
+bed_report_irqs '/virtio/'

@@ -37,13 +37,7 @@ for n in $ports; do
         i=$((i + 1))
     done
     # While the port is open its interrupt line is in /proc/interrupts.
-    awk -v n="$n" '$NF == n {
-        c = 0
-        for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) c += $i
-        rest = ""
-        for (; i <= NF; i++) rest = rest " " $i
-        print "BED irq=" c rest
-    }' /proc/interrupts
+    bed_report_irqs "\$NF == \"$n\""
     kill "$reader" 2>/dev/null
     bed_report echo "$n $(head -n 1 "/tmp/$n.rx")"
 done
