@@ -9,6 +9,14 @@
 #   bed.sh test        setup + fmt + clippy + unit tests + every nested scenario
 #   bed.sh bench       setup + the nested benchmarks (boot time and RSS, DMA map
 #                      time, disk throughput): figures printed, nothing asserted
+#   bed.sh soak [--runs N] [--qemu LIST] BINARY::TEST...
+#                      setup + each nested test N times [20] with each L0 QEMU in
+#                      LIST [built,packaged], interleaved, without retries; prints
+#                      per QEMU and test: passes, hangs, crashes, slow passes, times
+#
+# L0's QEMU: the one prepare builds (resources/qemu/build.sh) unless
+# PASSVM_BED_QEMU says otherwise: "packaged" (the installed
+# qemu-system-x86_64) or a path.
 #
 # launch/run options:
 #   --scenario NAME      resources/scenarios/NAME.sh (required)
@@ -20,7 +28,13 @@
 #                          blk-mf:NAME+NAME  two virtio-blk functions of one slot: one group
 #                          e1000e:NAME     e1000e NIC (QEMU user network: 10.0.2.2 answers ping)
 #                          edu:NAME        QEMU's edu device
-#                        every blk NAME gets a disk image WORKDIR/NAME.img (16 MiB, raw)
+#                          nvme:NAME       NVMe controller with disk NAME (MSI-X in BAR 0)
+#                          ahci:NAME       ICH9 AHCI with SATA disk NAME (MSI, no MSI-X)
+#                          serial:NAME     PCI 16550 (I/O BAR, INTx only); output in WORKDIR/NAME.out
+#                          ivshmem:NAME    ivshmem-plain, 8 GiB 64-bit BAR 2 = WORKDIR/NAME.shm
+#                          igb:NAME        igb SR-IOV PF behind a root port (L1 makes the VFs);
+#                                          its frames in WORKDIR/NAME.pcap
+#                        every blk, nvme and ahci NAME gets a disk image WORKDIR/NAME.img (16 MiB, raw)
 #                        whose first sector reads "PASSVM-DISK name=NAME"
 #   --workdir DIR        disk images go here                        [mktemp -d]
 #   --timeout SECS       QEMU is stopped after this long, 0 for never [300]
@@ -31,6 +45,8 @@ set -euo pipefail
 
 ENV_FILE="$PASSVM_CACHE/bed.env"
 DISK_MIB=16
+# Large enough that the BAR must go above 4 GiB in every level's address space.
+IVSHMEM_GIB=8
 
 cmd_setup() { "$BED_RESOURCES/setup.sh"; }
 
@@ -41,7 +57,8 @@ cmd_prepare() {
     # Concurrent prepares (two test binaries, two developers) would race on
     # the same cache entries.
     exec 9>"$PASSVM_CACHE/prepare.lock" && flock 9 || return 1
-    local kernel debian passvm images
+    local kernel debian passvm images qemu
+    qemu="$("$BED_RESOURCES/qemu/build.sh")" || bed_die "the QEMU build failed"
     kernel="$("$BED_RESOURCES/kernel/build.sh")" || bed_die "the kernel build failed"
     debian="$("$BED_RESOURCES/kernel/debian.sh")" || bed_die "fetching the Debian kernel failed"
     bed_log "building static passvm (release)"
@@ -55,6 +72,7 @@ cmd_prepare() {
         echo "BED_VMLINUX=$kernel/vmlinux"
         echo "BED_DEBIAN_KERNEL=$debian/vmlinuz"
         echo "BED_PASSVM=$passvm"
+        echo "BED_QEMU=$qemu"
         echo "$images"
     } >"$ENV_FILE.tmp" && mv "$ENV_FILE.tmp" "$ENV_FILE" || bed_die "cannot write $ENV_FILE"
     exec 9>&-
@@ -148,7 +166,56 @@ cmd_launch() {
             map+=("$names@0000:00:$(printf %02x $slot).0")
             slot=$((slot + 1))
             ;;
-        *) bed_die "unknown device kind '$kind' in '$spec' (blk, blk-rp, blk-mf, e1000e, edu)" ;;
+        nvme)
+            # The MSI-X table and PBA live in BAR 0 beside the doorbells.
+            make_disk "$names"
+            qemu_dev+=(-device "nvme,serial=$names,drive=drv-$names,id=$names,addr=$(printf 0x%x $slot)")
+            map+=("$names@0000:00:$(printf %02x $slot).0")
+            slot=$((slot + 1))
+            ;;
+        ahci)
+            # MSI (one vector) and no MSI-X; an I/O BAR (index/data) and the
+            # AHCI registers in BAR 5.
+            make_disk "$names"
+            qemu_dev+=(-device "ich9-ahci,id=$names,addr=$(printf 0x%x $slot)"
+                -device "ide-hd,drive=drv-$names,bus=$names.0")
+            map+=("$names@0000:00:$(printf %02x $slot).0")
+            slot=$((slot + 1))
+            ;;
+        serial)
+            # A 16550 behind one I/O BAR, INTx only; what the guest sends lands
+            # in WORKDIR/NAME.out.
+            rm -f "$workdir/$names.out"
+            qemu_dev+=(-chardev "file,id=chr-$names,path=$workdir/$names.out"
+                -device "pci-serial,chardev=chr-$names,id=$names,addr=$(printf 0x%x $slot)")
+            map+=("$names@0000:00:$(printf %02x $slot).0")
+            slot=$((slot + 1))
+            ;;
+        ivshmem)
+            # A prefetchable 64-bit BAR 2 of IVSHMEM_GIB GiB backed by the
+            # sparse file WORKDIR/NAME.shm: what the guest writes through the
+            # BAR is in the file at the same offset.
+            rm -f "$workdir/$names.shm"
+            truncate -s "${IVSHMEM_GIB}G" "$workdir/$names.shm"
+            qemu_dev+=(-object "memory-backend-file,id=mem-$names,share=on,mem-path=$workdir/$names.shm,size=${IVSHMEM_GIB}G"
+                -device "ivshmem-plain,memdev=mem-$names,id=$names,addr=$(printf 0x%x $slot)")
+            map+=("$names@0000:00:$(printf %02x $slot).0")
+            slot=$((slot + 1))
+            ;;
+        igb)
+            # An SR-IOV physical function (82576, up to 7 VFs) behind a root
+            # port, on QEMU's user network; every frame is captured in
+            # WORKDIR/NAME.pcap. L1 creates the VFs (bus N, from device 0x10).
+            port=$((port + 1))
+            rm -f "$workdir/$names.pcap"
+            qemu_dev+=(-device "pcie-root-port,id=rp$port,chassis=$port,slot=$port,addr=$(printf 0x%x $slot)"
+                -netdev "user,id=net-$names"
+                -object "filter-dump,id=dump-$names,netdev=net-$names,file=$workdir/$names.pcap"
+                -device "igb,netdev=net-$names,id=$names,bus=rp$port")
+            map+=("$names@0000:$(printf %02x $port):00.0")
+            slot=$((slot + 1))
+            ;;
+        *) bed_die "unknown device kind '$kind' in '$spec' (blk, blk-rp, blk-mf, e1000e, edu, nvme, ahci, serial, ivshmem, igb)" ;;
         esac
     done
     local devmap
@@ -161,7 +228,15 @@ cmd_launch() {
     [ -n "$devmap" ] && cmdline+=" passvm.devices=$devmap"
     [ -n "$append" ] && cmdline+=" $append"
 
-    local qemu=(qemu-system-x86_64 -M q35 -accel "${PASSVM_BED_ACCEL:-tcg}" -cpu max -smp 2 -m "$memory"
+    local qemu_bin
+    case "${PASSVM_BED_QEMU:-built}" in
+    built) qemu_bin="${BED_QEMU:-}" ;;
+    packaged) qemu_bin="$(command -v qemu-system-x86_64)" || bed_die "no qemu-system-x86_64 installed: run $0 setup" ;;
+    *) qemu_bin="$PASSVM_BED_QEMU" ;;
+    esac
+    [ -n "$qemu_bin" ] && [ -x "$qemu_bin" ] ||
+        bed_die "L0's QEMU '${qemu_bin:-(none)}' is not there: run $0 prepare (PASSVM_BED_QEMU=${PASSVM_BED_QEMU:-built})"
+    local qemu=("$qemu_bin" -M q35 -accel "${PASSVM_BED_ACCEL:-tcg}" -cpu max -smp 2 -m "$memory"
         -nographic -no-reboot -vga none -nic none
         -kernel "$kernel" -initrd "$initrd" -append "$cmdline"
         -device virtio-iommu-pci,addr=0x2 "${qemu_dev[@]}")
@@ -173,6 +248,7 @@ cmd_launch() {
         flock -n 8 || { bed_log "waiting for another bed run to finish"; flock 8; }
     fi
     bed_log "workdir $workdir"
+    bed_log "L0: $("$qemu_bin" --version | head -n 1) ($qemu_bin)"
     bed_log "$(printf '%q ' "${qemu[@]}")"
     # --timeout 0: the caller keeps the deadline (the Rust API: QEMU is then
     # this very process, which the API's parent-death signal reaches).
@@ -236,14 +312,92 @@ cmd_test() {
     # The nested scenarios are #[ignore]d in a plain `cargo test`. One L0 takes
     # both cores: one scenario at a time (the Rust API also holds a lock).
     stage "bed prepare" cmd_prepare_quiet
+    # Every scenario run leaves a line here (tests/bed/journal.rs): the closing
+    # summary names each retry and slow pass, so a rising rate shows in CI.
+    local journal="$BED_REPO/target/tmp/bed/journal.tsv"
+    mkdir -p "${journal%/*}" && : >"$journal"
     # Benchmarks (tests named bench_*) print figures and assert nothing about
     # speed; they have their own command so the test run stays short.
-    stage "nested scenarios" cargo test --workspace --no-fail-fast --test 'nested_*' -- --ignored --test-threads=1 --skip bench_
+    stage "nested scenarios" env PASSVM_BED_JOURNAL="$journal" \
+        cargo test --workspace --no-fail-fast --test 'nested_*' -- --ignored --test-threads=1 --skip bench_
+    journal_summary "$journal"
     if [ ${#failed[@]} -gt 0 ]; then
         bed_log "FAILED after $((SECONDS - start)) s: ${failed[*]}"
         return 1
     fi
     bed_log "all tests passed in $((SECONDS - start)) s"
+}
+
+# The closing summary of a journal (tests/bed/journal.rs writes the lines:
+# test, scenario, end, attempts, seconds, slow, detail, retried).
+journal_summary() {
+    [ -s "$1" ] || { bed_log "no nested scenario ran (empty journal $1)"; return 0; }
+    awk -F'\t' '
+        { n++
+          if ($3 != "pass") failed++
+          if ($4 > 1) { r++; extra += $4 - 1
+                        rl[r] = sprintf("%s (%s): %d runs, then %s%s; retried: %s", $1, $2, $4, $3,
+                                        ($7 == "-" ? "" : " (" $7 ")"), $8) }
+          if ($6 != "-") { s++; sl[s] = sprintf("%s (%s, %s s): %s", $1, $2, $5, $6) } }
+        END {
+          printf "[bed] nested scenarios: %d run, %d failed, %d retried (%d extra runs), %d slow passes\n",
+                 n, failed, r, extra, s
+          for (i = 1; i <= r; i++) print "[bed]   retried: " rl[i]
+          for (i = 1; i <= s; i++) print "[bed]   slow: " sl[i]
+        }' "$1" >&2
+}
+
+# Hang rates: the same tests back to back with each L0 QEMU, interleaved so
+# both see the same machine load, never retried (a hang is what is counted).
+cmd_soak() {
+    local runs=20 qemus=built,packaged tests=() q t i dir before
+    while [ $# -gt 0 ]; do
+        case "$1" in
+        --runs) runs="$2"; shift 2 ;;
+        --qemu) qemus="$2"; shift 2 ;;
+        -*) bed_die "unknown soak option '$1' (see the top of $0)" ;;
+        *) [[ "$1" == nested_*::* ]] || bed_die "name tests as BINARY::TEST (e.g. nested_bed::demo_guest_uses_the_passed_through_disk), not '$1'"
+           tests+=("$1"); shift ;;
+        esac
+    done
+    [ ${#tests[@]} -gt 0 ] || bed_die "soak needs at least one BINARY::TEST"
+    [[ "$runs" =~ ^[1-9][0-9]*$ ]] || bed_die "--runs must be a positive number, not '$runs'"
+    local qlist
+    IFS=, read -ra qlist <<<"$qemus"
+    cmd_setup
+    cd "$BED_REPO"
+    cmd_prepare_quiet
+    # Build the test binaries once, so no run's time includes a compile.
+    cargo test --workspace --no-run --quiet --test 'nested_*' 2>/dev/null || bed_die "the nested tests do not build"
+    dir="$BED_REPO/target/tmp/bed/soak-$(date +%Y%m%d-%H%M%S)"
+    mkdir -p "$dir"
+    bed_log "soak: ${#tests[@]} test(s) x $runs runs x QEMU ${qlist[*]}; journals and failed runs' output in $dir"
+    for ((i = 1; i <= runs; i++)); do
+        for q in "${qlist[@]}"; do
+            for t in "${tests[@]}"; do
+                before="$(wc -l <"$dir/$q.tsv" 2>/dev/null || echo 0)"
+                if ! PASSVM_BED_QEMU="$q" PASSVM_BED_RETRIES=0 PASSVM_BED_JOURNAL="$dir/$q.tsv" \
+                    cargo test --quiet --test "${t%%::*}" -- --ignored --exact "${t#*::}" >"$dir/out.log" 2>&1; then
+                    mv "$dir/out.log" "$dir/$q-$i-${t#*::}.log"
+                fi
+                # A test that died before its journal line (the bed did not start) still counts.
+                [ "$(wc -l <"$dir/$q.tsv" 2>/dev/null || echo 0)" -gt "$before" ] ||
+                    printf '%s\t-\tfail\t1\t0\t-\tno journal line: %s\t-\n' "${t#*::}" "$dir/$q-$i-${t#*::}.log" >>"$dir/$q.tsv"
+                bed_log "soak $i/$runs $q ${t#*::}: $(tail -n 1 "$dir/$q.tsv" | cut -f 3,5 | tr '\t' ' ') s"
+            done
+        done
+    done
+    for q in "${qlist[@]}"; do
+        bed_log "QEMU $q ($dir/$q.tsv):"
+        sort -t "$(printf '\t')" -k1,1 -k5,5n "$dir/$q.tsv" | awk -F'\t' '
+            function flush() { if (name != "") printf "[bed]   %s: %d runs, %d pass, %d hung, %d crash, %d other failures, %d slow passes; pass median %s s, max %s s\n",
+                               name, runs, pass, hung, crash, fail, slow, (pass ? t[int((pass + 1) / 2)] : "-"), (pass ? t[pass] : "-") }
+            $1 != name { flush(); name = $1; runs = pass = hung = crash = fail = slow = 0; delete t }
+            { runs++ }
+            $3 == "pass" { t[++pass] = $5; if ($6 != "-") slow++ }
+            $3 == "hung" { hung++ } $3 == "crash" { crash++ } $3 == "fail" { fail++ }
+            END { flush() }' >&2
+    done
 }
 
 # The benchmarks: each prints its figures (--nocapture) and fails only if the
@@ -261,7 +415,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 main() {
     case "${1:-}" in
-    setup | prepare | launch | run | demo | test | bench)
+    setup | prepare | launch | run | demo | test | bench | soak)
         local c="$1"
         shift
         "cmd_$c" "$@"

@@ -6,16 +6,20 @@
 #   from there; bookworm's QEMU 7.2 is not what the bed was verified with).
 #   Never trixie/sid/forky: pulling from those upgrades libc and dpkg under the
 #   running system.
-# - installs the kernel build tools, busybox-static/cpio for the images, and
-#   qemu-system-x86 from bookworm-backports; `apt-get update` runs only when
+# - installs the kernel build tools, busybox-static/cpio for the images, what
+#   L0's QEMU build needs, and qemu-system-x86 from bookworm-backports; `apt-get update` runs only when
 #   a source was added or a package has no install candidate.
 # - checks the Rust toolchain (cargo, clippy, rustfmt).
 set -euo pipefail
 
 # make, gcc and libc6-dev are usually there already (Rust needs a linker); the
-# kernel build needs them too.
-PACKAGES=(make gcc libc6-dev bison flex libelf-dev bc cpio busybox-static xz-utils zstd linux-source-6.12)
-BACKPORTS_PACKAGES=(qemu-system-x86)
+# kernel build needs them too. The second line is what L0's QEMU build
+# (resources/qemu/build.sh) needs besides them.
+PACKAGES=(make gcc libc6-dev bison flex libelf-dev bc cpio busybox-static xz-utils zstd linux-source-6.12
+    ninja-build pkg-config python3-venv libglib2.0-dev libpixman-1-dev libslirp-dev zlib1g-dev)
+# qemu-system-x86: the packaged QEMU (the built one's firmware, and the one to
+# compare it with); meson >= 1.5 and pycotap for building QEMU 10.
+BACKPORTS_PACKAGES=(qemu-system-x86 meson python3-pycotap)
 BACKPORTS_FILE=/etc/apt/sources.list.d/bookworm-backports.sources
 
 log() { printf '[setup] %s\n' "$*" >&2; }

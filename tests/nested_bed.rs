@@ -238,6 +238,7 @@ PASSVM-BED-RESULT scenario=demo rc=3
         log_path: "/nonexistent/serial.log".into(),
         workdir: "/nonexistent".into(),
         disks: Default::default(),
+        scratch: Vec::new(),
         hung_attempts: Vec::new(),
     };
     assert_eq!(out.marker("bound"), Some("0000:00:10.0 group=0"));
@@ -311,4 +312,50 @@ fn a_silent_run_is_stopped_and_retried() {
         "stopped long before the deadline: {:?}",
         out.elapsed
     );
+}
+
+/// The journal's slow-pass rules and line format (`bed.sh test` and `bed.sh soak`
+/// read these lines for their summaries).
+mod journal {
+    use super::bed::journal::{slow_against, slow_sign, End, Entry};
+    use std::time::Duration;
+
+    #[test]
+    fn lost_timer_wakeups_are_slow_signs() {
+        let log = "L2| [  12.0] rcu: rcu_sched kthread timer wakeup didn't happen for 5249 jiffies! g-1 f0x0\nL2| ok\n";
+        assert!(slow_sign(log).is_some_and(|l| l.contains("5249 jiffies")));
+        assert_eq!(slow_sign("L2| all fine\n"), None);
+    }
+
+    #[test]
+    fn slow_means_twice_the_median_and_twenty_seconds_more() {
+        let h = [10.0, 12.0, 11.0, 30.0];
+        // The median of four (the upper middle) is 12 s.
+        assert_eq!(slow_against(Duration::from_secs(20), &h), None);
+        assert_eq!(slow_against(Duration::from_secs(30), &h), None);
+        assert_eq!(
+            slow_against(Duration::from_secs(40), &h).as_deref(),
+            Some("took 40 s, usually 12 s")
+        );
+        assert_eq!(slow_against(Duration::from_secs(400), &h[..2]), None);
+    }
+
+    #[test]
+    fn lines_have_eight_fields_and_no_stray_tabs() {
+        let e = Entry {
+            test: "demo_guest".into(),
+            scenario: "demo".into(),
+            end: End::Hung("killed after 90 s\twithout progress".into()),
+            attempts: 2,
+            elapsed: Duration::from_millis(12_345),
+            slow: None,
+            retried: vec!["a.log: hung".into(), "b.log: crash".into()],
+        };
+        let line = e.line();
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(f.len(), 8, "{line}");
+        assert_eq!(&f[..6], ["demo_guest", "demo", "hung", "2", "12.3", "-"]);
+        assert_eq!(f[6], "killed after 90 s without progress");
+        assert_eq!(f[7], "a.log: hung | b.log: crash");
+    }
 }

@@ -97,6 +97,27 @@ bed_mtty_create() {
     echo "/sys/bus/mdev/devices/$uuid"
 }
 
+# Create one SR-IOV virtual function of physical function $1; its BDF is left
+# in BED_VF (not printed: bed_fail must reach the console from here). The
+# PF's interface is brought up first: its driver (igb) answers a VF's reset
+# request through the PF's mailbox interrupt, which it requests only
+# when the interface is opened; with the PF down the VF's driver reports "PF
+# still in reset state" and never comes up. Drivers are not probed on the new
+# VF (sriov_drivers_autoprobe=0): it goes to vfio-pci, not to L1's igbvf.
+bed_make_vf() {
+    pf="/sys/bus/pci/devices/$1"
+    [ -e "$pf/sriov_totalvfs" ] || bed_fail "$1 has no SR-IOV capability"
+    for n in "$pf"/net/*; do
+        [ -e "$n" ] || bed_fail "$1 has no network interface (driver: $(bed_driver "$1"))"
+        ip link set dev "${n##*/}" up || bed_fail "cannot bring up ${n##*/}, the PF's interface"
+    done
+    echo 0 >"$pf/sriov_drivers_autoprobe"
+    echo 1 >"$pf/sriov_numvfs" || bed_fail "cannot create a VF on $1 (sriov_totalvfs=$(cat "$pf/sriov_totalvfs"))"
+    BED_VF="$(basename "$(readlink "$pf/virtfn0")")"
+    [ -n "$BED_VF" ] || bed_fail "$1 made no virtfn0"
+    bed_report vf "$1 $BED_VF"
+}
+
 # The L2 kernel command line for an L2 check (resources/l2/checks/NAME.sh).
 # 8250.nr_uarts=1: probing the three absent legacy UARTs costs L2 seconds of
 # trapped port I/O in the nested bed; ttyS0 is the console.

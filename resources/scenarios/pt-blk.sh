@@ -17,6 +17,12 @@
 #   passvm.pt.managed=1                   leave the disks on virtio-pci and pass them as
 #                                         BDF,managed=on: passvm binds them to vfio-pci
 #                                         and gives them back when it ends
+#   passvm.pt.vf=1                        devices with SR-IOV (igb) pass one new virtual
+#                                         function each instead of themselves
+#   passvm.pt.check=NAME                  L2's check (default pt-blk; pt-dev drives
+#                                         every kind of device)
+#   passvm.pt.l2=ARGS                     more L2 kernel arguments, comma-separated
+# The same script passes any kind of device (NVMe, AHCI, UART, ivshmem, VFs).
 # L2 runs resources/l2/checks/pt-blk.sh. Markers: passvm_rc/passvm_ms per run,
 # run="N rc=RC", after="BDF DRIVER" (the disk's L1 driver once passvm is gone).
 export RUST_LOG=info
@@ -24,14 +30,20 @@ backend="$(bed_cmdline_arg passvm.pt.backend || echo auto)"
 form="$(bed_cmdline_arg passvm.pt.name || echo cdev)"
 runs="$(bed_cmdline_arg passvm.pt.runs || echo 1)"
 managed="$(bed_cmdline_arg passvm.pt.managed || echo 0)"
-l2extra=""
-[ "$(bed_cmdline_arg passvm.pt.nomsi)" = 1 ] && l2extra="pci=nomsi"
+check="$(bed_cmdline_arg passvm.pt.check || echo pt-blk)"
+vf="$(bed_cmdline_arg passvm.pt.vf || echo 0)"
+l2extra="$(bed_cmdline_arg passvm.pt.l2 | tr ',' ' ')"
+[ "$(bed_cmdline_arg passvm.pt.nomsi)" = 1 ] && l2extra="$l2extra pci=nomsi"
 bed_report_host
 
 set --
 bdfs=""
 for entry in $(bed_cmdline_arg passvm.devices | tr ',' ' '); do
     bdf="${entry#*@}"
+    if [ "$vf" = 1 ] && [ -e "/sys/bus/pci/devices/$bdf/sriov_totalvfs" ]; then
+        bed_make_vf "$bdf"
+        bdf="$BED_VF"
+    fi
     bdfs="$bdfs $bdf"
     name="$bdf"
     if [ "$managed" = 1 ]; then
@@ -85,7 +97,7 @@ while [ "$run" -le "$runs" ]; do
     echo "passvm run $run of $runs: backend $backend, devices: $*"
     bed_passvm --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --memory size=256M \
         --vfio-backend "$backend" \
-        --cmdline "$(bed_l2_cmdline pt-blk "passvm.run=$run $l2extra")" "$@"
+        --cmdline "$(bed_l2_cmdline "$check" "passvm.run=$run $l2extra")" "$@"
     rc=$?
     bed_report run "$run rc=$rc"
     [ "$rc" -eq 0 ] || bed_fail "passvm run $run exited with $rc"

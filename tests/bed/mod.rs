@@ -41,6 +41,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod journal;
+
 /// Where the launcher writes a disk's name ("PASSVM-DISK name=NAME\n").
 pub const DISK_HEADER_OFFSET: u64 = 0;
 /// Where L2's `disk` check writes "PASSVM-L2-WROTE name=NAME\n" (sector 2048).
@@ -142,6 +144,20 @@ pub enum Device {
     E1000e(String),
     /// QEMU's `edu` teaching device.
     Edu(String),
+    /// An NVMe controller with disk `NAME`: the MSI-X table and PBA share BAR 0 with
+    /// the registers.
+    Nvme(String),
+    /// An ICH9 AHCI controller with SATA disk `NAME`: MSI without MSI-X, an I/O BAR.
+    Ahci(String),
+    /// A PCI 16550 UART: one I/O BAR, INTx only. What L2 sends is in
+    /// [`Outcome::file`]`("NAME.out")`.
+    Serial(String),
+    /// ivshmem-plain with an 8 GiB 64-bit BAR 2 backed by `NAME.shm` in the run's
+    /// directory ([`Outcome::file`]).
+    Ivshmem(String),
+    /// An igb SR-IOV physical function behind a root port, on QEMU's user network;
+    /// L1 creates its virtual functions. Every frame is in `NAME.pcap`.
+    Igb(String),
 }
 
 impl Device {
@@ -172,14 +188,34 @@ impl Device {
             Device::BlkMultifunction(a, b) => format!("blk-mf:{a}+{b}"),
             Device::E1000e(n) => format!("e1000e:{n}"),
             Device::Edu(n) => format!("edu:{n}"),
+            Device::Nvme(n) => format!("nvme:{n}"),
+            Device::Ahci(n) => format!("ahci:{n}"),
+            Device::Serial(n) => format!("serial:{n}"),
+            Device::Ivshmem(n) => format!("ivshmem:{n}"),
+            Device::Igb(n) => format!("igb:{n}"),
         }
     }
 
     fn disks(&self) -> Vec<&str> {
         match self {
-            Device::Blk(n) | Device::BlkRootPort(n) => vec![n.as_str()],
+            Device::Blk(n) | Device::BlkRootPort(n) | Device::Nvme(n) | Device::Ahci(n) => {
+                vec![n.as_str()]
+            }
             Device::BlkMultifunction(a, b) => vec![a.as_str(), b.as_str()],
-            Device::E1000e(_) | Device::Edu(_) => vec![],
+            Device::E1000e(_)
+            | Device::Edu(_)
+            | Device::Serial(_)
+            | Device::Ivshmem(_)
+            | Device::Igb(_) => vec![],
+        }
+    }
+
+    /// Large files the launcher makes for this device besides disk images (removed
+    /// after a passing run, like the images).
+    fn scratch(&self) -> Option<String> {
+        match self {
+            Device::Ivshmem(n) => Some(format!("{n}.shm")),
+            _ => None,
         }
     }
 }
@@ -284,6 +320,7 @@ impl Scenario {
                     Some(Stopped::Silent(_) | Stopped::Lockup(_))
                 ) || outcome.cpu_crash().is_some());
             if !retry || hung.len() >= retries {
+                self.journal(&outcome, &hung);
                 if !hung.is_empty() {
                     announce(&format!(
                         "[bed] scenario {} ran {} times: {} hung or crashed before this one",
@@ -308,6 +345,52 @@ impl Scenario {
             ));
             hung.push(format!("{}: {why}", outcome.log_path.display()));
         }
+    }
+
+    /// Writes the finished run to the journal ([`journal`]) and, for a clean pass,
+    /// to the history its later runs are compared with.
+    fn journal(&self, outcome: &Outcome, retried: &[String]) {
+        let test = thread::current()
+            .name()
+            .filter(|n| *n != "main")
+            .map_or_else(|| self.name.clone(), str::to_owned);
+        let end = if outcome.succeeded() {
+            journal::End::Pass
+        } else if matches!(
+            outcome.stopped,
+            Some(Stopped::Silent(_) | Stopped::Lockup(_))
+        ) {
+            journal::End::Hung(outcome.summary())
+        } else if let Some(line) = outcome.cpu_crash() {
+            journal::End::Crash(line.to_owned())
+        } else {
+            journal::End::Fail(outcome.summary())
+        };
+        let slow = (end == journal::End::Pass)
+            .then(|| {
+                journal::slow_sign(&outcome.log)
+                    .map(str::to_owned)
+                    .or_else(|| journal::slow_against(outcome.elapsed, &journal::history(&test)))
+            })
+            .flatten();
+        if let Some(why) = &slow {
+            announce(&format!(
+                "[bed] {test} passed slowly ({why}); log: {}",
+                outcome.log_path.display()
+            ));
+        }
+        if end == journal::End::Pass && slow.is_none() && retried.is_empty() {
+            journal::remember(&test, outcome.elapsed);
+        }
+        journal::write(&journal::Entry {
+            test,
+            scenario: self.name.clone(),
+            end,
+            attempts: retried.len() + 1,
+            elapsed: outcome.elapsed,
+            slow,
+            retried: retried.to_vec(),
+        });
     }
 
     /// One run: the bed lock, L0 until it exits or is stopped, the outcome.
@@ -423,6 +506,12 @@ impl Scenario {
             .flat_map(|d| d.disks())
             .map(|n| (n.to_owned(), workdir.join(format!("{n}.img"))))
             .collect();
+        let scratch = self
+            .devices
+            .iter()
+            .filter_map(Device::scratch)
+            .map(|f| workdir.join(f))
+            .collect();
         let outcome = Outcome {
             scenario: self.name.clone(),
             status: status.code(),
@@ -434,6 +523,7 @@ impl Scenario {
             log_path,
             workdir,
             disks,
+            scratch,
             hung_attempts: Vec::new(),
         };
         eprintln!(
@@ -504,6 +594,8 @@ pub struct Outcome {
     pub workdir: PathBuf,
     /// Disk name → raw image L0 used (L2's writes land here).
     pub disks: BTreeMap<String, PathBuf>,
+    /// Other large files of the run's devices (ivshmem backing files).
+    pub scratch: Vec<PathBuf>,
     /// Earlier runs of the same scenario that hung or crashed and were retried: log
     /// path and how each ended.
     pub hung_attempts: Vec<String>,
@@ -593,6 +685,20 @@ impl Outcome {
         buf
     }
 
+    /// `len` bytes at `offset` of a file the launcher made in the run's directory for
+    /// a device (`NAME.out`, `NAME.shm`, `NAME.pcap`), as L0 left it; shorter if the
+    /// file is, empty if it does not exist.
+    pub fn file(&self, name: &str, offset: u64, len: usize) -> Vec<u8> {
+        let Ok(mut f) = File::open(self.workdir.join(name)) else {
+            return Vec::new();
+        };
+        let mut buf = Vec::new();
+        if f.seek(SeekFrom::Start(offset)).is_ok() {
+            let _ = f.take(len as u64).read_to_end(&mut buf);
+        }
+        buf
+    }
+
     /// Whether L2's `disk` check wrote its line to disk `name` (checked in L0's image).
     pub fn l2_wrote(&self, name: &str) -> bool {
         let want = format!("PASSVM-L2-WROTE name={name}\n");
@@ -656,7 +762,7 @@ impl Drop for Outcome {
             );
         } else {
             // Keep the log of a passing run; its disk images are just weight.
-            for img in self.disks.values() {
+            for img in self.disks.values().chain(&self.scratch) {
                 let _ = fs::remove_file(img);
             }
         }
