@@ -226,7 +226,10 @@ cmd_launch() {
     local cmdline="console=ttyS0 panic=-1 quiet vfio_iommu_type1.allow_unsafe_interrupts=1"
     cmdline+=" iommufd.allow_unsafe_interrupts=1 passvm.scenario=$scenario"
     [ -n "$devmap" ] && cmdline+=" passvm.devices=$devmap"
+    # PASSVM_BED_L1_APPEND: arguments for every run's L1 (e.g. passvm.trace=1
+    # for the whole soak), besides a run's own --append.
     [ -n "$append" ] && cmdline+=" $append"
+    [ -n "${PASSVM_BED_L1_APPEND:-}" ] && cmdline+=" $PASSVM_BED_L1_APPEND"
 
     local qemu_bin
     case "${PASSVM_BED_QEMU:-built}" in
@@ -240,6 +243,10 @@ cmd_launch() {
         -nographic -no-reboot -vga none -nic none
         -kernel "$kernel" -initrd "$initrd" -append "$cmdline"
         -device virtio-iommu-pci,addr=0x2 "${qemu_dev[@]}")
+    # PASSVM_BED_QEMU_ARGS: more L0 options while debugging (e.g. "-trace igb_*",
+    # whose lines go to the log with QEMU's other messages). Split on spaces.
+    # shellcheck disable=SC2206
+    [ -n "${PASSVM_BED_QEMU_ARGS:-}" ] && qemu+=($PASSVM_BED_QEMU_ARGS)
     # One L0 takes both cores: runs wait for each other (the Rust API holds
     # the same lock itself and says so). QEMU inherits the descriptor, so the
     # lock lasts exactly as long as it runs.
@@ -347,6 +354,8 @@ journal_summary() {
         }' "$1" >&2
 }
 
+count_lines() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
+
 # Hang rates: the same tests back to back with each L0 QEMU, interleaved so
 # both see the same machine load, never retried (a hang is what is counted).
 cmd_soak() {
@@ -375,13 +384,13 @@ cmd_soak() {
     for ((i = 1; i <= runs; i++)); do
         for q in "${qlist[@]}"; do
             for t in "${tests[@]}"; do
-                before="$(wc -l <"$dir/$q.tsv" 2>/dev/null || echo 0)"
+                before="$(count_lines "$dir/$q.tsv")"
                 if ! PASSVM_BED_QEMU="$q" PASSVM_BED_RETRIES=0 PASSVM_BED_JOURNAL="$dir/$q.tsv" \
                     cargo test --quiet --test "${t%%::*}" -- --ignored --exact "${t#*::}" >"$dir/out.log" 2>&1; then
                     mv "$dir/out.log" "$dir/$q-$i-${t#*::}.log"
                 fi
                 # A test that died before its journal line (the bed did not start) still counts.
-                [ "$(wc -l <"$dir/$q.tsv" 2>/dev/null || echo 0)" -gt "$before" ] ||
+                [ "$(count_lines "$dir/$q.tsv")" -gt "$before" ] ||
                     printf '%s\t-\tfail\t1\t0\t-\tno journal line: %s\t-\n' "${t#*::}" "$dir/$q-$i-${t#*::}.log" >>"$dir/$q.tsv"
                 bed_log "soak $i/$runs $q ${t#*::}: $(tail -n 1 "$dir/$q.tsv" | cut -f 3,5 | tr '\t' ' ') s"
             done

@@ -143,11 +143,28 @@ fn every_device_kind_has_the_topology_it_promises() {
         .device(Device::blk_multifunction("mfa", "mfb"))
         .device(Device::e1000e("nic0"))
         .device(Device::Edu("edu0".into()))
+        .device(Device::Nvme("n0".into()))
+        .device(Device::Ahci("s0".into()))
+        .device(Device::Serial("u0".into()))
+        .device(Device::Ivshmem("m0".into()))
+        .device(Device::Igb("pf0".into()))
         .run();
     out.assert_ok();
     let devs = devices(&out);
     let names: Vec<&str> = devs.keys().map(String::as_str).collect();
-    assert_eq!(names, ["d0", "edu0", "mfa", "mfb", "nic0", "rp0"]);
+    assert_eq!(
+        names,
+        ["d0", "edu0", "m0", "mfa", "mfb", "n0", "nic0", "pf0", "rp0", "s0", "u0"]
+    );
+    let bars = |name: &str| -> Vec<String> {
+        out.markers("bars")
+            .into_iter()
+            .find_map(|m| m.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no bars marker for {name}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
 
     let d0 = &devs["d0"];
     assert_eq!(
@@ -177,6 +194,24 @@ fn every_device_kind_has_the_topology_it_promises() {
     assert_eq!(devs["nic0"].ids, "8086:10d3");
     assert_eq!(devs["edu0"].ids, "1234:11e8");
 
+    // NVMe: one 16 KiB register BAR that also holds the MSI-X table.
+    assert_eq!(devs["n0"].ids, "1b36:0010");
+    assert_eq!(bars("n0")[0], "m16384");
+    // AHCI: an I/O BAR (index/data pair) and the AHCI registers in BAR 5.
+    assert_eq!(devs["s0"].ids, "8086:2922");
+    let s0 = bars("s0");
+    assert!(s0[4].starts_with('i') && s0[5].starts_with('m'), "{s0:?}");
+    // The UART: one 8-byte I/O BAR and nothing else.
+    assert_eq!(devs["u0"].ids, "1b36:0002");
+    assert_eq!(bars("u0"), ["i8", "-", "-", "-", "-", "-"]);
+    // ivshmem: BAR 2 is the 8 GiB backing file.
+    assert_eq!(devs["m0"].ids, "1af4:1110");
+    assert_eq!(bars("m0")[2], format!("m{}", 8u64 << 30));
+    // igb: an SR-IOV PF behind the second root port.
+    assert_eq!(devs["pf0"].ids, "8086:10c9");
+    assert_eq!(devs["pf0"].bdf, "0000:02:00.0");
+    assert_eq!(out.marker("sriov"), Some("pf0 7"), "82576: up to 7 VFs");
+
     // Every other device has a group of its own.
     let mut groups: Vec<&str> = devs
         .iter()
@@ -189,7 +224,7 @@ fn every_device_kind_has_the_topology_it_promises() {
     );
     groups.sort_unstable();
     groups.dedup();
-    assert_eq!(groups.len(), 5, "groups overlap: {:?}", out.markers("dev"));
+    assert_eq!(groups.len(), 10, "groups overlap: {:?}", out.markers("dev"));
 
     let mdev = out.marker("mdev").expect("mtty mdev marker");
     assert!(mdev.starts_with("mtty group="), "{mdev}");

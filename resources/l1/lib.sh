@@ -99,11 +99,11 @@ bed_mtty_create() {
 
 # Create one SR-IOV virtual function of physical function $1; its BDF is left
 # in BED_VF (not printed: bed_fail must reach the console from here). The
-# PF's interface is brought up first: its driver (igb) answers a VF's reset
-# request through the PF's mailbox interrupt, which it requests only
-# when the interface is opened; with the PF down the VF's driver reports "PF
-# still in reset state" and never comes up. Drivers are not probed on the new
-# VF (sriov_drivers_autoprobe=0): it goes to vfio-pci, not to L1's igbvf.
+# PF's interface is brought up first: its driver (igb) answers a VF's mailbox
+# (reset, MAC, link) from the PF's "other" MSI-X vector, which it requests
+# only when the interface is opened. Drivers are not probed on the new VF
+# (sriov_drivers_autoprobe=0): it goes to vfio-pci, not to L1's igbvf.
+# Marker pf_link: the PF interface's state when the VF was made.
 bed_make_vf() {
     pf="/sys/bus/pci/devices/$1"
     [ -e "$pf/sriov_totalvfs" ] || bed_fail "$1 has no SR-IOV capability"
@@ -116,6 +116,9 @@ bed_make_vf() {
     BED_VF="$(basename "$(readlink "$pf/virtfn0")")"
     [ -n "$BED_VF" ] || bed_fail "$1 made no virtfn0"
     bed_report vf "$1 $BED_VF"
+    for n in "$pf"/net/*; do
+        bed_report pf_link "${n##*/} $(cat "$n/operstate") carrier=$(cat "$n/carrier" 2>/dev/null)"
+    done
 }
 
 # The L2 kernel command line for an L2 check (resources/l2/checks/NAME.sh).
@@ -152,7 +155,38 @@ bed_hang_probe() {
                 "utime=${13} stime=${14} guest=${42} syscall=$(cat "$hp_t/syscall" 2>/dev/null)"
         done
         kill -USR1 "$1" 2>/dev/null
+        [ "$hp_n" -eq 1 ] && bed_trace_dump
     done
+}
+
+# passvm.trace=1 on L1's command line (bed.sh: PASSVM_BED_L1_APPEND): from the
+# start of each passvm run L1's kernel records where an interrupt for L2 could
+# go missing: every entry into L2 and exit from it (kvm_exit's intr_info is
+# SVM's EXITINTINFO, an event cut off by the exit), every interrupt L1's KVM
+# injects (kvm_inj_virq, with its reinjected flag) or accepts into L2's local
+# APIC, the hrtimers that drive L2's TSC deadline and L1's own, and L1's own
+# LAPIC timer interrupts. bed_trace_dump prints the newest part as
+# "L1| TRACE ..." lines (the hang probe does at its first report, when a run
+# has taken far longer than any scenario's L2 needs).
+BED_TRACE=/sys/kernel/tracing
+bed_trace_start() {
+    [ "$(bed_cmdline_arg passvm.trace)" = 1 ] || return 0
+    [ -d "$BED_TRACE/events" ] || mount -t tracefs tracefs "$BED_TRACE" 2>/dev/null ||
+        { echo "passvm.trace=1: no tracefs in this kernel"; return 0; }
+    echo 0 >"$BED_TRACE/tracing_on"
+    echo >"$BED_TRACE/trace"
+    echo 8192 >"$BED_TRACE/buffer_size_kb"
+    for e in kvm/kvm_entry kvm/kvm_exit kvm/kvm_inj_virq kvm/kvm_apic_accept_irq \
+        timer/hrtimer_start timer/hrtimer_expire_entry irq_vectors/local_timer_entry; do
+        echo 1 >"$BED_TRACE/events/$e/enable" || echo "passvm.trace=1: no event $e"
+    done
+    echo 1 >"$BED_TRACE/tracing_on"
+}
+bed_trace_dump() {
+    [ "$(bed_cmdline_arg passvm.trace)" = 1 ] && [ -e "$BED_TRACE/tracing_on" ] || return 0
+    echo 0 >"$BED_TRACE/tracing_on"
+    echo "TRACE the newest ${1:-600} events of L1's trace:"
+    tail -n "${1:-600}" "$BED_TRACE/trace" | sed 's/^/TRACE /'
 }
 
 # Run passvm with its stdout (the guest's serial console) shown as "L2| ..." and
@@ -168,6 +202,7 @@ bed_passvm() {
     p_out=$!
     awk '{ print "VMM| " $0; fflush() }' <"$pv_fifo.err" >&3 &
     p_err=$!
+    bed_trace_start
     t0="$(cut -d' ' -f1 /proc/uptime)"
     "$PASSVM" "$@" </dev/null >"$pv_fifo.out" 2>"$pv_fifo.err" &
     pv_pid=$!

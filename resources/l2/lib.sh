@@ -10,8 +10,9 @@ bed_fail() { echo "BED fail=$*"; exit 1; }
 # writes from L2 go to sector 2048 (1 MiB), where the host test looks for them.
 BED_WRITE_OFFSET_SECTORS=2048
 
-# Block devices of virtio-blk disks in this guest (vda vdb ...).
-bed_disks() { ls /sys/block 2>/dev/null | grep '^vd' || true; }
+# Block devices of passed-through disks in this guest: virtio-blk (vda ...),
+# NVMe namespaces (nvme0n1 ...), SATA (sda ...).
+bed_disks() { ls /sys/block 2>/dev/null | grep -E '^(vd[a-z]+|nvme[0-9]+n[0-9]+|sd[a-z]+)$' || true; }
 
 # The name the launcher gave a disk, from its first sector.
 bed_disk_name() {

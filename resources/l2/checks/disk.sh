@@ -1,7 +1,7 @@
 # Every passed-through virtio-blk disk: read the launcher's name from sector 0,
 # write "PASSVM-L2-WROTE name=NAME" at 1 MiB, read it back past the page cache.
 disks="$(bed_disks)"
-[ -n "$disks" ] || bed_fail "no virtio-blk disk in L2 (is the device passed through?)"
+[ -n "$disks" ] || bed_fail "no passed-through disk in L2 (is the device passed through?)"
 for d in $disks; do
     name="$(bed_disk_name "$d")"
     [ -n "$name" ] || bed_fail "/dev/$d has no PASSVM-DISK header"
