@@ -185,8 +185,22 @@ bed_trace_start() {
 bed_trace_dump() {
     [ "$(bed_cmdline_arg passvm.trace)" = 1 ] && [ -e "$BED_TRACE/tracing_on" ] || return 0
     echo 0 >"$BED_TRACE/tracing_on"
-    echo "TRACE the newest ${1:-600} events of L1's trace:"
-    tail -n "${1:-600}" "$BED_TRACE/trace" | sed 's/^/TRACE /'
+    # L1's own ticks fill most of the buffer: keep what concerns L2, the
+    # hrtimers its vCPU threads started (its LAPIC timer) with their expiries,
+    # and KVM's events; the newest ${1:-80} of each.
+    echo "TRACE L2's LAPIC timer in L1 (hrtimers started by vCPU threads) and KVM's events:"
+    awk -v n="${1:-80}" '
+        { line[NR] = $0 }
+        /hrtimer_start/ && $1 ~ /^vcpu[0-9]+-/ && match($0, /hrtimer=[0-9a-f]+/) { mine[substr($0, RSTART, RLENGTH)] = 1 }
+        END {
+            for (i = 1; i <= NR; i++) {
+                l = line[i]
+                if (match(l, /hrtimer=[0-9a-f]+/) && (substr(l, RSTART, RLENGTH) in mine)) t[++nt] = l
+                else if (l ~ / kvm_[a-z_]+:/) k[++nk] = l
+            }
+            for (i = (nt > n ? nt - n + 1 : 1); i <= nt; i++) print "timer " t[i]
+            for (i = (nk > n ? nk - n + 1 : 1); i <= nk; i++) print "kvm " k[i]
+        }' "$BED_TRACE/trace" | sed 's/^/TRACE /'
 }
 
 # Run passvm with its stdout (the guest's serial console) shown as "L2| ..." and
