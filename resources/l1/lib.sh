@@ -177,7 +177,9 @@ bed_trace_start() {
     echo >"$BED_TRACE/trace"
     echo 8192 >"$BED_TRACE/buffer_size_kb"
     for e in kvm/kvm_entry kvm/kvm_exit kvm/kvm_inj_virq kvm/kvm_apic_accept_irq \
-        timer/hrtimer_start timer/hrtimer_expire_entry irq_vectors/local_timer_entry; do
+        timer/hrtimer_start timer/hrtimer_expire_entry irq_vectors/local_timer_entry \
+        irq_vectors/reschedule_entry irq_vectors/call_function_single_entry \
+        ipi/ipi_send_cpu sched/sched_wakeup sched/sched_switch; do
         echo 1 >"$BED_TRACE/events/$e/enable" || echo "passvm.trace=1: no event $e"
     done
     echo 1 >"$BED_TRACE/tracing_on"
@@ -185,21 +187,27 @@ bed_trace_start() {
 bed_trace_dump() {
     [ "$(bed_cmdline_arg passvm.trace)" = 1 ] && [ -e "$BED_TRACE/tracing_on" ] || return 0
     echo 0 >"$BED_TRACE/tracing_on"
-    # L1's own ticks fill most of the buffer: keep what concerns L2, the
-    # hrtimers its vCPU threads started (its LAPIC timer) with their expiries,
-    # and KVM's events; the newest ${1:-80} of each.
-    echo "TRACE L2's LAPIC timer in L1 (hrtimers started by vCPU threads) and KVM's events:"
-    awk -v n="${1:-80}" '
+    # L1's own ticks fill most of the buffer: keep what concerns L2, the newest
+    # ${1:-60} of each: the hrtimers L2's vCPU threads started from process
+    # context (its LAPIC timer) with their expiries; KVM's events; the vCPU
+    # threads' wakeups and switches; IPIs sent and received.
+    echo "TRACE L2's LAPIC timer in L1, KVM's events, vCPU wakeups and IPIs:"
+    awk -v n="${1:-60}" '
         { line[NR] = $0 }
-        /hrtimer_start/ && $1 ~ /^vcpu[0-9]+-/ && match($0, /hrtimer=[0-9a-f]+/) { mine[substr($0, RSTART, RLENGTH)] = 1 }
+        /hrtimer_start/ && $1 ~ /^vcpu[0-9]+-/ && $3 !~ /h/ && match($0, /hrtimer=[0-9a-f]+/) { mine[substr($0, RSTART, RLENGTH)] = 1 }
+        function keep(kind, l) { c[kind]++; k[kind, c[kind]] = l }
         END {
             for (i = 1; i <= NR; i++) {
                 l = line[i]
-                if (match(l, /hrtimer=[0-9a-f]+/) && (substr(l, RSTART, RLENGTH) in mine)) t[++nt] = l
-                else if (l ~ / kvm_[a-z_]+:/) k[++nk] = l
+                if (match(l, /hrtimer=[0-9a-f]+/)) { if (substr(l, RSTART, RLENGTH) in mine) keep("timer", l) }
+                else if (l ~ / kvm_[a-z_]+:/) keep("kvm", l)
+                else if (l ~ /sched_(wakeup|switch):/ && l ~ /vcpu[0-9]/) keep("sched", l)
+                else if (l ~ /ipi_send_cpu:|reschedule_entry:|call_function_single_entry:/) keep("ipi", l)
             }
-            for (i = (nt > n ? nt - n + 1 : 1); i <= nt; i++) print "timer " t[i]
-            for (i = (nk > n ? nk - n + 1 : 1); i <= nk; i++) print "kvm " k[i]
+            split("timer kvm sched ipi", kinds, " ")
+            for (j = 1; j <= 4; j++)
+                for (i = (c[kinds[j]] > n ? c[kinds[j]] - n + 1 : 1); i <= c[kinds[j]]; i++)
+                    print kinds[j] " " k[kinds[j], i]
         }' "$BED_TRACE/trace" | sed 's/^/TRACE /'
 }
 
