@@ -77,7 +77,7 @@ fn nvme_controller() {
     assert_eq!((id.as_str(), driver.as_str()), ("0x1b36:0x0010", "nvme"));
     assert_eq!(irq_mode(&out, &bdf), "msix");
     assert!(
-        out.l2_markers("disk").iter().any(|d| *d == "nvme0n1 n0"),
+        out.l2_markers("disk").contains(&"nvme0n1 n0"),
         "L2 read the name L0 wrote: {:?}",
         out.l2_markers("disk")
     );
@@ -100,7 +100,7 @@ fn ahci_controller_with_msi_only() {
     assert_eq!((id.as_str(), driver.as_str()), ("0x8086:0x2922", "ahci"));
     assert_eq!(irq_mode(&out, &bdf), "msi");
     assert!(
-        out.l2_markers("disk").iter().any(|d| *d == "sda s0"),
+        out.l2_markers("disk").contains(&"sda s0"),
         "{:?}",
         out.l2_markers("disk")
     );
