@@ -340,15 +340,16 @@ cmd_test() {
 journal_summary() {
     [ -s "$1" ] || { bed_log "no nested scenario ran (empty journal $1)"; return 0; }
     awk -F'\t' '
-        { n++
-          if ($3 != "pass") failed++
+        { n++; ends[$3]++
           if ($4 > 1) { r++; extra += $4 - 1
                         rl[r] = sprintf("%s (%s): %d runs, then %s%s; retried: %s", $1, $2, $4, $3,
                                         ($7 == "-" ? "" : " (" $7 ")"), $8) }
           if ($6 != "-") { s++; sl[s] = sprintf("%s (%s, %s s): %s", $1, $2, $5, $6) } }
         END {
-          printf "[bed] nested scenarios: %d run, %d failed, %d retried (%d extra runs), %d slow passes\n",
-                 n, failed, r, extra, s
+          # Counted by how each run ended, not by test result: a test may
+          # expect its run to hang (bed-silent does).
+          printf "[bed] nested scenarios: %d run: %d passed, %d hung, %d crashed, %d failed otherwise; %d retried (%d extra runs), %d slow passes\n",
+                 n, ends["pass"], ends["hung"], ends["crash"], ends["fail"], r, extra, s
           for (i = 1; i <= r; i++) print "[bed]   retried: " rl[i]
           for (i = 1; i <= s; i++) print "[bed]   slow: " sl[i]
         }' "$1" >&2

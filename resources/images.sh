@@ -59,6 +59,9 @@ if ! stamp_ok "$L1" "$l1_hash"; then
     cp "$BED_RESOURCES"/scenarios/*.sh "$stage/bed/scenarios/"
     install -m 755 "$PASSVM_BIN" "$stage/bin/passvm"
     cp "$KERNEL_DIR/vmlinux" "$KERNEL_DIR/bzImage" "$stage/bed/l2/"
+    # L1 and L2 run this kernel, built without kallsyms: the text symbols let
+    # L1's trace dump name the hrtimer functions (bed_trace_dump).
+    nm "$KERNEL_DIR/vmlinux" | awk '$2 ~ /^[tT]$/ { print $1, $3 }' >"$stage/bed/l2/System.map"
     cp "$L2" "$stage/bed/l2/initrd.cpio.gz"
     pack "$stage" "$L1"
     rm -rf "$stage"

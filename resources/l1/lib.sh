@@ -188,18 +188,23 @@ bed_trace_dump() {
     [ "$(bed_cmdline_arg passvm.trace)" = 1 ] && [ -e "$BED_TRACE/tracing_on" ] || return 0
     echo 0 >"$BED_TRACE/tracing_on"
     # L1's own ticks fill most of the buffer: keep what concerns L2, the newest
-    # ${1:-60} of each: the hrtimers L2's vCPU threads started from process
-    # context (its LAPIC timer) with their expiries; KVM's events; the vCPU
-    # threads' wakeups and switches; IPIs sent and received.
+    # ${1:-60} of each: KVM's LAPIC timer for L2 (apic_timer_fn: armed by the
+    # vCPU thread when L2 writes its TSC deadline, expiring in L1's interrupt);
+    # KVM's events; the vCPU threads' wakeups and switches; IPIs. Function
+    # addresses are named from the kernel's System.map.
     echo "TRACE L2's LAPIC timer in L1, KVM's events, vCPU wakeups and IPIs:"
     awk -v n="${1:-60}" '
-        { line[NR] = $0 }
-        /hrtimer_start/ && $1 ~ /^vcpu[0-9]+-/ && $3 !~ /h/ && match($0, /hrtimer=[0-9a-f]+/) { mine[substr($0, RSTART, RLENGTH)] = 1 }
+        FILENAME != "-" { sym["0x" $1] = $2; next }
+        { if (match($0, /function=0x[0-9a-f]+/)) {
+              a = substr($0, RSTART + 9, RLENGTH - 9)
+              if (a in sym) $0 = substr($0, 1, RSTART + 8) sym[a] substr($0, RSTART + RLENGTH)
+          }
+          line[NR] = $0 }
         function keep(kind, l) { c[kind]++; k[kind, c[kind]] = l }
         END {
             for (i = 1; i <= NR; i++) {
                 l = line[i]
-                if (match(l, /hrtimer=[0-9a-f]+/)) { if (substr(l, RSTART, RLENGTH) in mine) keep("timer", l) }
+                if (l ~ /function=apic_timer_fn/) keep("timer", l)
                 else if (l ~ / kvm_[a-z_]+:/) keep("kvm", l)
                 else if (l ~ /sched_(wakeup|switch):/ && l ~ /vcpu[0-9]/) keep("sched", l)
                 else if (l ~ /ipi_send_cpu:|reschedule_entry:|call_function_single_entry:/) keep("ipi", l)
@@ -208,7 +213,7 @@ bed_trace_dump() {
             for (j = 1; j <= 4; j++)
                 for (i = (c[kinds[j]] > n ? c[kinds[j]] - n + 1 : 1); i <= c[kinds[j]]; i++)
                     print kinds[j] " " k[kinds[j], i]
-        }' "$BED_TRACE/trace" | sed 's/^/TRACE /'
+        }' /bed/l2/System.map - <"$BED_TRACE/trace" | sed 's/^/TRACE /'
 }
 
 # Run passvm with its stdout (the guest's serial console) shown as "L2| ..." and
