@@ -110,13 +110,18 @@ cmd_launch() {
 
     # Fixed slots keep BDFs stable from run to run: root-bus devices from 0x10
     # up, in the order given; the N-th root port's endpoint is bus N.
-    local qemu_dev=() map=() slot=16 port=0 spec kind names a b
+    local qemu_dev=() map=() slot=16 port=0 spec kind names a b addr
     make_disk() {
         local img="$workdir/$1.img"
         rm -f "$img"
         truncate -s "${DISK_MIB}M" "$img"
         printf 'PASSVM-DISK name=%s\n' "$1" | dd of="$img" conv=notrunc status=none
         qemu_dev+=(-drive "if=none,id=drv-$1,file=$img,format=raw")
+    }
+    # A root-bus device NAME at this slot: its BDF for L1, and the next slot.
+    on_root_bus() {
+        map+=("$names@0000:00:$(printf %02x $slot).0")
+        slot=$((slot + 1))
     }
     # iommu_platform=on: without it a virtio device bypasses the vIOMMU and its
     # DMA lands in the wrong place once L1 gives it to a guest.
@@ -129,17 +134,18 @@ cmd_launch() {
             bed_die "bad device name in '$spec': use a letter then letters, digits, _ or -"
         # Slot 0x1f belongs to q35's ICH9 functions.
         [ $slot -lt 31 ] || bed_die "too many devices: slots 0x10-0x1e are used up"
+        # Root-bus devices take the next slot; its address is ADDR for QEMU.
+        addr="$(printf 0x%x $slot)"
         case "$kind" in
         blk)
             make_disk "$names"
-            qemu_dev+=(-device "$blk,drive=drv-$names,id=$names,addr=$(printf 0x%x $slot)")
-            map+=("$names@0000:00:$(printf %02x $slot).0")
-            slot=$((slot + 1))
+            qemu_dev+=(-device "$blk,drive=drv-$names,id=$names,addr=$addr")
+            on_root_bus
             ;;
         blk-rp)
             port=$((port + 1))
             make_disk "$names"
-            qemu_dev+=(-device "pcie-root-port,id=rp$port,chassis=$port,slot=$port,addr=$(printf 0x%x $slot)")
+            qemu_dev+=(-device "pcie-root-port,id=rp$port,chassis=$port,slot=$port,addr=$addr")
             qemu_dev+=(-device "$blk,drive=drv-$names,id=$names,bus=rp$port")
             map+=("$names@0000:$(printf %02x $port):00.0")
             slot=$((slot + 1))
@@ -151,45 +157,40 @@ cmd_launch() {
             make_disk "$b"
             # Functions of one slot share a group. Not a conventional PCI
             # bridge: its requester ID makes the virtio-iommu fault (test-bed.md).
-            qemu_dev+=(-device "$blk,drive=drv-$a,id=$a,addr=$(printf 0x%x $slot).0,multifunction=on")
-            qemu_dev+=(-device "$blk,drive=drv-$b,id=$b,addr=$(printf 0x%x $slot).1")
+            qemu_dev+=(-device "$blk,drive=drv-$a,id=$a,addr=$addr.0,multifunction=on")
+            qemu_dev+=(-device "$blk,drive=drv-$b,id=$b,addr=$addr.1")
             map+=("$a@0000:00:$(printf %02x $slot).0" "$b@0000:00:$(printf %02x $slot).1")
             slot=$((slot + 1))
             ;;
         e1000e)
-            qemu_dev+=(-netdev "user,id=net-$names" -device "e1000e,netdev=net-$names,id=$names,romfile=,addr=$(printf 0x%x $slot)")
-            map+=("$names@0000:00:$(printf %02x $slot).0")
-            slot=$((slot + 1))
+            qemu_dev+=(-netdev "user,id=net-$names" -device "e1000e,netdev=net-$names,id=$names,romfile=,addr=$addr")
+            on_root_bus
             ;;
         edu)
-            qemu_dev+=(-device "edu,id=$names,addr=$(printf 0x%x $slot)")
-            map+=("$names@0000:00:$(printf %02x $slot).0")
-            slot=$((slot + 1))
+            qemu_dev+=(-device "edu,id=$names,addr=$addr")
+            on_root_bus
             ;;
         nvme)
             # The MSI-X table and PBA live in BAR 0 beside the doorbells.
             make_disk "$names"
-            qemu_dev+=(-device "nvme,serial=$names,drive=drv-$names,id=$names,addr=$(printf 0x%x $slot)")
-            map+=("$names@0000:00:$(printf %02x $slot).0")
-            slot=$((slot + 1))
+            qemu_dev+=(-device "nvme,serial=$names,drive=drv-$names,id=$names,addr=$addr")
+            on_root_bus
             ;;
         ahci)
             # MSI (one vector) and no MSI-X; an I/O BAR (index/data) and the
             # AHCI registers in BAR 5.
             make_disk "$names"
-            qemu_dev+=(-device "ich9-ahci,id=$names,addr=$(printf 0x%x $slot)"
+            qemu_dev+=(-device "ich9-ahci,id=$names,addr=$addr"
                 -device "ide-hd,drive=drv-$names,bus=$names.0")
-            map+=("$names@0000:00:$(printf %02x $slot).0")
-            slot=$((slot + 1))
+            on_root_bus
             ;;
         serial)
             # A 16550 behind one I/O BAR, INTx only; what the guest sends lands
             # in WORKDIR/NAME.out.
             rm -f "$workdir/$names.out"
             qemu_dev+=(-chardev "file,id=chr-$names,path=$workdir/$names.out"
-                -device "pci-serial,chardev=chr-$names,id=$names,addr=$(printf 0x%x $slot)")
-            map+=("$names@0000:00:$(printf %02x $slot).0")
-            slot=$((slot + 1))
+                -device "pci-serial,chardev=chr-$names,id=$names,addr=$addr")
+            on_root_bus
             ;;
         ivshmem)
             # A prefetchable 64-bit BAR 2 of IVSHMEM_GIB GiB backed by the
@@ -198,9 +199,8 @@ cmd_launch() {
             rm -f "$workdir/$names.shm"
             truncate -s "${IVSHMEM_GIB}G" "$workdir/$names.shm"
             qemu_dev+=(-object "memory-backend-file,id=mem-$names,share=on,mem-path=$workdir/$names.shm,size=${IVSHMEM_GIB}G"
-                -device "ivshmem-plain,memdev=mem-$names,id=$names,addr=$(printf 0x%x $slot)")
-            map+=("$names@0000:00:$(printf %02x $slot).0")
-            slot=$((slot + 1))
+                -device "ivshmem-plain,memdev=mem-$names,id=$names,addr=$addr")
+            on_root_bus
             ;;
         igb)
             # An SR-IOV physical function (82576, up to 7 VFs) behind a root
@@ -208,7 +208,7 @@ cmd_launch() {
             # WORKDIR/NAME.pcap. L1 creates the VFs (bus N, from device 0x10).
             port=$((port + 1))
             rm -f "$workdir/$names.pcap"
-            qemu_dev+=(-device "pcie-root-port,id=rp$port,chassis=$port,slot=$port,addr=$(printf 0x%x $slot)"
+            qemu_dev+=(-device "pcie-root-port,id=rp$port,chassis=$port,slot=$port,addr=$addr"
                 -netdev "user,id=net-$names"
                 -object "filter-dump,id=dump-$names,netdev=net-$names,file=$workdir/$names.pcap"
                 -device "igb,netdev=net-$names,id=$names,bus=rp$port")
