@@ -123,6 +123,14 @@ cmd_launch() {
         map+=("$names@0000:00:$(printf %02x $slot).0")
         slot=$((slot + 1))
     }
+    # The next PCIe root port, at this slot: device NAME goes on bus rpPORT and is
+    # bus PORT's endpoint 00.0 in L1.
+    behind_root_port() {
+        port=$((port + 1))
+        qemu_dev+=(-device "pcie-root-port,id=rp$port,chassis=$port,slot=$port,addr=$addr")
+        map+=("$names@0000:$(printf %02x $port):00.0")
+        slot=$((slot + 1))
+    }
     # iommu_platform=on: without it a virtio device bypasses the vIOMMU and its
     # DMA lands in the wrong place once L1 gives it to a guest.
     local blk="virtio-blk-pci,iommu_platform=on,disable-legacy=on"
@@ -143,12 +151,9 @@ cmd_launch() {
             on_root_bus
             ;;
         blk-rp)
-            port=$((port + 1))
             make_disk "$names"
-            qemu_dev+=(-device "pcie-root-port,id=rp$port,chassis=$port,slot=$port,addr=$addr")
+            behind_root_port
             qemu_dev+=(-device "$blk,drive=drv-$names,id=$names,bus=rp$port")
-            map+=("$names@0000:$(printf %02x $port):00.0")
-            slot=$((slot + 1))
             ;;
         blk-mf)
             a="${names%%+*}" b="${names#*+}"
@@ -206,14 +211,11 @@ cmd_launch() {
             # An SR-IOV physical function (82576, up to 7 VFs) behind a root
             # port, on QEMU's user network; every frame is captured in
             # WORKDIR/NAME.pcap. L1 creates the VFs (bus N, from device 0x10).
-            port=$((port + 1))
             rm -f "$workdir/$names.pcap"
-            qemu_dev+=(-device "pcie-root-port,id=rp$port,chassis=$port,slot=$port,addr=$addr"
-                -netdev "user,id=net-$names"
+            behind_root_port
+            qemu_dev+=(-netdev "user,id=net-$names"
                 -object "filter-dump,id=dump-$names,netdev=net-$names,file=$workdir/$names.pcap"
                 -device "igb,netdev=net-$names,id=$names,bus=rp$port")
-            map+=("$names@0000:$(printf %02x $port):00.0")
-            slot=$((slot + 1))
             ;;
         *) bed_die "unknown device kind '$kind' in '$spec' (blk, blk-rp, blk-mf, e1000e, edu, nvme, ahci, serial, ivshmem, igb)" ;;
         esac

@@ -45,6 +45,14 @@ fn l2_device(out: &Outcome) -> (String, String, String) {
     (w[0].to_owned(), w[1].to_owned(), w[2].to_owned())
 }
 
+/// L2's one passed-through device has vendor:device `id`, is bound to `driver` and
+/// interrupts in `mode` (msix, msi, intx).
+fn assert_driven(out: &Outcome, id: &str, driver: &str, mode: &str) {
+    let (bdf, got_id, got_driver) = l2_device(out);
+    assert_eq!((got_id.as_str(), got_driver.as_str()), (id, driver));
+    assert_eq!(irq_mode(out, &bdf), mode);
+}
+
 /// The interrupt mode L2's driver ended up with for `bdf` (msix, msi, intx).
 fn irq_mode(out: &Outcome, bdf: &str) -> String {
     out.l2_markers("irqmode")
@@ -73,9 +81,7 @@ fn irq_count(out: &Outcome, chip: &str, name: &str) -> u64 {
 fn nvme_controller() {
     let out = pt_dev(&[Device::Nvme("n0".into())], "");
     assert_l2_passed(&out);
-    let (bdf, id, driver) = l2_device(&out);
-    assert_eq!((id.as_str(), driver.as_str()), ("0x1b36:0x0010", "nvme"));
-    assert_eq!(irq_mode(&out, &bdf), "msix");
+    assert_driven(&out, "0x1b36:0x0010", "nvme", "msix");
     assert!(
         out.l2_markers("disk").contains(&"nvme0n1 n0"),
         "L2 read the name L0 wrote: {:?}",
@@ -96,9 +102,7 @@ fn nvme_controller() {
 fn ahci_controller_with_msi_only() {
     let out = pt_dev(&[Device::Ahci("s0".into())], "");
     assert_l2_passed(&out);
-    let (bdf, id, driver) = l2_device(&out);
-    assert_eq!((id.as_str(), driver.as_str()), ("0x8086:0x2922", "ahci"));
-    assert_eq!(irq_mode(&out, &bdf), "msi");
+    assert_driven(&out, "0x8086:0x2922", "ahci", "msi");
     assert!(
         out.l2_markers("disk").contains(&"sda s0"),
         "{:?}",
@@ -124,9 +128,7 @@ fn pci_uart_with_an_io_bar_and_intx() {
         "passvm.pt.l2=8250.nr_uarts=2",
     );
     assert_l2_passed(&out);
-    let (bdf, id, driver) = l2_device(&out);
-    assert_eq!((id.as_str(), driver.as_str()), ("0x1b36:0x0002", "serial"));
-    assert_eq!(irq_mode(&out, &bdf), "intx");
+    assert_driven(&out, "0x1b36:0x0002", "serial", "intx");
     let uarts = out.l2_markers("uart");
     assert_eq!(uarts.len(), 1, "{uarts:?}");
     let tty = uarts[0].split_whitespace().nth(1).unwrap_or_default();
@@ -213,9 +215,7 @@ fn sriov_virtual_function_of_an_igb() {
         vf.starts_with("0000:01:00.0 0000:01:"),
         "a VF of the PF: {vf}"
     );
-    let (bdf, id, driver) = l2_device(&out);
-    assert_eq!((id.as_str(), driver.as_str()), ("0x8086:0x10ca", "igbvf"));
-    assert_eq!(irq_mode(&out, &bdf), "msix");
+    assert_driven(&out, "0x8086:0x10ca", "igbvf", "msix");
     let ping = out.l2_marker("ping").unwrap_or_default();
     let w: Vec<&str> = ping.split_whitespace().collect();
     assert_eq!(w.len(), 3, "{ping}");

@@ -314,11 +314,7 @@ impl Scenario {
         loop {
             let mut outcome = self.run_once();
             // Only a failed run is retried (a scenario may provoke a crash on purpose).
-            let retry = !outcome.succeeded()
-                && (matches!(
-                    outcome.stopped,
-                    Some(Stopped::Silent(_) | Stopped::Lockup(_))
-                ) || outcome.cpu_crash().is_some());
+            let retry = !outcome.succeeded() && (outcome.hung() || outcome.cpu_crash().is_some());
             if !retry || hung.len() >= retries {
                 self.journal(&outcome, &hung);
                 if !hung.is_empty() {
@@ -356,10 +352,7 @@ impl Scenario {
             .map_or_else(|| self.name.clone(), str::to_owned);
         let end = if outcome.succeeded() {
             journal::End::Pass
-        } else if matches!(
-            outcome.stopped,
-            Some(Stopped::Silent(_) | Stopped::Lockup(_))
-        ) {
+        } else if outcome.hung() {
             journal::End::Hung(outcome.summary())
         } else if let Some(line) = outcome.cpu_crash() {
             journal::End::Crash(line.to_owned())
@@ -619,6 +612,12 @@ impl Outcome {
     pub fn cpu_crash(&self) -> Option<&str> {
         self.vmm_lines()
             .find(|l| l.contains("guest triple-faulted") || l.contains("KVM internal error"))
+    }
+
+    /// Whether the bed stopped the run as hung: its console fell silent or a kernel
+    /// reported a lockup (not its deadline).
+    pub fn hung(&self) -> bool {
+        matches!(self.stopped, Some(Stopped::Silent(_) | Stopped::Lockup(_)))
     }
 
     /// Lines passvm printed on stderr (its log and errors), without `VMM| `.
