@@ -31,7 +31,7 @@ pub const DEFAULT_MEMORY: u64 = 512 << 20;
 pub const MAX_VCPUS: u8 = 254;
 /// Hugepage-backed RAM must be a whole number of 2 MiB pages.
 pub const HUGEPAGE_SIZE: u64 = 2 << 20;
-use crate::memory::PAGE_SIZE;
+use devices::size::PAGE_SIZE;
 
 /// Guest RAM settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

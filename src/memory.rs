@@ -55,8 +55,7 @@ use vm_memory::{
     Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
 };
 
-/// Size of one guest page; RAM sizes and regions are multiples of it.
-pub const PAGE_SIZE: u64 = 0x1000;
+use devices::size::{human, PAGE_SIZE};
 
 /// Start of the Extended BIOS Data Area. Linux scans its first KiB for the MP floating
 /// pointer; from here up to 1 MiB the e820 map says "reserved".
@@ -414,17 +413,6 @@ fn meminfo_value(key: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(key))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-}
-
-/// "16 MiB", "3 GiB", or the byte count when it is not a whole number of MiB.
-fn human(bytes: u64) -> String {
-    if bytes != 0 && bytes % (1 << 30) == 0 {
-        format!("{} GiB", bytes >> 30)
-    } else if bytes % (1 << 20) == 0 {
-        format!("{} MiB", bytes >> 20)
-    } else {
-        format!("{bytes} bytes")
-    }
 }
 
 fn align_up(v: u64, align: u64) -> u64 {

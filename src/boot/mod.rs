@@ -394,10 +394,10 @@ fn load_initramfs(
         });
     }
     let top = memory::low_ram_end(mem).min(top);
-    let floor = kernel_end.div_ceil(memory::PAGE_SIZE) * memory::PAGE_SIZE;
+    let floor = kernel_end.div_ceil(devices::size::PAGE_SIZE) * devices::size::PAGE_SIZE;
     let addr = top
         .checked_sub(size)
-        .map(|a| a & !(memory::PAGE_SIZE - 1))
+        .map(|a| a & !(devices::size::PAGE_SIZE - 1))
         .filter(|&a| a >= floor)
         .ok_or(BootError::InitramfsTooBig {
             path: path.to_path_buf(),

@@ -1,10 +1,10 @@
 //! `passvm devices [--all] [--json]`: every PCI and mediated device, and whether it can
 //! be assigned (with the fix when not).
 
+use devices::size::human;
 use devices::vfio::discovery::class_names::class_name;
 use devices::vfio::discovery::inventory::{Entry, Inventory};
 use devices::vfio::discovery::irq_remap::Remapping;
-use devices::vfio::discovery::memlock::human;
 use devices::vfio::discovery::{inventory, DiscoveryError, Roots};
 
 use super::json::Json;
@@ -250,8 +250,8 @@ mod tests {
     use super::*;
     use devices::vfio::discovery::group::GroupMember;
     use devices::vfio::discovery::irq_remap::InterruptIsolation;
-    use devices::vfio::discovery::memlock::HostLimits;
     use devices::vfio::discovery::{DeviceKind, Problem, ProblemKind, ResolvedDevice};
+    use devices::vfio::memlock::HostLimits;
     use std::path::PathBuf;
 
     fn dev(name: &str, driver: &str, class: u32, group: u32) -> ResolvedDevice {
@@ -334,7 +334,7 @@ mod tests {
         assert!(lines[4].contains("fix: bind it with `passvm bind 0000:00:11.0`"));
         assert!(t.contains("(1 bridge hidden; --all shows them)"));
         assert!(!t.contains("Host bridge"));
-        assert!(t.contains("RLIMIT_MEMLOCK 8M"));
+        assert!(t.contains("RLIMIT_MEMLOCK 8 MiB"));
         let all = table(&inventory(), &Roots::host(), true);
         assert!(all.contains("Host bridge"));
     }

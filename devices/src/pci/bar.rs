@@ -11,8 +11,7 @@ pub const BAR0_OFFSET: usize = 0x10;
 pub const NUM_BARS: usize = 6;
 /// Config-space offset of the expansion ROM BAR in a type-0 header.
 pub const ROM_BAR_OFFSET: usize = 0x30;
-/// Guest page size: memory BARs are aligned to at least this.
-pub const PAGE_SIZE: u64 = 4096;
+use crate::size::PAGE_SIZE;
 
 const IO_SPACE: u32 = 0x1;
 const MEM_64: u32 = 0x4;

@@ -14,11 +14,11 @@ use std::sync::{Arc, RwLock};
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::backend::{IrqIndex, VfioDeviceOps};
 use super::device::{DeviceContext, VfioPciDevice};
-use super::dma::DeviceSource;
-use super::kvm_vm::{KvmVmOps, SlotPool};
+use super::device_fd::{IrqIndex, VfioDeviceOps};
+use super::iommu::DeviceSource;
 use super::testing::RecordingVm;
+use super::vm::kvm::{KvmVmOps, SlotPool};
 use crate::bus::{Bus, BusDevice};
 use crate::pci::bar::{BarAllocator, Window, DEFAULT_MMIO64_LIMIT};
 use crate::pci::config_space::COMMAND;
@@ -34,10 +34,10 @@ fn hw_probe() {
     let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
     let vm = Arc::new(kvm.create_vm().unwrap());
     vm.create_irq_chip().unwrap();
-    let kdev = super::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
+    let kdev = super::iommu::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
     let space = match backend.as_str() {
-        "group" => super::group::open_container(kdev),
-        _ => super::iommufd::open_ioas(kdev, None),
+        "group" => super::iommu::group::open_container(kdev),
+        _ => super::iommu::iommufd::open_ioas(kdev, None),
     }
     .unwrap_or_else(|e| panic!("PROBE FAIL backend: {e}"));
     let src = DeviceSource {
@@ -56,7 +56,7 @@ fn hw_probe() {
         dev.device_flags()
     );
     match space.iova_ranges() {
-        Ok(r) => println!("PROBE iova_ranges {}", super::iova::describe(&r)),
+        Ok(r) => println!("PROBE iova_ranges {}", super::iommu::iova::describe(&r)),
         Err(e) => println!("PROBE iova_ranges error {e}"),
     }
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
@@ -340,7 +340,7 @@ fn probe_bars() -> BarAllocator {
 /// real GSI routing, real buses and memory slots, and the device model on top.
 struct Rig {
     vcpu: kvm_ioctls::VcpuFd,
-    dev: Arc<super::handle::OwnedVfioDevice>,
+    dev: Arc<super::iommu::handle::OwnedVfioDevice>,
     device: VfioPciDevice,
     // The VM ops hold the buses weakly: they must outlive the device model.
     _buses: (Arc<RwLock<Bus>>, Arc<RwLock<Bus>>),
@@ -359,10 +359,10 @@ impl Rig {
         l.regs[0xf1] = 0x01; // SVR bit 8: APIC software-enabled
         vcpu.set_lapic(&l).unwrap();
         irqchip_setup(&vm);
-        let kdev = super::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
+        let kdev = super::iommu::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
         let space = match backend.as_str() {
-            "group" => super::group::open_container(kdev),
-            _ => super::iommufd::open_ioas(kdev, None),
+            "group" => super::iommu::group::open_container(kdev),
+            _ => super::iommu::iommufd::open_ioas(kdev, None),
         }
         .unwrap();
         let src = DeviceSource {
@@ -524,10 +524,10 @@ fn hw_dma_bench() {
         .unwrap_or(256);
     let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
     let vm = kvm.create_vm().unwrap();
-    let kdev = super::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
+    let kdev = super::iommu::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
     let space = match backend.as_str() {
-        "group" => super::group::open_container(kdev),
-        _ => super::iommufd::open_ioas(kdev, None),
+        "group" => super::iommu::group::open_container(kdev),
+        _ => super::iommu::iommufd::open_ioas(kdev, None),
     }
     .unwrap();
     let src = DeviceSource {

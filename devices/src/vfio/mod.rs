@@ -1,27 +1,23 @@
-//! VFIO: from a `--device` string to a device the guest drives.
+//! VFIO: from a `--device` string to a device the guest drives, one folder per stage.
 //!
-//! `naming` and `discovery` resolve what the user typed. The rest is the passthrough
-//! device model (docs/passthrough.md): [`passthrough`] is the VM-wide entry point,
-//! [`device`] the guest's view of one function, [`backend`] the seam to the kernel's VFIO
-//! device and [`vm`] the seam to the VMM.
+//! 1. [`naming`] and [`discovery`]: what the user typed, resolved to checked host devices
+//!    and a backend choice.
+//! 2. [`iommu`]: the VM's one IOMMU space (type1 container or iommufd IOAS), the devices
+//!    opened in it and guest RAM mapped into it.
+//! 3. [`device`]: the guest's view of one PCI function (config space, BARs, MSI, MSI-X,
+//!    INTx, reset), over the [`device_fd`] seam to the kernel's VFIO device.
+//! 4. [`vm`]: the seam to the VMM (memslots, MMIO/PIO traps) and its KVM implementation.
+//!
+//! [`passthrough`] runs the stages for every `--device` of a VM (docs/passthrough.md).
+//! [`device_fd`], [`memlock`] and `sys` are shared by several stages and import none.
 
-pub mod backend;
-pub mod bars;
 pub mod device;
+pub mod device_fd;
 pub mod discovery;
-pub mod dma;
-pub mod group;
-pub mod handle;
 #[cfg(test)]
 mod hw_probe;
-pub mod intx;
-pub mod iommufd;
-pub mod iova;
-mod irq;
-pub mod kvm_vfio;
-pub mod kvm_vm;
-pub mod msi;
-pub mod msix;
+pub mod iommu;
+pub mod memlock;
 pub mod naming;
 pub mod passthrough;
 mod sys;

@@ -19,13 +19,13 @@ use kvm_ioctls::VmFd;
 use vfio_ioctls::VfioDeviceFd;
 use vm_memory::GuestMemoryBackend;
 
-use super::backend::VfioDeviceOps;
 use super::device::{DeviceContext, DeviceError, VfioPciDevice};
+use super::device_fd::VfioDeviceOps;
 use super::discovery::backend_choice::Backend;
 use super::discovery::resolve::ResolvedDevice;
-use super::dma::{DeviceSource, DmaError, DmaReport, IommuSpace};
-use super::kvm_vfio::{create_kvm_vfio_device, KvmVfioError};
-use super::kvm_vm::{KvmVmOps, SlotPool};
+use super::iommu::kvm_vfio::{create_kvm_vfio_device, KvmVfioError};
+use super::iommu::{DeviceSource, DmaReport, IommuError, IommuSpace};
+use super::vm::kvm::{KvmVmOps, SlotPool};
 use super::vm::VmOpsError;
 use crate::bus::{Bus, BusDevice};
 use crate::pci::bar::BarAllocator;
@@ -40,7 +40,7 @@ pub enum PassthroughError {
     KvmVfio(#[from] KvmVfioError),
     /// Backend, device open or DMA mapping.
     #[error(transparent)]
-    Dma(#[from] DmaError),
+    Dma(#[from] IommuError),
     /// The device model.
     #[error(transparent)]
     Device(#[from] DeviceError),
@@ -168,8 +168,8 @@ impl Passthrough {
     ) -> Result<Self, PassthroughError> {
         let kvm_vfio = create_kvm_vfio_device(vm)?;
         let space = match backend {
-            Backend::Group => super::group::open_container(kvm_vfio.clone())?,
-            Backend::Iommufd => super::iommufd::open_ioas(kvm_vfio.clone(), iommufd_fd)?,
+            Backend::Group => super::iommu::group::open_container(kvm_vfio.clone())?,
+            Backend::Iommufd => super::iommu::iommufd::open_ioas(kvm_vfio.clone(), iommufd_fd)?,
         };
         log::info!("VFIO: using the {} backend", space.name());
         Ok(Self {
@@ -238,7 +238,7 @@ mod tests {
 mod attach_tests {
     use super::*;
     use crate::pci::bar::{Window, DEFAULT_MMIO64_LIMIT};
-    use crate::vfio::backend::{IrqIndex, IrqInfo, RegionInfo};
+    use crate::vfio::device_fd::{IrqIndex, IrqInfo, RegionInfo};
     use crate::vfio::testing::{FakeDevice, RecordingVm};
 
     fn cf8(pio: &RwLock<Bus>, slot: u8, reg: u8) {

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::backend::{BackendError, IrqIndex, IrqInfo, RegionInfo, VfioDeviceOps, CONFIG_REGION};
+use super::device_fd::{
+    DeviceFdError, IrqIndex, IrqInfo, RegionInfo, VfioDeviceOps, CONFIG_REGION,
+};
 use super::vm::{AddressSpace, VmOps, VmOpsError};
 use crate::pci::{InterruptRouting, MsiMessage, RoutingError};
 
@@ -133,41 +135,41 @@ impl VfioDeviceOps for FakeDevice {
     fn irq_info(&self, index: IrqIndex) -> Option<IrqInfo> {
         self.irqs.get(&index).copied()
     }
-    fn enable_irq(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), BackendError> {
+    fn enable_irq(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), DeviceFdError> {
         self.log(DevCall::Enable(index, fds.len()));
         match self.irqs.get(&index) {
             Some(i) if i.count as usize >= fds.len() && !fds.is_empty() => Ok(()),
-            _ => Err(BackendError::Failed {
+            _ => Err(DeviceFdError::Failed {
                 op: "enable",
                 detail: "bad count".into(),
             }),
         }
     }
-    fn disable_irq(&self, index: IrqIndex) -> Result<(), BackendError> {
+    fn disable_irq(&self, index: IrqIndex) -> Result<(), DeviceFdError> {
         self.log(DevCall::Disable(index));
         Ok(())
     }
-    fn unmask_intx(&self) -> Result<(), BackendError> {
+    fn unmask_intx(&self) -> Result<(), DeviceFdError> {
         self.log(DevCall::UnmaskIntx);
         if self.unmask_fd_unsupported {
-            return Err(BackendError::Failed {
+            return Err(DeviceFdError::Failed {
                 op: "unmask",
                 detail: "ENOTTY".into(),
             });
         }
         Ok(())
     }
-    fn set_intx_unmask_fd(&self, _fd: &EventFd) -> Result<(), BackendError> {
+    fn set_intx_unmask_fd(&self, _fd: &EventFd) -> Result<(), DeviceFdError> {
         self.log(DevCall::SetUnmaskFd);
         if self.unmask_fd_unsupported {
-            return Err(BackendError::Failed {
+            return Err(DeviceFdError::Failed {
                 op: "unmask fd",
                 detail: "ENOTTY".into(),
             });
         }
         Ok(())
     }
-    fn reset(&self) -> Result<bool, BackendError> {
+    fn reset(&self) -> Result<bool, DeviceFdError> {
         self.log(DevCall::Reset);
         if self.flags & 1 == 0 {
             return Ok(false);

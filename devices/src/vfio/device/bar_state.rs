@@ -5,8 +5,9 @@
 use super::{BarSummary, VfioPciDevice};
 use crate::pci::bar::BarState;
 use crate::pci::config_space::{merge_write, COMMAND_IO, COMMAND_MEMORY};
-use crate::vfio::backend::RegionInfo;
-use crate::vfio::bars::{MappedArea, PAGE_SIZE};
+use crate::size::PAGE_SIZE;
+use crate::vfio::device::bar_mmap::MappedArea;
+use crate::vfio::device_fd::RegionInfo;
 use crate::vfio::vm::AddressSpace;
 #[cfg(doc)]
 use crate::vfio::vm::VmOps;

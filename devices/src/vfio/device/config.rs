@@ -4,7 +4,7 @@
 use super::VfioPciDevice;
 use crate::pci::bar::{BAR0_OFFSET, NUM_BARS, ROM_BAR_OFFSET};
 use crate::pci::config_space::{merge_write, write_lanes, COMMAND};
-use crate::vfio::backend::CONFIG_REGION;
+use crate::vfio::device_fd::CONFIG_REGION;
 
 impl VfioPciDevice {
     /// The dword at config offset `off` as the guest reads it.

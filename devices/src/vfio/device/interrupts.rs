@@ -5,7 +5,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::VfioPciDevice;
 use crate::pci::config_space::INTERRUPT_LINE;
 #[cfg(test)]
-use crate::vfio::msix::Msix;
+use crate::vfio::device::msix::Msix;
 
 impl VfioPciDevice {
     /// The MSI-X model, for tests that look inside.

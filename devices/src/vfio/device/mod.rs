@@ -21,20 +21,21 @@
 //! BARs' decode and addresses, `interrupts` switches between INTx, MSI and MSI-X, and
 //! `reset` brings the device back to its power-on state.
 
+pub(crate) mod bar_mmap;
 mod bar_state;
 mod config;
 mod interrupts;
+pub(crate) mod intx;
+pub(crate) mod msi;
+pub(crate) mod msix;
 mod reset;
 #[cfg(test)]
 mod tests;
+mod vector;
 
 use std::sync::Arc;
 
-use super::backend::{IrqIndex, VfioDeviceOps, CONFIG_REGION};
-use super::bars::{mmap_areas, MappedArea};
-use super::intx::Intx;
-use super::msi::{Msi, MsiCap};
-use super::msix::{Msix, MsixCap};
+use super::device_fd::{IrqIndex, VfioDeviceOps, CONFIG_REGION};
 use super::vm::VmOps;
 use crate::bus::BusDevice;
 use crate::pci::bar::{
@@ -46,7 +47,11 @@ use crate::pci::config_space::{
     PCIE_CONFIG_SIZE, PCI_CONFIG_SIZE,
 };
 use crate::pci::{InterruptRouting, PciDevice};
+use bar_mmap::{mmap_areas, MappedArea};
 use bar_state::Bar;
+use intx::Intx;
+use msi::{Msi, MsiCap};
+use msix::{Msix, MsixCap};
 
 /// Extended capabilities never shown to the guest.
 const HIDDEN_EXT_CAPS: [u16; 3] = [ext_id::SRIOV, ext_id::RESIZABLE_BAR, ext_id::ARI];

@@ -4,7 +4,7 @@ use super::VfioPciDevice;
 use crate::pci::config_space::{
     COMMAND, COMMAND_IO, COMMAND_MASTER, COMMAND_MEMORY, INTERRUPT_LINE,
 };
-use crate::vfio::backend::CONFIG_REGION;
+use crate::vfio::device_fd::CONFIG_REGION;
 
 impl VfioPciDevice {
     /// Puts the device back in its power-on state for a guest reboot: interrupts off,

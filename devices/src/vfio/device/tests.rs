@@ -1,7 +1,7 @@
 use super::*;
 use crate::pci::bar::{Window, DEFAULT_MMIO64_LIMIT};
 use crate::pci::MsiMessage;
-use crate::vfio::backend::{IrqInfo, MmapArea, RegionInfo};
+use crate::vfio::device_fd::{IrqInfo, MmapArea, RegionInfo};
 use crate::vfio::testing::{DevCall, FakeDevice, RecordingVm, VmCall};
 use crate::vfio::vm::AddressSpace;
 

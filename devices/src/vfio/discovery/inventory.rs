@@ -8,9 +8,9 @@ use log::warn;
 use super::assignable::{device_problems, CheckContext, Problem};
 use super::class_names::is_host_side_bridge;
 use super::irq_remap::{self, InterruptIsolation};
-use super::memlock::HostLimits;
 use super::resolve::{describe, ResolvedDevice};
 use super::sysfs::{dir_names, Roots};
+use crate::vfio::memlock::HostLimits;
 
 /// One device of the listing.
 #[derive(Debug, Clone)]

@@ -20,9 +20,6 @@
 //! anything the user can fix (bad name, device not assignable, backend impossible),
 //! 1 for an unexpected host failure. Its `Display` is the whole message, fix included.
 //!
-//! After opening a device, call [`check_device_flags`] on `vfio_device_info.flags`:
-//! platform, ccw and other non-PCI VFIO devices are refused there, as the uAPI intends.
-//!
 //! The sysfs and `/dev` roots are parameters ([`Roots`]) so that everything here runs
 //! against a fake tree in unit tests.
 
@@ -30,12 +27,10 @@ pub mod assignable;
 pub mod backend_choice;
 pub mod bind;
 pub mod class_names;
-pub mod device_type;
 pub mod error;
 pub mod group;
 pub mod inventory;
 pub mod irq_remap;
-pub mod memlock;
 pub mod plan;
 pub mod resolve;
 pub mod sysfs;
@@ -48,7 +43,6 @@ mod tests;
 pub use assignable::{Problem, ProblemKind};
 pub use backend_choice::{Backend, BackendChoice, BackendDecision};
 pub use bind::{bind, unbind, BindOutcome, KernelSysfs, ManagedBinding, UnbindOutcome};
-pub use device_type::{check_device_flags, UnsupportedDeviceType};
 pub use error::DiscoveryError;
 pub use inventory::{inventory, Inventory};
 pub use plan::{plan, plan_with_limits, Plan};

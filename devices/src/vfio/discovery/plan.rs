@@ -3,15 +3,16 @@
 
 use std::fmt;
 
-use super::assignable::{device_problems, node_problem, CheckContext, Problem};
+use super::assignable::{device_problems, node_problem, CheckContext, Problem, ProblemKind};
 use super::backend_choice::{choose, Backend, BackendChoice, BackendDecision};
 use super::bind::ManagedBinding;
 use super::class_names::class_name;
 use super::error::DiscoveryError;
 use super::irq_remap;
-use super::memlock::{human, memlock_problem, HostLimits};
 use super::resolve::{check_iommufd_fd, resolve, ResolvedDevice};
 use super::sysfs::Roots;
+use crate::size::human;
+use crate::vfio::memlock::HostLimits;
 use crate::vfio::naming::{parse_device_spec, DeviceName};
 
 /// The devices of one VM, resolved and checked, and the backend they will use.
@@ -107,8 +108,15 @@ pub fn plan_with_limits(
             problems.push((d.name.clone(), p));
         }
     }
-    if let Some(p) = memlock_problem(limits, guest_memory) {
-        problems.push(("vm".into(), p));
+    if let Err(short) = limits.check(guest_memory) {
+        problems.push((
+            "vm".into(),
+            Problem {
+                kind: ProblemKind::Memlock,
+                reason: short.reason(),
+                fix: short.fix(),
+            },
+        ));
     }
     if !problems.is_empty() {
         return Err(DiscoveryError::NotAssignable { problems });

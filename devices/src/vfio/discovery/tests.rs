@@ -9,10 +9,10 @@ use super::backend_choice::{choose, Backend, BackendChoice};
 use super::bind::{bind, unbind, BindOutcome, ManagedBinding, SysfsWriter};
 use super::error::DiscoveryError;
 use super::fake_tree::FakeHost;
-use super::memlock::HostLimits;
 use super::plan::plan_with_limits;
 use super::resolve::{resolve, DeviceKind, ResolvedDevice};
 use super::sysfs::link_name;
+use crate::vfio::memlock::HostLimits;
 use crate::vfio::naming::parse_device_spec;
 
 const STORAGE: u32 = 0x010000;
@@ -396,7 +396,7 @@ fn plan_lines_say_what_and_why() {
         assert!(first.contains(want), "missing {want:?} in {first}");
     }
     assert!(text.contains("interrupt remapping"), "{text}");
-    assert!(text.contains("pinning 1G"), "{text}");
+    assert!(text.contains("pinning 1 GiB"), "{text}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The seam between the PCI device model and VFIO.
 //!
-//! [`VfioDeviceOps`] is everything [`super::device::VfioPciDevice`] needs from a VFIO device
+//! [`VfioDeviceOps`] is everything [`crate::vfio::device::VfioPciDevice`] needs from a VFIO device
 //! fd: region and IRQ info, region I/O, interrupt wiring, reset and the fd to mmap BARs
 //! from. It is implemented for `vfio_ioctls::VfioDevice` (both the group and the cdev
 //! backends open one) and by a fake in the unit tests, so the config-space, BAR and
@@ -16,7 +16,7 @@ use vfio_bindings::bindings::vfio::{
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::sys::{VFIO_DEVICE_GET_INFO, VFIO_DEVICE_RESET};
+use crate::vfio::sys::{VFIO_DEVICE_GET_INFO, VFIO_DEVICE_RESET};
 
 /// Region index of BAR0 (BAR n is `n`).
 pub const BAR0_REGION: u32 = 0;
@@ -97,7 +97,7 @@ pub struct IrqInfo {
 
 /// A VFIO device operation failed.
 #[derive(Debug, thiserror::Error)]
-pub enum BackendError {
+pub enum DeviceFdError {
     /// The kernel refused an operation; vfio-ioctls does not keep the errno for IRQ calls.
     #[error("VFIO {op} failed: {detail}")]
     Failed {
@@ -130,21 +130,21 @@ pub trait VfioDeviceOps: Send + Sync {
     /// Info for an interrupt index, or `None` when the device does not have it.
     fn irq_info(&self, index: IrqIndex) -> Option<IrqInfo>;
     /// Points vectors `0..fds.len()` of `index` at `fds` (`ACTION_TRIGGER`).
-    fn enable_irq(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), BackendError>;
+    fn enable_irq(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), DeviceFdError>;
     /// Tears down every vector of `index`.
-    fn disable_irq(&self, index: IrqIndex) -> Result<(), BackendError>;
+    fn disable_irq(&self, index: IrqIndex) -> Result<(), DeviceFdError>;
     /// Unmasks INTx (VFIO auto-masks it on every assertion).
-    fn unmask_intx(&self) -> Result<(), BackendError>;
+    fn unmask_intx(&self) -> Result<(), DeviceFdError>;
     /// Makes a write to `fd` unmask INTx inside the kernel (`ACTION_UNMASK` + eventfd).
-    fn set_intx_unmask_fd(&self, fd: &EventFd) -> Result<(), BackendError>;
+    fn set_intx_unmask_fd(&self, fd: &EventFd) -> Result<(), DeviceFdError>;
     /// Issues `VFIO_DEVICE_RESET`. `Ok(false)` when the device has no reset.
-    fn reset(&self) -> Result<bool, BackendError>;
+    fn reset(&self) -> Result<bool, DeviceFdError>;
     /// The device fd, to mmap BAR areas at `RegionInfo::offset + area.offset`.
     fn mmap_fd(&self) -> RawFd;
 }
 
 /// `VFIO_DEVICE_GET_INFO` on a device fd; vfio-ioctls keeps the flags private.
-fn query_device_flags(fd: RawFd) -> Result<u32, BackendError> {
+fn query_device_flags(fd: RawFd) -> Result<u32, DeviceFdError> {
     let mut info = vfio_device_info {
         argsz: std::mem::size_of::<vfio_device_info>() as u32,
         ..Default::default()
@@ -155,7 +155,7 @@ fn query_device_flags(fd: RawFd) -> Result<u32, BackendError> {
         vmm_sys_util::ioctl::ioctl_with_mut_ref(&Fd(fd), VFIO_DEVICE_GET_INFO(), &mut info)
     };
     if ret < 0 {
-        return Err(BackendError::Errno {
+        return Err(DeviceFdError::Errno {
             op: "get device info",
             source: std::io::Error::last_os_error(),
         });
@@ -247,37 +247,37 @@ impl VfioDeviceOps for VfioDevice {
         })
     }
 
-    fn enable_irq(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), BackendError> {
-        VfioDevice::enable_irq(self, index.raw(), fds.to_vec()).map_err(|e| BackendError::Failed {
+    fn enable_irq(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), DeviceFdError> {
+        VfioDevice::enable_irq(self, index.raw(), fds.to_vec()).map_err(|e| DeviceFdError::Failed {
             op: "enable interrupts",
             detail: format!("{index:?} with {} vectors: {e}", fds.len()),
         })
     }
 
-    fn disable_irq(&self, index: IrqIndex) -> Result<(), BackendError> {
-        VfioDevice::disable_irq(self, index.raw()).map_err(|e| BackendError::Failed {
+    fn disable_irq(&self, index: IrqIndex) -> Result<(), DeviceFdError> {
+        VfioDevice::disable_irq(self, index.raw()).map_err(|e| DeviceFdError::Failed {
             op: "disable interrupts",
             detail: format!("{index:?}: {e}"),
         })
     }
 
-    fn unmask_intx(&self) -> Result<(), BackendError> {
+    fn unmask_intx(&self) -> Result<(), DeviceFdError> {
         self.unmask_irq(VFIO_PCI_INTX_IRQ_INDEX)
-            .map_err(|e| BackendError::Failed {
+            .map_err(|e| DeviceFdError::Failed {
                 op: "unmask INTx",
                 detail: e.to_string(),
             })
     }
 
-    fn set_intx_unmask_fd(&self, fd: &EventFd) -> Result<(), BackendError> {
+    fn set_intx_unmask_fd(&self, fd: &EventFd) -> Result<(), DeviceFdError> {
         self.set_irq_resample_fd(VFIO_PCI_INTX_IRQ_INDEX, vec![fd])
-            .map_err(|e| BackendError::Failed {
+            .map_err(|e| DeviceFdError::Failed {
                 op: "set the INTx unmask eventfd",
                 detail: e.to_string(),
             })
     }
 
-    fn reset(&self) -> Result<bool, BackendError> {
+    fn reset(&self) -> Result<bool, DeviceFdError> {
         if self.device_flags() & VFIO_DEVICE_FLAGS_RESET == 0 {
             return Ok(false);
         }
@@ -285,7 +285,7 @@ impl VfioDeviceOps for VfioDevice {
         // SAFETY: VFIO_DEVICE_RESET takes no argument; the fd is this device's fd.
         let ret = unsafe { vmm_sys_util::ioctl::ioctl(self, VFIO_DEVICE_RESET()) };
         if ret < 0 {
-            return Err(BackendError::Errno {
+            return Err(DeviceFdError::Errno {
                 op: "device reset",
                 source: std::io::Error::last_os_error(),
             });

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError};
 
-use super::dma::{DmaError, IommuSpace};
 use super::handle::{Opened, OwnedVfioDevice};
+use super::{IommuError, IommuSpace};
 
 /// Opens the VM's container; `kvm_vfio` registers each group with KVM as it joins.
-pub fn open_container(kvm_vfio: Arc<VfioDeviceFd>) -> Result<IommuSpace, DmaError> {
-    let c = VfioContainer::new(Some(kvm_vfio)).map_err(|source| DmaError::Open {
+pub fn open_container(kvm_vfio: Arc<VfioDeviceFd>) -> Result<IommuSpace, IommuError> {
+    let c = VfioContainer::new(Some(kvm_vfio)).map_err(|source| IommuError::Open {
         what: "opening /dev/vfio/vfio".into(),
         hint: "; load the vfio and vfio_iommu_type1 modules (or use the iommufd backend)",
         source,
@@ -41,8 +41,8 @@ fn hint(e: &VfioError) -> &'static str {
 pub(super) fn open_device(
     c: &Arc<VfioContainer>,
     sysfs: &Path,
-) -> Result<OwnedVfioDevice, DmaError> {
-    let dev = VfioDevice::new(sysfs, c.clone(), false).map_err(|source| DmaError::Open {
+) -> Result<OwnedVfioDevice, IommuError> {
+    let dev = VfioDevice::new(sysfs, c.clone(), false).map_err(|source| IommuError::Open {
         what: format!("opening {} through its VFIO group", sysfs.display()),
         hint: hint(&source),
         source,
@@ -65,7 +65,7 @@ mod tests {
             return;
         };
         let vm = kvm.create_vm().unwrap();
-        let kdev = crate::vfio::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
+        let kdev = crate::vfio::iommu::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
         if Path::new("/dev/vfio/vfio").exists() {
             return; // a VFIO host: nothing to assert here
         }

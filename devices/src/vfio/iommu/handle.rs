@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use vfio_ioctls::VfioDevice;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::backend::{BackendError, IrqIndex, IrqInfo, RegionInfo, VfioDeviceOps};
+use crate::vfio::device_fd::{DeviceFdError, IrqIndex, IrqInfo, RegionInfo, VfioDeviceOps};
 
 /// Which backend opened the device (decides what its `Drop` needs).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,19 +101,19 @@ impl VfioDeviceOps for OwnedVfioDevice {
     fn irq_info(&self, index: IrqIndex) -> Option<IrqInfo> {
         self.dev()?.irq_info(index)
     }
-    fn enable_irq(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), BackendError> {
+    fn enable_irq(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), DeviceFdError> {
         self.dev().ok_or(gone())?.enable_irq_fds(index, fds)
     }
-    fn disable_irq(&self, index: IrqIndex) -> Result<(), BackendError> {
+    fn disable_irq(&self, index: IrqIndex) -> Result<(), DeviceFdError> {
         VfioDeviceOps::disable_irq(self.dev().ok_or(gone())?, index)
     }
-    fn unmask_intx(&self) -> Result<(), BackendError> {
+    fn unmask_intx(&self) -> Result<(), DeviceFdError> {
         self.dev().ok_or(gone())?.unmask_intx()
     }
-    fn set_intx_unmask_fd(&self, fd: &EventFd) -> Result<(), BackendError> {
+    fn set_intx_unmask_fd(&self, fd: &EventFd) -> Result<(), DeviceFdError> {
         self.dev().ok_or(gone())?.set_intx_unmask_fd(fd)
     }
-    fn reset(&self) -> Result<bool, BackendError> {
+    fn reset(&self) -> Result<bool, DeviceFdError> {
         VfioDeviceOps::reset(self.dev().ok_or(gone())?)
     }
     fn mmap_fd(&self) -> RawFd {
@@ -121,8 +121,8 @@ impl VfioDeviceOps for OwnedVfioDevice {
     }
 }
 
-fn gone() -> BackendError {
-    BackendError::Failed {
+fn gone() -> DeviceFdError {
+    DeviceFdError::Failed {
         op: "access",
         detail: GONE.to_string(),
     }
@@ -130,11 +130,11 @@ fn gone() -> BackendError {
 
 /// Method-call sugar so the trait's `enable_irq` is not confused with the inherent one.
 trait EnableIrqFds {
-    fn enable_irq_fds(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), BackendError>;
+    fn enable_irq_fds(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), DeviceFdError>;
 }
 
 impl EnableIrqFds for VfioDevice {
-    fn enable_irq_fds(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), BackendError> {
+    fn enable_irq_fds(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), DeviceFdError> {
         VfioDeviceOps::enable_irq(self, index, fds)
     }
 }

@@ -6,10 +6,10 @@
 //! `data | i` (the low `log2(n)` data bits carry the vector number, as the spec says),
 //! through a vector (`irq.rs`) like MSI-X.
 
-use super::backend::{IrqIndex, VfioDeviceOps};
-use super::irq::Vector;
+use super::vector::Vector;
 use crate::pci::config_space::merge_write;
 use crate::pci::{InterruptRouting, MsiMessage};
+use crate::vfio::device_fd::{IrqIndex, VfioDeviceOps};
 
 const CTRL_ENABLE: u16 = 1 << 0;
 const CTRL_64BIT: u16 = 1 << 7;
@@ -247,7 +247,7 @@ impl Msi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vfio::backend::IrqInfo;
+    use crate::vfio::device_fd::IrqInfo;
     use crate::vfio::testing::{DevCall, FakeDevice, RecordingVm, VmCall};
 
     fn cfg_with(ctrl: u16) -> Vec<u8> {

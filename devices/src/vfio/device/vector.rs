@@ -46,11 +46,6 @@ impl Vector {
         })
     }
 
-    /// The GSI, once allocated.
-    pub fn gsi(&self) -> Option<u32> {
-        self.gsi
-    }
-
     /// Makes the vector deliver `msg` (`Some`) or go quiet (`None`).
     pub fn sync(
         &mut self,

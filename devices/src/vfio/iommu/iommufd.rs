@@ -8,21 +8,21 @@ use std::sync::Arc;
 use iommufd_ioctls::IommuFd;
 use vfio_ioctls::{VfioDevice, VfioDeviceFd, VfioError, VfioIommufd};
 
-use super::dma::{DeviceSource, DmaError, IommuSpace};
 use super::handle::{Opened, OwnedVfioDevice};
+use super::{DeviceSource, IommuError, IommuSpace};
 
 /// Opens the VM's iommufd (or adopts `iommufd_fd`, passed by a privileged launcher) and
 /// allocates its IOAS; `kvm_vfio` registers each cdev with KVM before its bind.
 pub fn open_ioas(
     kvm_vfio: Arc<VfioDeviceFd>,
     iommufd_fd: Option<RawFd>,
-) -> Result<IommuSpace, DmaError> {
+) -> Result<IommuSpace, IommuError> {
     let iommufd = match iommufd_fd {
         Some(fd) => {
             // SAFETY: `dup` makes a new descriptor we own; the caller keeps theirs.
             let dup = unsafe { libc::dup(fd) };
             if dup < 0 {
-                return Err(DmaError::Open {
+                return Err(IommuError::Open {
                     what: format!("using --iommufd-fd {fd}"),
                     source: VfioError::VfioDeviceDupFd,
                     hint: "; pass an open /dev/iommu descriptor",
@@ -31,14 +31,14 @@ pub fn open_ioas(
             // SAFETY: `dup` is a fresh descriptor owned by nobody else.
             IommuFd::new_from_fd(unsafe { File::from_raw_fd(dup) })
         }
-        None => IommuFd::new().map_err(|e| DmaError::Open {
+        None => IommuFd::new().map_err(|e| IommuError::Open {
             what: "opening /dev/iommu".into(),
             source: VfioError::NewVfioIommufd(e),
             hint: "; the host kernel needs CONFIG_IOMMUFD (or use --vfio-backend group)",
         })?,
     };
     let v = VfioIommufd::new(Arc::new(iommufd), None, Some(kvm_vfio)).map_err(|source| {
-        DmaError::Open {
+        IommuError::Open {
             what: "allocating an IOAS".into(),
             source,
             hint: "",
@@ -65,13 +65,13 @@ fn hint(e: &VfioError) -> &'static str {
 pub(super) fn open_device(
     v: &Arc<VfioIommufd>,
     src: &DeviceSource,
-) -> Result<OwnedVfioDevice, DmaError> {
+) -> Result<OwnedVfioDevice, IommuError> {
     let shown = match (&src.cdev_fd, &src.cdev) {
         (Some(fd), _) => format!("cdev fd {fd}"),
         (None, Some(p)) => p.display().to_string(),
         (None, None) => src.sysfs.display().to_string(),
     };
-    let wrap = |source: VfioError| DmaError::Open {
+    let wrap = |source: VfioError| IommuError::Open {
         what: format!("opening {shown} through iommufd"),
         hint: hint(&source),
         source,
@@ -108,7 +108,7 @@ mod tests {
             return;
         };
         let vm = kvm.create_vm().unwrap();
-        let kdev = crate::vfio::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
+        let kdev = crate::vfio::iommu::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
         if std::path::Path::new("/dev/iommu").exists() {
             return;
         }

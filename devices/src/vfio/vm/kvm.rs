@@ -14,7 +14,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::vm::{AddressSpace, VmOps, VmOpsError};
+use super::{AddressSpace, VmOps, VmOpsError};
 use crate::bus::{Bus, BusDevice};
 
 /// KVM memory slot numbers for device memory, shared by all devices of a VM.
@@ -294,12 +294,13 @@ mod tests {
         };
         let f = tempfile::tempfile().unwrap();
         f.set_len(0x2000).unwrap();
-        let area = crate::vfio::backend::MmapArea {
+        let area = crate::vfio::device_fd::MmapArea {
             offset: 0,
             size: 0x2000,
         };
         use std::os::unix::io::AsRawFd;
-        let m = crate::vfio::bars::MappedArea::map(f.as_raw_fd(), 0, area, true).unwrap();
+        let m =
+            crate::vfio::device::bar_mmap::MappedArea::map(f.as_raw_fd(), 0, area, true).unwrap();
         let s1 = o.add_memslot(0xd000_0000, 0x1000, m.host_addr()).unwrap();
         let s2 = o
             .add_memslot(0xd000_1000, 0x1000, m.host_addr() + 0x1000)
@@ -384,8 +385,8 @@ mod glue_tests {
     use super::*;
     use crate::pci::bar::{BarAllocator, Window, DEFAULT_MMIO64_LIMIT};
     use crate::pci::PciDevice;
-    use crate::vfio::backend::{IrqIndex, IrqInfo, RegionInfo};
     use crate::vfio::device::{DeviceContext, VfioPciDevice};
+    use crate::vfio::device_fd::{IrqIndex, IrqInfo, RegionInfo};
     use crate::vfio::testing::{FakeDevice, RecordingVm};
 
     /// The glue of docs/passthrough.md §8 on a real KVM VM: slots of mmapped BAR memory,

@@ -15,10 +15,9 @@
 
 use std::os::unix::io::RawFd;
 
-use super::backend::{MmapArea, RegionInfo};
+use crate::vfio::device_fd::{MmapArea, RegionInfo};
 
-/// Host page size assumed for mmaps and KVM slots.
-pub const PAGE_SIZE: u64 = 4096;
+use crate::size::PAGE_SIZE;
 
 fn align_down(v: u64) -> u64 {
     v & !(PAGE_SIZE - 1)
@@ -171,7 +170,7 @@ impl Drop for MappedArea {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vfio::backend::RegionInfo;
+    use crate::vfio::device_fd::RegionInfo;
 
     const MMAP: u32 = 0x7; // READ | WRITE | MMAP
 

@@ -12,9 +12,9 @@
 //! delivers them when it is attached again on unmask; the PBA shows exactly that (bit i
 //! set while vector i is masked and its eventfd is readable).
 
-use super::backend::{IrqIndex, VfioDeviceOps};
-use super::irq::Vector;
+use super::vector::Vector;
 use crate::pci::{InterruptRouting, MsiMessage};
+use crate::vfio::device_fd::{IrqIndex, VfioDeviceOps};
 
 /// MSI-X control: enable.
 pub const CTRL_ENABLE: u16 = 1 << 15;
@@ -129,14 +129,10 @@ impl Msix {
         !self.enabled && ctrl & CTRL_ENABLE != 0
     }
 
-    /// The eventfd of vector `i` (tests and the VMM's diagnostics).
+    /// The eventfd of vector `i` (the tests and the hardware probes fire it).
+    #[cfg(test)]
     pub fn eventfd(&self, i: usize) -> Option<&vmm_sys_util::eventfd::EventFd> {
         self.vectors.get(i).map(|v| &v.eventfd)
-    }
-
-    /// The GSI of vector `i`, once it was first unmasked.
-    pub fn gsi(&self, i: usize) -> Option<u32> {
-        self.vectors.get(i).and_then(|v| v.gsi())
     }
 
     /// The guest wrote the control word (only enable and function mask are writable).
@@ -302,7 +298,7 @@ fn locate(o: u64) -> (usize, usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vfio::backend::IrqInfo;
+    use crate::vfio::device_fd::IrqInfo;
     use crate::vfio::testing::{DevCall, FakeDevice, RecordingVm, VmCall};
 
     fn cap(n: u16) -> MsixCap {

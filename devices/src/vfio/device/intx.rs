@@ -19,8 +19,8 @@
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::backend::{IrqIndex, VfioDeviceOps};
 use crate::pci::InterruptRouting;
+use crate::vfio::device_fd::{IrqIndex, VfioDeviceOps};
 
 /// INTx wiring of one function.
 #[derive(Debug)]
@@ -50,6 +50,7 @@ impl Intx {
     }
 
     /// True while INTx is wired.
+    #[cfg(test)]
     pub fn enabled(&self) -> bool {
         self.enabled
     }
@@ -126,7 +127,7 @@ impl Intx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vfio::backend::IrqInfo;
+    use crate::vfio::device_fd::IrqInfo;
     use crate::vfio::testing::{DevCall, FakeDevice, RecordingVm, VmCall};
 
     fn dev(unmask_unsupported: bool) -> FakeDevice {

@@ -8,6 +8,10 @@
 //! Every call may come from inside a guest config-space write, with the device's own lock
 //! held: an implementation must not lock the device, and may defer bus changes
 //! ([`VmOps::register_trap`]) to after the current exit if its bus lock is held there.
+//!
+//! [`kvm`] is the implementation the VMM uses.
+
+pub mod kvm;
 
 /// A guest address space a BAR can live in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

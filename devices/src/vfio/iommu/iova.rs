@@ -12,7 +12,7 @@ use vfio_bindings::bindings::vfio::{
     vfio_iommu_type1_info, VFIO_IOMMU_INFO_CAPS, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
 };
 
-use super::sys::{IOMMU_IOAS_IOVA_RANGES, VFIO_IOMMU_GET_INFO};
+use crate::vfio::sys::{IOMMU_IOAS_IOVA_RANGES, VFIO_IOMMU_GET_INFO};
 
 /// An inclusive IOVA range `[start, last]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

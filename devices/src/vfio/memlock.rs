@@ -1,8 +1,12 @@
-//! RLIMIT_MEMLOCK: VFIO pins all of guest RAM, and both backends charge it to the user.
+//! RLIMIT_MEMLOCK: VFIO pins all of guest RAM, and both IOMMU backends charge it to the
+//! user. One check, used twice: by discovery before anything is opened (so `--dry-run`
+//! and `passvm devices` can say it) and by the DMA map right before pinning.
 
-use super::assignable::{Problem, ProblemKind};
+use thiserror::Error;
 
-/// `CAP_IPC_LOCK` in the capability bit sets.
+use crate::size::human;
+
+/// `CAP_IPC_LOCK` in the capability bit sets (linux/capability.h).
 const CAP_IPC_LOCK: u32 = 14;
 
 /// What this process may pin.
@@ -33,6 +37,16 @@ impl HostLimits {
             ipc_lock: has_cap_ipc_lock(),
         }
     }
+
+    /// Fails when pinning `bytes` of guest RAM would exceed the limit.
+    pub fn check(&self, bytes: u64) -> Result<(), MemlockShortfall> {
+        match self.memlock {
+            Some(limit) if !self.ipc_lock && bytes > limit => {
+                Err(MemlockShortfall { limit, need: bytes })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 fn has_cap_ipc_lock() -> bool {
@@ -44,45 +58,35 @@ fn has_cap_ipc_lock() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
 }
 
-/// Formats a byte count the way `--memory` takes it.
-pub fn human(bytes: u64) -> String {
-    const G: u64 = 1 << 30;
-    const M: u64 = 1 << 20;
-    const K: u64 = 1 << 10;
-    if bytes >= G && bytes % G == 0 {
-        format!("{}G", bytes / G)
-    } else if bytes >= M && bytes % M == 0 {
-        format!("{}M", bytes / M)
-    } else if bytes >= K {
-        format!("{}K", bytes.div_ceil(K))
-    } else {
-        format!("{bytes}B")
-    }
+/// Guest RAM does not fit in what RLIMIT_MEMLOCK lets VFIO pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("{}; {}", self.reason(), self.fix())]
+pub struct MemlockShortfall {
+    /// The soft limit, bytes.
+    pub limit: u64,
+    /// What must be pinned, bytes.
+    pub need: u64,
 }
 
-/// A problem when `guest_memory` bytes cannot be pinned under `limits`.
-pub fn memlock_problem(limits: &HostLimits, guest_memory: u64) -> Option<Problem> {
-    if limits.ipc_lock || guest_memory == 0 {
-        return None;
-    }
-    let limit = limits.memlock?;
-    if limit >= guest_memory {
-        return None;
-    }
-    let kib = guest_memory.div_ceil(1024);
-    Some(Problem {
-        kind: ProblemKind::Memlock,
-        reason: format!(
+impl MemlockShortfall {
+    /// What is wrong, with both numbers.
+    pub fn reason(&self) -> String {
+        format!(
             "RLIMIT_MEMLOCK is {} but VFIO must pin all {} of guest memory",
-            human(limit),
-            human(guest_memory)
-        ),
-        fix: format!(
+            human(self.limit),
+            human(self.need)
+        )
+    }
+
+    /// How to fix it, with the `ulimit -l` value (KiB) that would do.
+    pub fn fix(&self) -> String {
+        let kib = self.need.div_ceil(1024);
+        format!(
             "raise it: `ulimit -l {kib}` (or unlimited) in the launching shell, `<user> hard memlock {kib}` \
              in /etc/security/limits.conf, or LimitMEMLOCK= in a systemd unit; running as root \
              (CAP_IPC_LOCK) lifts the limit"
-        ),
-    })
+        )
+    }
 }
 
 #[cfg(test)]
@@ -95,11 +99,15 @@ mod tests {
             memlock: Some(64 << 20),
             ipc_lock: false,
         };
-        let p = memlock_problem(&l, 1 << 30).unwrap();
-        let s = p.to_string();
-        assert!(s.contains("64M"), "{s}");
-        assert!(s.contains("1G"), "{s}");
+        let s = l.check(1 << 30).unwrap_err().to_string();
+        assert!(s.contains("64 MiB"), "{s}");
+        assert!(s.contains("1 GiB"), "{s}");
         assert!(s.contains("ulimit -l 1048576"), "{s}");
+        let s = l.check((1 << 30) + 1).unwrap_err().to_string();
+        assert!(
+            s.contains("ulimit -l 1048577"),
+            "rounded up to whole KiB: {s}"
+        );
     }
 
     #[test]
@@ -108,17 +116,18 @@ mod tests {
             memlock: Some(2 << 30),
             ipc_lock: false,
         };
-        assert!(memlock_problem(&enough, 1 << 30).is_none());
+        assert!(enough.check(1 << 30).is_ok());
+        assert!(enough.check(2 << 30).is_ok(), "exactly the limit fits");
         let unlimited = HostLimits {
             memlock: None,
             ipc_lock: false,
         };
-        assert!(memlock_problem(&unlimited, 1 << 40).is_none());
+        assert!(unlimited.check(1 << 40).is_ok());
         let cap = HostLimits {
             memlock: Some(0),
             ipc_lock: true,
         };
-        assert!(memlock_problem(&cap, 1 << 30).is_none());
+        assert!(cap.check(1 << 30).is_ok());
     }
 
     #[test]
@@ -126,7 +135,7 @@ mod tests {
         // Whatever the CI user has, the call must succeed and be self-consistent.
         let l = HostLimits::current();
         if let Some(m) = l.memlock {
-            assert!(memlock_problem(&l, m).is_none());
+            assert!(l.check(m).is_ok());
         }
     }
 }
