@@ -21,8 +21,8 @@ use vm_memory::GuestMemoryBackend;
 
 use super::device::{DeviceContext, DeviceError, VfioPciDevice};
 use super::device_fd::VfioDeviceOps;
-use super::discovery::backend_choice::Backend;
-use super::discovery::resolve::ResolvedDevice;
+use super::discovery::model::Backend;
+use super::discovery::model::ResolvedDevice;
 use super::iommu::kvm_vfio::{create_kvm_vfio_device, KvmVfioError};
 use super::iommu::{DeviceSource, DmaReport, IommuError, IommuSpace};
 use super::vm::kvm::{KvmVmOps, SlotPool};

@@ -2,69 +2,13 @@
 //! each with the reason and the fix. `passvm devices` shows them; a VM start refuses
 //! to go on while any is present.
 
-use std::fmt;
 use std::fs::OpenOptions;
 use std::io;
 use std::path::Path;
 
-use super::backend_choice::Backend;
 use super::group::blockers;
-use super::resolve::{DeviceKind, ResolvedDevice};
+use super::model::{Backend, DeviceKind, Problem, ProblemKind, ResolvedDevice};
 use super::sysfs::{dir_names, Roots};
-
-/// The kinds of problems, for callers that act on them (and for JSON).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProblemKind {
-    /// The device is not bound to a VFIO driver.
-    NotVfioDriver,
-    /// Another member of the IOMMU group is bound to a host driver.
-    GroupNotViable,
-    /// No IOMMU translates the device's DMA.
-    NoIommu,
-    /// A VFIO node does not exist.
-    NodeMissing,
-    /// A VFIO node cannot be opened read-write by this user.
-    NodePermission,
-    /// A VFIO node is open elsewhere (another VM).
-    NodeBusy,
-    /// RLIMIT_MEMLOCK is below the guest memory.
-    Memlock,
-    /// No interrupt remapping and no opt-in.
-    InterruptRemapping,
-}
-
-impl ProblemKind {
-    /// A stable identifier (`not-vfio-driver`, ...), used in JSON.
-    pub fn id(&self) -> &'static str {
-        match self {
-            ProblemKind::NotVfioDriver => "not-vfio-driver",
-            ProblemKind::GroupNotViable => "group-not-viable",
-            ProblemKind::NoIommu => "no-iommu",
-            ProblemKind::NodeMissing => "node-missing",
-            ProblemKind::NodePermission => "node-permission",
-            ProblemKind::NodeBusy => "node-busy",
-            ProblemKind::Memlock => "memlock",
-            ProblemKind::InterruptRemapping => "interrupt-remapping",
-        }
-    }
-}
-
-/// One reason a device cannot be assigned, and what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The kind.
-    pub kind: ProblemKind,
-    /// What is wrong.
-    pub reason: String,
-    /// What to do.
-    pub fix: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}; fix: {}", self.reason, self.fix)
-    }
-}
 
 /// What a check knows beyond the device itself.
 #[derive(Debug, Clone, Copy)]

@@ -4,11 +4,10 @@
 //! Mixing them would give a VM two IOMMU address spaces, so guest RAM would be pinned
 //! and mapped twice; one backend per VM avoids that.
 
-use std::fmt;
 use std::str::FromStr;
 
 use super::error::DiscoveryError;
-use super::resolve::ResolvedDevice;
+use super::model::{Backend, ResolvedDevice};
 use super::sysfs::{attr, dir_names, Roots};
 
 /// What `--vfio-backend` asks for.
@@ -33,24 +32,6 @@ impl FromStr for BackendChoice {
             "group" | "legacy" => Ok(BackendChoice::Group),
             _ => Err(DiscoveryError::BadBackendName(s.to_string())),
         }
-    }
-}
-
-/// The backend a VM uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// `/dev/iommu` + `/dev/vfio/devices/vfioN`.
-    Iommufd,
-    /// `/dev/vfio/vfio` (type1v2) + `/dev/vfio/N`.
-    Group,
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Iommufd => "iommufd",
-            Backend::Group => "group",
-        })
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use super::assignable::Problem;
+use super::model::Problem;
 use crate::vfio::naming::NamingError;
 
 /// Exit code for anything the user can fix: a bad `--device`, a device that cannot be

@@ -5,10 +5,12 @@ use std::fs;
 
 use log::warn;
 
-use super::assignable::{device_problems, CheckContext, Problem};
+use super::assignable::{device_problems, CheckContext};
 use super::class_names::is_host_side_bridge;
 use super::irq_remap::{self, InterruptIsolation};
-use super::resolve::{describe, ResolvedDevice};
+use super::model::Problem;
+use super::model::ResolvedDevice;
+use super::resolve::describe;
 use super::sysfs::{dir_names, Roots};
 use crate::vfio::memlock::HostLimits;
 

@@ -6,8 +6,8 @@
 //! `/sys/kernel/irq/<n>/chip_name`. Elsewhere (ARM ITS, POWER) MSI isolation comes from
 //! other hardware, so the state is reported as unknown instead of guessed.
 
-use super::assignable::{Problem, ProblemKind};
-use super::backend_choice::Backend;
+use super::model::Backend;
+use super::model::{Problem, ProblemKind};
 use super::sysfs::{attr, dir_names, Roots};
 
 /// What the host's interrupt chips say about remapping.

@@ -31,6 +31,7 @@ pub mod error;
 pub mod group;
 pub mod inventory;
 pub mod irq_remap;
+pub mod model;
 pub mod plan;
 pub mod resolve;
 pub mod sysfs;
@@ -40,11 +41,11 @@ mod fake_tree;
 #[cfg(test)]
 mod tests;
 
-pub use assignable::{Problem, ProblemKind};
-pub use backend_choice::{Backend, BackendChoice, BackendDecision};
+pub use backend_choice::{BackendChoice, BackendDecision};
 pub use bind::{bind, unbind, BindOutcome, KernelSysfs, ManagedBinding, UnbindOutcome};
 pub use error::DiscoveryError;
 pub use inventory::{inventory, Inventory};
+pub use model::{Backend, Cdev, DeviceKind, Problem, ProblemKind, ResolvedDevice};
 pub use plan::{plan, plan_with_limits, Plan};
-pub use resolve::{resolve, Cdev, DeviceKind, ResolvedDevice};
+pub use resolve::resolve;
 pub use sysfs::Roots;

@@ -3,13 +3,14 @@
 
 use std::fmt;
 
-use super::assignable::{device_problems, node_problem, CheckContext, Problem, ProblemKind};
-use super::backend_choice::{choose, Backend, BackendChoice, BackendDecision};
+use super::assignable::{device_problems, node_problem, CheckContext};
+use super::backend_choice::{choose, BackendChoice, BackendDecision};
 use super::bind::ManagedBinding;
 use super::class_names::class_name;
 use super::error::DiscoveryError;
 use super::irq_remap;
-use super::resolve::{check_iommufd_fd, resolve, ResolvedDevice};
+use super::model::{Backend, Problem, ProblemKind, ResolvedDevice};
+use super::resolve::{check_iommufd_fd, resolve};
 use super::sysfs::Roots;
 use crate::size::human;
 use crate::vfio::memlock::HostLimits;

@@ -4,95 +4,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::error::DiscoveryError;
-use super::group::{self, GroupMember};
+use super::group;
+use super::model::{Cdev, DeviceKind, ResolvedDevice};
 use super::sysfs::{
     attr, char_devnum, dir_names, file_name, link_name, parse_devnum, parse_hex, split_rdev, Roots,
 };
 use crate::vfio::naming::{parse_device_name, Bdf, DeviceName, DeviceSpec};
-
-/// The bus a resolved device sits on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceKind {
-    /// A PCI device (`/sys/bus/pci`).
-    Pci,
-    /// A mediated device (`/sys/bus/mdev`); VFIO presents it as a PCI device.
-    Mdev,
-}
-
-impl std::fmt::Display for DeviceKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DeviceKind::Pci => "pci",
-            DeviceKind::Mdev => "mdev",
-        })
-    }
-}
-
-/// A device's VFIO character device (`/dev/vfio/devices/vfioN`), checked against sysfs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cdev {
-    /// `vfioN`.
-    pub name: String,
-    /// The node under the `/dev` root.
-    pub node: PathBuf,
-    /// Its major:minor, as sysfs registers it and the node carries it.
-    pub devnum: (u32, u32),
-}
-
-/// A device named by `--device`, with everything the backends and checks need.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvedDevice {
-    /// The device part of `--device` as the user gave it (`fd=N` for fds).
-    pub given_as: String,
-    /// PCI or mdev.
-    pub kind: DeviceKind,
-    /// The sysfs name: a BDF for PCI, a UUID for mdev.
-    pub name: String,
-    /// The PCI address (PCI devices only).
-    pub bdf: Option<Bdf>,
-    /// The parent device of an mdev (its sysfs name).
-    pub parent: Option<String>,
-    /// The mdev type (`mtty-2`, ...).
-    pub mdev_type: Option<String>,
-    /// Canonical sysfs directory, under the sysfs root.
-    pub sysfs: PathBuf,
-    /// PCI vendor ID (not in sysfs for an mdev).
-    pub vendor: Option<u16>,
-    /// PCI device ID.
-    pub device: Option<u16>,
-    /// 24-bit PCI class code.
-    pub class: Option<u32>,
-    /// The bound driver.
-    pub driver: Option<String>,
-    /// Whether that driver is a VFIO driver.
-    pub vfio_bound: bool,
-    /// The IOMMU group, `None` when the device has no IOMMU behind it.
-    pub group: Option<u32>,
-    /// Every member of that group, this device included.
-    pub group_members: Vec<GroupMember>,
-    /// `/dev/vfio/N` under the `/dev` root (may not exist yet).
-    pub group_node: Option<PathBuf>,
-    /// The verified cdev, when the device has one.
-    pub cdev: Option<Cdev>,
-    /// Why there is no usable cdev (kernel without cdev support, node missing, ...).
-    pub cdev_absent: Option<String>,
-    /// A cdev fd handed over with `fd=N`.
-    pub fd: Option<i32>,
-    /// `id=`.
-    pub id: Option<String>,
-    /// `managed=on`.
-    pub managed: bool,
-}
-
-impl ResolvedDevice {
-    /// `vendor:device` in hex, or `-` when unknown.
-    pub fn vendor_device(&self) -> String {
-        match (self.vendor, self.device) {
-            (Some(v), Some(d)) => format!("{v:04x}:{d:04x}"),
-            _ => "-".into(),
-        }
-    }
-}
 
 /// Resolves one `--device` to the devices it names (several for a whole group).
 pub fn resolve(spec: &DeviceSpec, roots: &Roots) -> Result<Vec<ResolvedDevice>, DiscoveryError> {

@@ -4,13 +4,13 @@ use std::fs;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::assignable::ProblemKind;
-use super::backend_choice::{choose, Backend, BackendChoice};
+use super::backend_choice::{choose, BackendChoice};
 use super::bind::{bind, unbind, BindOutcome, ManagedBinding, SysfsWriter};
 use super::error::DiscoveryError;
 use super::fake_tree::FakeHost;
+use super::model::{Backend, DeviceKind, ProblemKind, ResolvedDevice};
 use super::plan::plan_with_limits;
-use super::resolve::{resolve, DeviceKind, ResolvedDevice};
+use super::resolve::resolve;
 use super::sysfs::link_name;
 use crate::vfio::memlock::HostLimits;
 use crate::vfio::naming::parse_device_spec;
