@@ -7,7 +7,6 @@ mod config;
 mod console;
 mod dry_run;
 mod exit;
-mod interrupts;
 mod memory;
 mod passthrough;
 mod signals;

@@ -37,9 +37,9 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::boot::mptable::{self, MpTableError, PciIntx, FIRST_PCI_IOAPIC_PIN};
 use crate::config::VmConfig;
-use crate::interrupts::Interrupts;
 use crate::memory::{MemoryError, MemoryLayout};
 use crate::vcpu::Buses;
+use devices::pci::kvm_routing::Interrupts;
 
 /// The I/O-port window for I/O BARs: the top quarter of the port space, as on a PC, clear
 /// of every legacy port passvm emulates.

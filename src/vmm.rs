@@ -42,13 +42,13 @@ use crate::cli::VmArgs;
 use crate::config::{SerialConfig, VmConfig};
 use crate::console::{self, ConsoleInput, ConsoleOutput};
 use crate::exit::{ExitReason, VmExit, EXIT_ERROR, EXIT_USAGE};
-use crate::interrupts::Interrupts;
 use crate::memory::{self, MemoryError};
 use crate::passthrough::{self, PassthroughSetupError, PassthroughVm, Prepared, VmParts};
 use crate::signals::TerminationSignals;
 use crate::terminal::RawMode;
 use crate::vcpu::{self, Buses, Vcpu};
 use crate::vcpu_state::StateRequests;
+use devices::pci::kvm_routing::Interrupts;
 
 /// KVM's TSS (three pages) for vCPUs in real mode on Intel: in the unused space between the
 /// LAPIC/MSI window and the 4 GiB boundary (where firmware would be), outside RAM and BARs.

@@ -128,7 +128,8 @@ fn non_test_code(text: &str) -> Vec<(usize, String)> {
         };
         let in_test = mods.iter().any(|&(_, t)| t);
         let inline_depth = mods.len();
-        if !in_test && !(opens_mod && cfg_test_pending) {
+        let opens_test_mod = opens_mod && cfg_test_pending;
+        if !in_test && !opens_test_mod {
             out.push((inline_depth, line.clone()));
         }
         for c in line.chars() {

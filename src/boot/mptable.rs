@@ -30,13 +30,12 @@
 //! [`write()`] may be called again after `boot::load` (before the vCPUs run) to add the INTx
 //! lines of devices created later; it rewrites the whole table in place.
 
+use devices::pci::route_table::IOAPIC_PINS;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::MPTABLE_START;
 use crate::memory::{HIGH_RAM_START, IOAPIC_START, LAPIC_START};
 
-/// Number of IOAPIC input pins (KVM's in-kernel IOAPIC).
-pub const IOAPIC_PINS: u8 = 24;
 /// First IOAPIC pin not used by ISA interrupts; PCI INTx lines should use 16..24.
 pub const FIRST_PCI_IOAPIC_PIN: u8 = 16;
 /// Most vCPUs the table can describe: xAPIC ids are 8 bits, 0xff is broadcast, and the
@@ -122,7 +121,9 @@ impl PciIntx {
     /// no INTx pin or the values cannot be described (slot ≥ 32, GSI beyond the IOAPIC).
     pub fn new(device: u8, interrupt_pin: u8, gsi: u32) -> Option<Self> {
         let pin = IntxPin::from_config(interrupt_pin)?;
-        let ioapic_pin = u8::try_from(gsi).ok().filter(|p| *p < IOAPIC_PINS)?;
+        let ioapic_pin = u8::try_from(gsi)
+            .ok()
+            .filter(|p| u32::from(*p) < IOAPIC_PINS)?;
         (device < 32).then_some(PciIntx {
             device,
             pin,
@@ -163,7 +164,7 @@ pub fn build(vcpus: u8, intx: &[PciIntx]) -> Result<Vec<u8>, MpTableError> {
     }
     if let Some(bad) = intx
         .iter()
-        .find(|r| r.device >= 32 || r.ioapic_pin >= IOAPIC_PINS)
+        .find(|r| r.device >= 32 || u32::from(r.ioapic_pin) >= IOAPIC_PINS)
     {
         return Err(MpTableError::BadIntx(*bad));
     }

@@ -8,6 +8,8 @@ pub mod bar;
 pub mod caps;
 pub mod config_space;
 pub mod host_bridge;
+pub mod kvm_routing;
+pub mod route_table;
 
 use vmm_sys_util::eventfd::EventFd;
 

@@ -22,6 +22,7 @@ use super::vm::kvm::{KvmVmOps, SlotPool};
 use crate::bus::{Bus, BusDevice};
 use crate::pci::bar::{BarAllocator, Window, DEFAULT_MMIO64_LIMIT};
 use crate::pci::config_space::COMMAND;
+use crate::pci::kvm_routing::Interrupts;
 
 #[test]
 #[ignore = "needs a VFIO device: PASSVM_PROBE_DEVICE=<sysfs path> [PASSVM_PROBE_BACKEND=group|iommufd]"]
@@ -191,118 +192,6 @@ impl VfioPciDevice {
     }
 }
 
-/// A minimal KVM GSI router for the probe (the VMM's real one lives in src/interrupts.rs).
-struct KvmRouting {
-    vm: Arc<kvm_ioctls::VmFd>,
-    routes: std::sync::Mutex<std::collections::BTreeMap<u32, crate::pci::MsiMessage>>,
-    next: std::sync::atomic::AtomicU32,
-}
-
-impl KvmRouting {
-    fn commit(&self) -> Result<(), crate::pci::RoutingError> {
-        use kvm_bindings::*;
-        let mut entries = Vec::new();
-        for gsi in 0..24u32 {
-            let mut e = kvm_irq_routing_entry {
-                gsi,
-                type_: KVM_IRQ_ROUTING_IRQCHIP,
-                ..Default::default()
-            };
-            e.u.irqchip = kvm_irq_routing_irqchip {
-                irqchip: KVM_IRQCHIP_IOAPIC,
-                pin: gsi,
-            };
-            entries.push(e);
-            if gsi < 16 {
-                let chip = if gsi < 8 {
-                    KVM_IRQCHIP_PIC_MASTER
-                } else {
-                    KVM_IRQCHIP_PIC_SLAVE
-                };
-                e.u.irqchip = kvm_irq_routing_irqchip {
-                    irqchip: chip,
-                    pin: gsi % 8,
-                };
-                entries.push(e);
-            }
-        }
-        for (gsi, m) in self.routes.lock().unwrap().iter() {
-            let mut e = kvm_irq_routing_entry {
-                gsi: *gsi,
-                type_: KVM_IRQ_ROUTING_MSI,
-                ..Default::default()
-            };
-            e.u.msi = kvm_irq_routing_msi {
-                address_lo: m.address_lo,
-                address_hi: m.address_hi,
-                data: m.data,
-                ..Default::default()
-            };
-            entries.push(e);
-        }
-        let table = KvmIrqRouting::from_entries(&entries).unwrap();
-        self.vm
-            .set_gsi_routing(&table)
-            .map_err(|e| kvm_err("set_gsi_routing", 0, e))
-    }
-}
-
-fn kvm_err(op: &'static str, gsi: u32, e: vmm_sys_util::errno::Error) -> crate::pci::RoutingError {
-    crate::pci::RoutingError::Kvm {
-        op,
-        gsi,
-        source: std::io::Error::from_raw_os_error(e.errno()),
-    }
-}
-
-impl crate::pci::InterruptRouting for KvmRouting {
-    fn allocate_gsi(&self) -> Result<u32, crate::pci::RoutingError> {
-        Ok(self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
-    }
-    fn free_gsi(&self, _gsi: u32) -> Result<(), crate::pci::RoutingError> {
-        Ok(())
-    }
-    fn set_msi_routes(
-        &self,
-        routes: &[(u32, crate::pci::MsiMessage)],
-    ) -> Result<(), crate::pci::RoutingError> {
-        self.routes.lock().unwrap().extend(routes.iter().copied());
-        self.commit()
-    }
-    fn remove_msi_route(&self, gsi: u32) -> Result<(), crate::pci::RoutingError> {
-        self.routes.lock().unwrap().remove(&gsi);
-        self.commit()
-    }
-    fn register_irqfd(
-        &self,
-        fd: &vmm_sys_util::eventfd::EventFd,
-        gsi: u32,
-    ) -> Result<(), crate::pci::RoutingError> {
-        self.vm
-            .register_irqfd(fd, gsi)
-            .map_err(|e| kvm_err("irqfd", gsi, e))
-    }
-    fn register_irqfd_with_resample(
-        &self,
-        fd: &vmm_sys_util::eventfd::EventFd,
-        resample: &vmm_sys_util::eventfd::EventFd,
-        gsi: u32,
-    ) -> Result<(), crate::pci::RoutingError> {
-        self.vm
-            .register_irqfd_with_resample(fd, resample, gsi)
-            .map_err(|e| kvm_err("irqfd", gsi, e))
-    }
-    fn unregister_irqfd(
-        &self,
-        fd: &vmm_sys_util::eventfd::EventFd,
-        gsi: u32,
-    ) -> Result<(), crate::pci::RoutingError> {
-        self.vm
-            .unregister_irqfd(fd, gsi)
-            .map_err(|e| kvm_err("irqfd off", gsi, e))
-    }
-}
-
 fn irr_bit(vcpu: &kvm_ioctls::VcpuFd, vector: u8) -> bool {
     let l = vcpu.get_lapic().unwrap();
     let reg = 0x200 + (vector as usize / 32) * 16;
@@ -371,12 +260,7 @@ impl Rig {
             cdev_fd: None,
         };
         let dev = Arc::new(space.open_device(&src).unwrap());
-        let routing = Arc::new(KvmRouting {
-            vm: vm.clone(),
-            routes: Default::default(),
-            next: std::sync::atomic::AtomicU32::new(24),
-        });
-        routing.commit().unwrap();
+        let routing = Arc::new(Interrupts::new(vm.clone()).unwrap());
         let (pio, mmio) = (
             Arc::new(RwLock::new(Bus::new())),
             Arc::new(RwLock::new(Bus::new())),

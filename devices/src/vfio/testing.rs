@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -11,7 +11,10 @@ use super::device_fd::{
     DeviceFdError, IrqIndex, IrqInfo, RegionInfo, VfioDeviceOps, CONFIG_REGION,
 };
 use super::vm::{AddressSpace, VmOps, VmOpsError};
+use crate::bus::{Bus, BusDevice};
+use crate::pci::route_table::RouteTable;
 use crate::pci::{InterruptRouting, MsiMessage, RoutingError};
+use crate::size::PAGE_SIZE;
 
 /// What the fake device was asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,10 +208,46 @@ pub enum VmCall {
 struct VmState {
     calls: Vec<VmCall>,
     next_slot: u32,
-    next_gsi: u32,
-    routes: HashMap<u32, MsiMessage>,
-    irqfds: HashSet<u32>,
+    /// The routing rules the VMM's KVM owner runs, so a device model that breaks them
+    /// fails here the way it would on KVM.
+    routing: RouteTable,
     slots: HashMap<u32, (u64, u64, u64)>,
+    /// Trapped ranges on real buses, so overlaps and unknown removals are refused by the
+    /// same code as in the VMM.
+    pio: Bus,
+    mmio: Bus,
+}
+
+/// What the fake buses route to: nothing reads through them.
+struct NoDevice;
+
+impl BusDevice for NoDevice {
+    fn read(&mut self, _base: u64, _offset: u64, _data: &mut [u8]) {}
+    fn write(&mut self, _base: u64, _offset: u64, _data: &[u8]) {}
+}
+
+/// `KVM_SET_USER_MEMORY_REGION`'s refusals: EINVAL for a size or address that is not
+/// page aligned, EEXIST for a range overlapping another slot.
+fn check_memslot(
+    slots: &HashMap<u32, (u64, u64, u64)>,
+    gpa: u64,
+    size: u64,
+    host: u64,
+) -> Result<(), VmOpsError> {
+    let refused = |errno| VmOpsError::Kvm {
+        op: "KVM_SET_USER_MEMORY_REGION",
+        source: vmm_sys_util::errno::Error::new(errno),
+    };
+    if size == 0 || (gpa | size | host) % PAGE_SIZE != 0 || gpa.checked_add(size).is_none() {
+        return Err(refused(libc::EINVAL));
+    }
+    if slots
+        .values()
+        .any(|&(g, sz, _)| gpa < g + sz && g < gpa + size)
+    {
+        return Err(refused(libc::EEXIST));
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -219,9 +258,7 @@ pub struct RecordingVm {
 
 impl RecordingVm {
     pub fn new() -> Self {
-        let vm = Self::default();
-        vm.state.lock().unwrap().next_gsi = 24;
-        vm
+        Self::default()
     }
     pub fn calls(&self) -> Vec<VmCall> {
         self.state.lock().unwrap().calls.clone()
@@ -230,10 +267,24 @@ impl RecordingVm {
         self.state.lock().unwrap().calls.clear();
     }
     pub fn routes(&self) -> HashMap<u32, MsiMessage> {
-        self.state.lock().unwrap().routes.clone()
+        let s = self.state.lock().unwrap();
+        s.routing
+            .msi_routes()
+            .iter()
+            .map(|(&g, &m)| (g, m))
+            .collect()
     }
     pub fn irqfds(&self) -> HashSet<u32> {
-        self.state.lock().unwrap().irqfds.clone()
+        self.state.lock().unwrap().routing.irqfd_gsis().collect()
+    }
+    /// What the VMM does once a device exists (`KvmVmOps::insert_traps`): its initial
+    /// trapped ranges go on the buses. Not recorded as calls: the device did not ask.
+    pub fn insert_traps(&self, ranges: &[(AddressSpace, u64, u64)]) {
+        let mut s = self.state.lock().unwrap();
+        for &(space, base, len) in ranges {
+            let dev: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(NoDevice));
+            s.bus(space).insert(dev, base, len).unwrap();
+        }
     }
     /// Live memory slots as (gpa, size, host address).
     pub fn slots(&self) -> Vec<(u64, u64, u64)> {
@@ -249,6 +300,7 @@ impl VmOps for RecordingVm {
             return Err(VmOpsError::Exhausted("memory slots"));
         }
         let mut s = self.state.lock().unwrap();
+        check_memslot(&s.slots, gpa, size, host_addr)?;
         let slot = s.next_slot;
         s.next_slot += 1;
         s.slots.insert(slot, (gpa, size, host_addr));
@@ -264,62 +316,69 @@ impl VmOps for RecordingVm {
         Ok(())
     }
     fn register_trap(&self, space: AddressSpace, base: u64, len: u64) -> Result<(), VmOpsError> {
-        self.state
-            .lock()
-            .unwrap()
-            .calls
-            .push(VmCall::Trap(space, base, len));
+        let mut s = self.state.lock().unwrap();
+        let dev: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(NoDevice));
+        s.bus(space)
+            .insert(dev, base, len)
+            .map_err(|e| VmOpsError::Other(e.to_string()))?;
+        s.calls.push(VmCall::Trap(space, base, len));
         Ok(())
     }
     fn unregister_trap(&self, space: AddressSpace, base: u64) -> Result<(), VmOpsError> {
-        self.state
-            .lock()
-            .unwrap()
-            .calls
-            .push(VmCall::Untrap(space, base));
+        let mut s = self.state.lock().unwrap();
+        s.bus(space)
+            .remove(base)
+            .map_err(|e| VmOpsError::Other(e.to_string()))?;
+        s.calls.push(VmCall::Untrap(space, base));
         Ok(())
+    }
+}
+
+impl VmState {
+    fn bus(&mut self, space: AddressSpace) -> &mut Bus {
+        match space {
+            AddressSpace::Pio => &mut self.pio,
+            AddressSpace::Mmio => &mut self.mmio,
+        }
     }
 }
 
 impl InterruptRouting for RecordingVm {
     fn allocate_gsi(&self) -> Result<u32, RoutingError> {
         let mut s = self.state.lock().unwrap();
-        let g = s.next_gsi;
-        s.next_gsi += 1;
+        let g = s.routing.allocate()?;
         s.calls.push(VmCall::AllocGsi(g));
         Ok(g)
     }
     fn free_gsi(&self, gsi: u32) -> Result<(), RoutingError> {
         let mut s = self.state.lock().unwrap();
-        if s.routes.contains_key(&gsi) {
-            return Err(RoutingError::NotAllocated(gsi));
-        }
+        s.routing.free(gsi)?;
         s.calls.push(VmCall::FreeGsi(gsi));
         Ok(())
     }
     fn set_msi_routes(&self, routes: &[(u32, MsiMessage)]) -> Result<(), RoutingError> {
         let mut s = self.state.lock().unwrap();
-        for (g, m) in routes {
-            s.routes.insert(*g, *m);
-            s.calls.push(VmCall::SetRoute(*g, *m));
+        // All or nothing, like the KVM owner: a refused route leaves the table as it was.
+        let mut next = s.routing.clone();
+        for &(g, m) in routes {
+            next.set_msi(g, m)?;
+        }
+        s.routing = next;
+        for &(g, m) in routes {
+            s.calls.push(VmCall::SetRoute(g, m));
         }
         Ok(())
     }
     fn remove_msi_route(&self, gsi: u32) -> Result<(), RoutingError> {
         let mut s = self.state.lock().unwrap();
-        if s.irqfds.contains(&gsi) {
-            return Err(RoutingError::IrqfdStillRegistered(gsi));
-        }
-        s.routes.remove(&gsi);
+        s.routing.remove_msi(gsi)?;
         s.calls.push(VmCall::RemoveRoute(gsi));
         Ok(())
     }
     fn register_irqfd(&self, _fd: &EventFd, gsi: u32) -> Result<(), RoutingError> {
         let mut s = self.state.lock().unwrap();
-        if !s.routes.contains_key(&gsi) {
-            return Err(RoutingError::NoRoute(gsi));
-        }
-        s.irqfds.insert(gsi);
+        s.routing.check_irqfd(gsi)?;
+        s.routing.irqfd_added(gsi);
         s.calls.push(VmCall::Irqfd(gsi));
         Ok(())
     }
@@ -330,17 +389,82 @@ impl InterruptRouting for RecordingVm {
         gsi: u32,
     ) -> Result<(), RoutingError> {
         let mut s = self.state.lock().unwrap();
-        if gsi >= 24 {
-            return Err(RoutingError::ResampleNeedsIrqchip(gsi));
-        }
-        s.irqfds.insert(gsi);
+        s.routing.check_resample(gsi)?;
+        s.routing.irqfd_added(gsi);
         s.calls.push(VmCall::ResampleIrqfd(gsi));
         Ok(())
     }
     fn unregister_irqfd(&self, _fd: &EventFd, gsi: u32) -> Result<(), RoutingError> {
         let mut s = self.state.lock().unwrap();
-        s.irqfds.remove(&gsi);
+        s.routing.irqfd_removed(gsi);
         s.calls.push(VmCall::UnregisterIrqfd(gsi));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fake_vm_refuses_what_kvm_and_the_buses_refuse() {
+        let vm = RecordingVm::new();
+        let a = vm.add_memslot(0x10_0000, 0x2000, 0x7000_0000).unwrap();
+        for (gpa, size) in [(0x10_1000, 0x1000), (0xf_f000, 0x2000), (0x10_0000, 0x4000)] {
+            let e = vm.add_memslot(gpa, size, 0x7100_0000).unwrap_err();
+            assert!(e.to_string().contains("File exists"), "{gpa:#x}: {e}");
+        }
+        for (gpa, size, host) in [
+            (0x20_0800, 0x1000, 0),
+            (0x20_0000, 0x800, 0),
+            (0x20_0000, 0, 0),
+        ] {
+            let e = vm.add_memslot(gpa, size, host).unwrap_err();
+            assert!(
+                e.to_string().contains("Invalid argument"),
+                "{gpa:#x}+{size:#x}: {e}"
+            );
+        }
+        vm.add_memslot(0x10_2000, 0x1000, 0x7100_0000)
+            .expect("adjacent is fine");
+        vm.remove_memslot(a).unwrap();
+        vm.add_memslot(0x10_0000, 0x1000, 0x7000_0000)
+            .expect("a removed slot's range is free again");
+
+        vm.register_trap(AddressSpace::Mmio, 0xd000_0000, 0x1000)
+            .unwrap();
+        assert!(vm
+            .register_trap(AddressSpace::Mmio, 0xd000_0800, 0x1000)
+            .is_err());
+        vm.register_trap(AddressSpace::Pio, 0xd000_0800, 0x10)
+            .expect("another address space");
+        assert!(vm.unregister_trap(AddressSpace::Mmio, 0xe000_0000).is_err());
+        vm.unregister_trap(AddressSpace::Mmio, 0xd000_0000).unwrap();
+    }
+
+    #[test]
+    fn the_fake_vm_routes_by_the_vmms_rules() {
+        let vm = RecordingVm::new();
+        let fd = EventFd::new(0).unwrap();
+        let g = vm.allocate_gsi().unwrap();
+        assert!(matches!(
+            vm.register_irqfd(&fd, g),
+            Err(RoutingError::NoRoute(_))
+        ));
+        vm.set_msi_route(g, MsiMessage::default()).unwrap();
+        vm.register_irqfd(&fd, g).unwrap();
+        assert!(matches!(
+            vm.remove_msi_route(g),
+            Err(RoutingError::IrqfdStillRegistered(_))
+        ));
+        assert!(matches!(
+            vm.register_irqfd_with_resample(&fd, &fd, g),
+            Err(RoutingError::ResampleNeedsIrqchip(_))
+        ));
+        vm.register_irqfd_with_resample(&fd, &fd, 10).unwrap();
+        assert!(matches!(
+            vm.set_msi_route(g + 1, MsiMessage::default()),
+            Err(RoutingError::NotAllocated(_))
+        ));
     }
 }

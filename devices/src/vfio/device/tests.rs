@@ -81,6 +81,7 @@ fn build(d: FakeDevice) -> (VfioPciDevice, Arc<FakeDevice>, Arc<RecordingVm>) {
         intx_gsi: Some(10),
     };
     let dev = VfioPciDevice::new("test", d.clone(), ctx).unwrap();
+    vm.insert_traps(&dev.trapped_ranges());
     (dev, d, vm)
 }
 

@@ -1,36 +1,29 @@
-//! The one owner of the VM's KVM GSI routing table, and the irqfd helpers.
-//!
-//! `KVM_SET_GSI_ROUTING` replaces the whole table. Anything that called it on its own would
-//! drop the IOAPIC/PIC defaults (and with them the serial port and INTx) or another device's
-//! MSI routes, so every route change in passvm goes through [`Interrupts`], which keeps the
-//! complete table and re-sends it on each change. Device models reach it through
-//! [`devices::pci::InterruptRouting`]; that trait's documentation lists the ordering rules
-//! (route before irqfd, irqfd off before route removal, resample only on irqchip pins),
-//! which [`Interrupts`] enforces with errors rather than leaving them to convention.
+//! The GSI routing rules as data: which GSIs exist, which MSI routes are set, which
+//! irqfds point where, and the ordering rules of [`super::InterruptRouting`] checked on
+//! every change. Pure, so the VMM's KVM owner ([`super::kvm_routing`]), the unit tests'
+//! fake VM and the hardware probes all run the same rules.
 //!
 //! GSI numbering: 0..24 are the IOAPIC pins (0..16 are also wired to the two 8259 PICs,
 //! exactly like the table KVM installs by itself on `KVM_CREATE_IRQCHIP`); MSI GSIs are
 //! handed out from 24 upwards.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
 
-use devices::pci::{InterruptRouting, MsiMessage, RoutingError};
 use kvm_bindings::{
-    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MAX_IRQ_ROUTES,
+    kvm_irq_routing_entry, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MAX_IRQ_ROUTES,
 };
-use kvm_ioctls::VmFd;
-use vmm_sys_util::eventfd::EventFd;
+
+use super::{MsiMessage, RoutingError};
 
 /// IOAPIC input pins; GSIs below this are irqchip GSIs.
 pub const IOAPIC_PINS: u32 = 24;
 /// Legacy ISA IRQs also routed to the 8259 pair.
 pub const PIC_PINS: u32 = 16;
 /// The KVM table holds at most `KVM_MAX_IRQ_ROUTES` entries, 40 of which are the defaults.
-const MAX_MSI_ROUTES: u32 = KVM_MAX_IRQ_ROUTES as u32 - IOAPIC_PINS - PIC_PINS;
+pub const MAX_MSI_ROUTES: u32 = KVM_MAX_IRQ_ROUTES as u32 - IOAPIC_PINS - PIC_PINS;
 /// One past the highest MSI GSI handed out.
-const GSI_END: u32 = IOAPIC_PINS + MAX_MSI_ROUTES;
+pub const GSI_END: u32 = IOAPIC_PINS + MAX_MSI_ROUTES;
 
 /// The routing table as data: pure, so the table building is testable without KVM.
 #[derive(Debug, Default, Clone)]
@@ -86,6 +79,15 @@ impl RouteTable {
             .ok_or(RoutingError::NotAllocated(gsi))
     }
 
+    /// Whether a resample irqfd may be attached to `gsi`: irqchip pins only.
+    pub fn check_resample(&self, gsi: u32) -> Result<(), RoutingError> {
+        if gsi < IOAPIC_PINS {
+            Ok(())
+        } else {
+            Err(RoutingError::ResampleNeedsIrqchip(gsi))
+        }
+    }
+
     /// Whether an irqfd may be attached to `gsi` now.
     pub fn check_irqfd(&self, gsi: u32) -> Result<(), RoutingError> {
         if gsi < IOAPIC_PINS || self.msi.contains_key(&gsi) {
@@ -95,17 +97,29 @@ impl RouteTable {
         }
     }
 
-    fn irqfd_added(&mut self, gsi: u32) {
+    /// Counts an irqfd attached to `gsi`.
+    pub fn irqfd_added(&mut self, gsi: u32) {
         *self.irqfds.entry(gsi).or_default() += 1;
     }
 
-    fn irqfd_removed(&mut self, gsi: u32) {
+    /// Counts an irqfd detached from `gsi`.
+    pub fn irqfd_removed(&mut self, gsi: u32) {
         if let Some(n) = self.irqfds.get_mut(&gsi) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.irqfds.remove(&gsi);
             }
         }
+    }
+
+    /// The MSI routes, by GSI.
+    pub fn msi_routes(&self) -> &BTreeMap<u32, MsiMessage> {
+        &self.msi
+    }
+
+    /// The GSIs at least one irqfd points at.
+    pub fn irqfd_gsis(&self) -> impl Iterator<Item = u32> + '_ {
+        self.irqfds.keys().copied()
     }
 
     /// Every route: the IOAPIC and PIC defaults, then the MSI routes in GSI order.
@@ -148,122 +162,9 @@ fn irqchip_entry(gsi: u32, irqchip: u32, pin: u32) -> kvm_irq_routing_entry {
     e
 }
 
-/// The VM's interrupt owner: the route table plus the VM fd it is sent to.
-pub struct Interrupts {
-    vm: Arc<VmFd>,
-    table: Mutex<RouteTable>,
-}
-
-fn kvm_err(op: &'static str, gsi: u32) -> impl FnOnce(vmm_sys_util::errno::Error) -> RoutingError {
-    move |e| RoutingError::Kvm {
-        op,
-        gsi,
-        source: std::io::Error::from_raw_os_error(e.errno()),
-    }
-}
-
-impl Interrupts {
-    /// Takes ownership of routing for `vm` (whose irqchip must exist) and installs the defaults.
-    pub fn new(vm: Arc<VmFd>) -> Result<Self, RoutingError> {
-        let me = Self {
-            vm,
-            table: Mutex::new(RouteTable::default()),
-        };
-        me.send(&me.lock())?;
-        Ok(me)
-    }
-
-    /// The table lock is held across the ioctl so two updates cannot send out of order.
-    fn lock(&self) -> MutexGuard<'_, RouteTable> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn send(&self, table: &RouteTable) -> Result<(), RoutingError> {
-        let entries = table.entries();
-        let routing = KvmIrqRouting::from_entries(&entries)
-            .map_err(|_| RoutingError::GsiExhausted(MAX_MSI_ROUTES))?;
-        self.vm
-            .set_gsi_routing(&routing)
-            .map_err(kvm_err("KVM_SET_GSI_ROUTING", 0))
-    }
-
-    /// Applies `change` to a copy of the table and commits it only if KVM accepts the result,
-    /// so a refused update leaves both sides as they were.
-    fn update(
-        &self,
-        change: impl FnOnce(&mut RouteTable) -> Result<(), RoutingError>,
-    ) -> Result<(), RoutingError> {
-        let mut table = self.lock();
-        let mut next = table.clone();
-        change(&mut next)?;
-        self.send(&next)?;
-        *table = next;
-        Ok(())
-    }
-}
-
-impl InterruptRouting for Interrupts {
-    fn allocate_gsi(&self) -> Result<u32, RoutingError> {
-        self.lock().allocate()
-    }
-
-    fn free_gsi(&self, gsi: u32) -> Result<(), RoutingError> {
-        self.lock().free(gsi)
-    }
-
-    fn set_msi_routes(&self, routes: &[(u32, MsiMessage)]) -> Result<(), RoutingError> {
-        self.update(|t| {
-            routes
-                .iter()
-                .try_for_each(|&(gsi, msg)| t.set_msi(gsi, msg))
-        })
-    }
-
-    fn remove_msi_route(&self, gsi: u32) -> Result<(), RoutingError> {
-        self.update(|t| t.remove_msi(gsi))
-    }
-
-    fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), RoutingError> {
-        let mut table = self.lock();
-        table.check_irqfd(gsi)?;
-        self.vm
-            .register_irqfd(fd, gsi)
-            .map_err(kvm_err("KVM_IRQFD", gsi))?;
-        table.irqfd_added(gsi);
-        Ok(())
-    }
-
-    fn register_irqfd_with_resample(
-        &self,
-        fd: &EventFd,
-        resample: &EventFd,
-        gsi: u32,
-    ) -> Result<(), RoutingError> {
-        if gsi >= IOAPIC_PINS {
-            return Err(RoutingError::ResampleNeedsIrqchip(gsi));
-        }
-        let mut table = self.lock();
-        self.vm
-            .register_irqfd_with_resample(fd, resample, gsi)
-            .map_err(kvm_err("KVM_IRQFD (resample)", gsi))?;
-        table.irqfd_added(gsi);
-        Ok(())
-    }
-
-    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), RoutingError> {
-        let mut table = self.lock();
-        self.vm
-            .unregister_irqfd(fd, gsi)
-            .map_err(kvm_err("KVM_IRQFD (deassign)", gsi))?;
-        table.irqfd_removed(gsi);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     const MSG: MsiMessage = MsiMessage {
         address_lo: 0xfee0_0000,
@@ -364,59 +265,5 @@ mod tests {
             t.set_msi(g, MSG).unwrap();
         }
         assert_eq!(t.entries().len(), KVM_MAX_IRQ_ROUTES);
-    }
-
-    /// The KVM half, on this machine's /dev/kvm (ioctls work even where guests cannot run).
-    #[test]
-    #[cfg_attr(
-        passvm_no_kvm,
-        ignore = "needs /dev/kvm, which this machine lacked when the tests were built"
-    )]
-    fn kvm_accepts_the_table_and_irqfds() {
-        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm (present when built)");
-        let vm = Arc::new(kvm.create_vm().unwrap());
-        vm.create_irq_chip().unwrap();
-        let irq = Interrupts::new(vm).unwrap();
-        let efd = EventFd::new(EFD_NONBLOCK).unwrap();
-        let resample = EventFd::new(EFD_NONBLOCK).unwrap();
-        irq.register_irqfd(&efd, 4).unwrap();
-        irq.unregister_irqfd(&efd, 4).unwrap();
-        irq.register_irqfd_with_resample(&efd, &resample, 10)
-            .unwrap();
-        irq.unregister_irqfd(&efd, 10).unwrap();
-        assert!(matches!(
-            irq.register_irqfd_with_resample(&efd, &resample, 30),
-            Err(RoutingError::ResampleNeedsIrqchip(30))
-        ));
-
-        let gsis: Vec<u32> = (0..4).map(|_| irq.allocate_gsi().unwrap()).collect();
-        let routes: Vec<_> = gsis
-            .iter()
-            .map(|&g| {
-                (
-                    g,
-                    MsiMessage {
-                        data: 0x30 + g,
-                        ..MSG
-                    },
-                )
-            })
-            .collect();
-        assert!(matches!(
-            irq.register_irqfd(&efd, gsis[0]),
-            Err(RoutingError::NoRoute(_))
-        ));
-        irq.set_msi_routes(&routes).unwrap();
-        irq.register_irqfd(&efd, gsis[0]).unwrap();
-        assert!(matches!(
-            irq.remove_msi_route(gsis[0]),
-            Err(RoutingError::IrqfdStillRegistered(_))
-        ));
-        irq.set_msi_route(gsis[0], MsiMessage { data: 0x41, ..MSG })
-            .unwrap();
-        irq.unregister_irqfd(&efd, gsis[0]).unwrap();
-        irq.remove_msi_route(gsis[0]).unwrap();
-        irq.free_gsi(gsis[0]).unwrap();
-        assert_eq!(irq.lock().entries().len(), 43);
     }
 }
