@@ -132,24 +132,11 @@ pub enum Command {
     },
 }
 
-/// A parse failure in an option list or a size. The message names the bad part and the
+/// A value of an option list that is not what its key takes (the list itself is read by
+/// [`devices::option_list`]). The message names the bad part and the
 /// accepted form, so it can be shown to the user as is.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OptionError {
-    /// A key this option does not know.
-    #[error("unknown key '{key}' (accepted: {accepted})")]
-    UnknownKey {
-        /// The key as given.
-        key: String,
-        /// The keys the option accepts, for the message.
-        accepted: String,
-    },
-    /// The same key twice.
-    #[error("'{0}' is given twice")]
-    DuplicateKey(String),
-    /// A `key=` with nothing after it, or an empty item between commas.
-    #[error("empty value in '{0}'")]
-    Empty(String),
     /// A value that is not a size.
     #[error("'{0}' is not a size: use bytes or a number with K, M, G or T (e.g. 512M, 2G)")]
     BadSize(String),
@@ -159,41 +146,6 @@ pub enum OptionError {
     /// A value that is not a whole number.
     #[error("'{0}' is not a whole number")]
     BadNumber(String),
-}
-
-/// `key=value` pairs of one option, in order, after checking each key is known and unique.
-///
-/// A first item without `=` is taken as the value of `keys[0]`, so `--memory 1G` means
-/// `--memory size=1G` and `--cpus 2` means `--cpus boot=2`.
-pub fn parse_option_list<'a>(
-    input: &'a str,
-    keys: &[&'a str],
-) -> Result<Vec<(&'a str, &'a str)>, OptionError> {
-    let mut out: Vec<(&str, &str)> = Vec::new();
-    for (i, item) in input.split(',').enumerate() {
-        if item.trim().is_empty() {
-            return Err(OptionError::Empty(input.to_string()));
-        }
-        let (key, value) = match item.split_once('=') {
-            Some((k, v)) => (k.trim(), v.trim()),
-            None if i == 0 && !keys.is_empty() => (keys[0], item.trim()),
-            None => (item.trim(), ""),
-        };
-        if !keys.contains(&key) {
-            return Err(OptionError::UnknownKey {
-                key: key.to_string(),
-                accepted: keys.join(", "),
-            });
-        }
-        if value.is_empty() {
-            return Err(OptionError::Empty(item.to_string()));
-        }
-        if out.iter().any(|(k, _)| *k == key) {
-            return Err(OptionError::DuplicateKey(key.to_string()));
-        }
-        out.push((key, value));
-    }
-    Ok(out)
 }
 
 /// Parses `512M`, `2G`, `1024K`, `1T` or plain bytes (binary multiples; `MiB`/`MB` spellings
@@ -305,40 +257,6 @@ mod tests {
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?} must be rejected");
         }
-    }
-
-    #[test]
-    fn option_lists() {
-        let keys = ["size", "hugepages"];
-        assert_eq!(
-            parse_option_list("size=1G,hugepages=on", &keys),
-            Ok(vec![("size", "1G"), ("hugepages", "on")])
-        );
-        assert_eq!(parse_option_list("1G", &keys), Ok(vec![("size", "1G")]));
-        assert_eq!(
-            parse_option_list("1G,hugepages=off", &keys),
-            Ok(vec![("size", "1G"), ("hugepages", "off")])
-        );
-        assert!(matches!(
-            parse_option_list("size=1G,huge=on", &keys),
-            Err(OptionError::UnknownKey { .. })
-        ));
-        assert!(matches!(
-            parse_option_list("size=1G,size=2G", &keys),
-            Err(OptionError::DuplicateKey(_))
-        ));
-        assert!(matches!(
-            parse_option_list("size=", &keys),
-            Err(OptionError::Empty(_))
-        ));
-        assert!(matches!(
-            parse_option_list("size=1G,", &keys),
-            Err(OptionError::Empty(_))
-        ));
-        assert!(matches!(
-            parse_option_list("size=1G,on", &keys),
-            Err(OptionError::UnknownKey { .. })
-        ));
     }
 
     #[test]

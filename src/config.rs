@@ -5,8 +5,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use devices::vfio::discovery::BackendChoice;
+use devices::vfio::naming::{DeviceSpec, NamingError};
 
-use crate::cli::{parse_on_off, parse_option_list, parse_size, OptionError, VmArgs};
+use devices::option_list;
+
+use crate::cli::{parse_on_off, parse_size, OptionError, VmArgs};
 
 /// Kernel command line used when `--cmdline` is not given.
 ///
@@ -70,8 +73,8 @@ pub struct VmConfig {
     pub memory: MemoryConfig,
     /// COM1.
     pub serial: SerialConfig,
-    /// `--device` strings as given; resolved by `devices::vfio::naming`.
-    pub devices: Vec<String>,
+    /// Every `--device`, parsed (what it names is resolved by discovery).
+    pub devices: Vec<DeviceSpec>,
     /// VFIO backend choice.
     pub vfio_backend: BackendChoice,
     /// A pre-opened `/dev/iommu` descriptor.
@@ -94,6 +97,8 @@ pub enum ConfigError {
         /// What is wrong and what to write instead.
         reason: String,
     },
+    /// A `--device` value that does not parse (its message names the option).
+    Device(NamingError),
     /// A file that cannot be opened.
     File {
         /// The option naming the file.
@@ -117,6 +122,7 @@ impl fmt::Display for ConfigError {
                 value,
                 reason,
             } => write!(f, "{option} '{value}': {reason}"),
+            Self::Device(e) => write!(f, "{e}"),
             Self::File {
                 option,
                 path,
@@ -171,15 +177,12 @@ impl VmConfig {
             Some(s) => parse_serial(s).map_err(|r| invalid("--serial", s, r))?,
             None => SerialConfig::Tty,
         };
-        for d in &args.device {
-            if d.trim().is_empty() {
-                return Err(invalid(
-                    "--device",
-                    d,
-                    "is empty; give a PCI address, a sysfs path or a /dev/vfio path",
-                ));
-            }
-        }
+        let devices = args
+            .device
+            .iter()
+            .map(|d| d.parse::<DeviceSpec>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::Device)?;
         let vfio_backend: BackendChoice = args.vfio_backend.parse().map_err(|_| {
             invalid(
                 "--vfio-backend",
@@ -203,7 +206,7 @@ impl VmConfig {
             vcpus,
             memory,
             serial,
-            devices: args.device.clone(),
+            devices,
             vfio_backend,
             iommufd_fd: args.iommufd_fd,
             dry_run: args.dry_run,
@@ -227,7 +230,7 @@ fn check_readable(option: &'static str, path: &Path) -> Result<(), ConfigError> 
 }
 
 fn parse_cpus(s: &str) -> Result<u8, String> {
-    let opts = parse_option_list(s, &["boot"]).map_err(|e| format!("{e}; write boot=N"))?;
+    let opts = option_list::parse(s, &["boot"]).map_err(|e| format!("{e}; write boot=N"))?;
     let (_, v) = opts.first().ok_or("write boot=N")?;
     let n: u32 = v
         .parse()
@@ -239,7 +242,7 @@ fn parse_cpus(s: &str) -> Result<u8, String> {
 }
 
 fn parse_memory(s: &str) -> Result<MemoryConfig, String> {
-    let opts = parse_option_list(s, &["size", "hugepages"])
+    let opts = option_list::parse(s, &["size", "hugepages"])
         .map_err(|e| format!("{e}; write size=SIZE[,hugepages=on]"))?;
     let mut cfg = MemoryConfig {
         size: DEFAULT_MEMORY,
@@ -273,14 +276,14 @@ fn parse_memory(s: &str) -> Result<MemoryConfig, String> {
 }
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
-    match s {
-        "tty" => Ok(SerialConfig::Tty),
-        "off" => Ok(SerialConfig::Off),
-        "null" => Ok(SerialConfig::Null),
-        _ => match s.split_once('=') {
-            Some(("file", p)) if !p.is_empty() => Ok(SerialConfig::File(PathBuf::from(p))),
-            _ => Err("use tty, file=PATH, null or off".into()),
-        },
+    const FORMS: &str = "use tty, file=PATH, null or off";
+    let opts = option_list::parse(s, &["mode", "file"]).map_err(|e| format!("{e}; {FORMS}"))?;
+    match opts.as_slice() {
+        [("mode", "tty")] => Ok(SerialConfig::Tty),
+        [("mode", "off")] => Ok(SerialConfig::Off),
+        [("mode", "null")] => Ok(SerialConfig::Null),
+        [("file", p)] => Ok(SerialConfig::File(PathBuf::from(p))),
+        _ => Err(FORMS.into()),
     }
 }
 
@@ -378,7 +381,7 @@ mod tests {
         assert!(e.contains("not on or off"), "{e}");
         let e = err_for(|a| a.memory = Some("size=1G,numa=on".into()));
         assert!(
-            e.contains("unknown key 'numa'") && e.contains("size=SIZE"),
+            e.contains("unknown option \"numa\"") && e.contains("size=SIZE"),
             "{e}"
         );
         let e = err_for(|a| a.cpus = Some("boot=0".into()));
@@ -388,11 +391,18 @@ mod tests {
         let e = err_for(|a| a.cpus = Some("boot=two".into()));
         assert!(e.contains("not a whole number"), "{e}");
         let e = err_for(|a| a.cpus = Some("max=4".into()));
-        assert!(e.contains("unknown key 'max'"), "{e}");
+        assert!(e.contains("unknown option \"max\""), "{e}");
         let e = err_for(|a| a.serial = Some("pty".into()));
         assert!(e.contains("tty, file=PATH, null or off"), "{e}");
         let e = err_for(|a| a.serial = Some("file=".into()));
         assert!(e.contains("tty, file=PATH"), "{e}");
+        let e = err_for(|a| a.device = vec!["00:01.0,colour=red".into()]);
+        assert!(
+            e.starts_with("--device \"00:01.0,colour=red\": unknown option \"colour\""),
+            "{e}"
+        );
+        let e = err_for(|a| a.device = vec![" ".into()]);
+        assert!(e.contains("--device needs a value"), "{e}");
         let e = err_for(|a| a.vfio_backend = "vfio".into());
         assert!(e.contains("auto, iommufd or group"), "{e}");
         let e = err_for(|a| a.iommufd_fd = Some(-1));

@@ -22,6 +22,8 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
+use crate::option_list::{self, OptionListError};
+
 /// The forms `--device` accepts, for error messages.
 pub const ACCEPTED_FORMS: &str = "\
 accepted forms:
@@ -40,21 +42,14 @@ pub enum NamingError {
     /// The value is empty.
     #[error("--device needs a value\n{ACCEPTED_FORMS}")]
     Empty,
-    /// A key of `key=value` is not known.
-    #[error("--device {given:?}: unknown option {key:?} (known: path, fd, id, bdf, managed)")]
-    UnknownKey {
+    /// The value is not a well-formed option list (unknown, repeated or empty option).
+    #[error("--device {given:?}: {source}")]
+    List {
         /// The whole `--device` value.
         given: String,
-        /// The unknown key.
-        key: String,
-    },
-    /// A key appears twice.
-    #[error("--device {given:?}: option {key:?} is given twice; keep one")]
-    DuplicateKey {
-        /// The whole `--device` value.
-        given: String,
-        /// The repeated key.
-        key: String,
+        /// What is wrong with the list.
+        #[source]
+        source: OptionListError,
     },
     /// An option value is wrong.
     #[error("--device {given:?}: {key}={value:?}: {why}")]
@@ -242,29 +237,13 @@ pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, NamingError> {
         return Err(NamingError::Empty);
     }
     let mut values: [Option<&str>; 5] = [None; 5];
-    for (i, item) in s.split(',').enumerate() {
-        let (key, value) = match item.split_once('=') {
-            Some((k, v)) => (k, v),
-            None if i == 0 => ("path", item),
-            None => {
-                return Err(NamingError::Shape {
-                    given,
-                    why: format!("{item:?} after a ',' must be key=value"),
-                })
-            }
-        };
-        let slot = KEYS
-            .iter()
-            .position(|k| *k == key)
-            .ok_or_else(|| NamingError::UnknownKey {
-                given: given.clone(),
-                key: key.to_string(),
-            })?;
-        if values[slot].replace(value).is_some() {
-            return Err(NamingError::DuplicateKey {
-                given,
-                key: key.to_string(),
-            });
+    let pairs = option_list::parse(s, &KEYS).map_err(|source| NamingError::List {
+        given: given.clone(),
+        source,
+    })?;
+    for (key, value) in pairs {
+        if let Some(slot) = KEYS.iter().position(|k| *k == key) {
+            values[slot] = Some(value);
         }
     }
     let [path, fd, id, bdf, managed] = values;
@@ -626,7 +605,7 @@ mod tests {
             ("00:01.0,managed=yes", "on or off"),
             ("00:01.0,bdf=00:01.0", "picks one device of a group"),
             ("/dev/vfio/3,bdf=00:40.0", "device above 1f"),
-            ("00:01.0,id=", "1-32 characters"),
+            ("00:01.0,id=", "\"id\" has no value"),
             ("00:01.0,id=a b", "1-32 characters"),
             ("00:01.0,,id=a", "must be key=value"),
             ("fd=4,managed=on", "launcher owns"),

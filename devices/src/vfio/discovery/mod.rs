@@ -1,13 +1,17 @@
-//! Host device discovery: from `--device` strings to checked devices and a VFIO backend.
+//! Host device discovery: from parsed `--device` values to checked devices and a VFIO
+//! backend.
 //!
 //! # For the VMM core (`--device`, `--vfio-backend`, `--iommufd-fd`, `--dry-run`)
 //!
 //! ```no_run
 //! use devices::vfio::discovery::{plan, BackendChoice, Roots};
+//! use devices::vfio::naming::DeviceSpec;
 //! # fn run(device: Vec<String>, vfio_backend: &str, iommufd_fd: Option<i32>, ram: u64, dry_run: bool)
 //! #     -> Result<(), devices::vfio::discovery::DiscoveryError> {
+//! // The config step parses every --device once (bad syntax fails there).
+//! let specs = device.iter().map(|d| d.parse::<DeviceSpec>()).collect::<Result<Vec<_>, _>>()?;
 //! let choice: BackendChoice = vfio_backend.parse()?;          // auto | iommufd | group
-//! let p = plan(&device, choice, iommufd_fd, ram, &Roots::host())?;
+//! let p = plan(&specs, choice, iommufd_fd, ram, &Roots::host())?;
 //! print!("{p}");                                               // one line per device + notes
 //! if dry_run { return Ok(()); }
 //! // managed=on devices: bind now, keep the guards until the VM is gone (Drop restores).

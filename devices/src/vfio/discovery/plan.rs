@@ -14,7 +14,7 @@ use super::resolve::{check_iommufd_fd, resolve};
 use super::sysfs::Roots;
 use crate::size::human;
 use crate::vfio::memlock::HostLimits;
-use crate::vfio::naming::{parse_device_spec, DeviceName};
+use crate::vfio::naming::{DeviceName, DeviceSpec};
 
 /// The devices of one VM, resolved and checked, and the backend they will use.
 #[derive(Debug, Clone)]
@@ -29,14 +29,14 @@ pub struct Plan {
     pub iommufd_fd: Option<i32>,
     /// The roots this plan was made against.
     pub roots: Roots,
-    specs: Vec<String>,
+    specs: Vec<DeviceSpec>,
     choice: BackendChoice,
     guest_memory: u64,
 }
 
 /// Plans with the running process's memory limits. See [`plan_with_limits`].
 pub fn plan(
-    specs: &[String],
+    specs: &[DeviceSpec],
     backend: BackendChoice,
     iommufd_fd: Option<i32>,
     guest_memory: u64,
@@ -55,7 +55,7 @@ pub fn plan(
 /// Resolves every `--device`, picks the backend and runs every assignability check.
 /// Any failing check gives [`DiscoveryError::NotAssignable`] naming every problem.
 pub fn plan_with_limits(
-    specs: &[String],
+    specs: &[DeviceSpec],
     choice: BackendChoice,
     iommufd_fd: Option<i32>,
     guest_memory: u64,
@@ -64,10 +64,9 @@ pub fn plan_with_limits(
 ) -> Result<Plan, DiscoveryError> {
     let mut devices: Vec<ResolvedDevice> = Vec::new();
     let mut has_fd_device = false;
-    for s in specs {
-        let spec = parse_device_spec(s)?;
+    for spec in specs {
         has_fd_device |= matches!(spec.name, DeviceName::Fd(_));
-        for d in resolve(&spec, roots)? {
+        for d in resolve(spec, roots)? {
             if let Some(prev) = devices.iter().find(|p| p.sysfs == d.sysfs) {
                 return Err(DiscoveryError::Duplicate {
                     device: d.name.clone(),

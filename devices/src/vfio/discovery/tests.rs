@@ -9,11 +9,27 @@ use super::bind::{bind, unbind, BindOutcome, ManagedBinding, SysfsWriter};
 use super::error::DiscoveryError;
 use super::fake_tree::FakeHost;
 use super::model::{Backend, DeviceKind, ProblemKind, ResolvedDevice};
-use super::plan::plan_with_limits;
+use super::plan::Plan;
 use super::resolve::resolve;
 use super::sysfs::link_name;
 use crate::vfio::memlock::HostLimits;
 use crate::vfio::naming::parse_device_spec;
+
+/// `--device` strings parsed the way the VMM's config step does, then planned.
+fn plan_with_limits(
+    specs: &[String],
+    choice: BackendChoice,
+    iommufd_fd: Option<i32>,
+    guest_memory: u64,
+    roots: &super::sysfs::Roots,
+    limits: &HostLimits,
+) -> Result<Plan, DiscoveryError> {
+    let specs = specs
+        .iter()
+        .map(|s| parse_device_spec(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    super::plan::plan_with_limits(&specs, choice, iommufd_fd, guest_memory, roots, limits)
+}
 
 const STORAGE: u32 = 0x010000;
 const BRIDGE: u32 = 0x060400;
