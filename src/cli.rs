@@ -136,22 +136,22 @@ pub enum Command {
 /// [`devices::option_list`]). The message names the bad part and the
 /// accepted form, so it can be shown to the user as is.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum OptionError {
+pub enum ValueError {
     /// A value that is not a size.
     #[error("'{0}' is not a size: use bytes or a number with K, M, G or T (e.g. 512M, 2G)")]
-    BadSize(String),
+    Size(String),
     /// A value that is not on/off.
     #[error("'{0}' is not on or off")]
-    BadBool(String),
+    OnOff(String),
     /// A value that is not a whole number.
     #[error("'{0}' is not a whole number")]
-    BadNumber(String),
+    Number(String),
 }
 
 /// Parses `512M`, `2G`, `1024K`, `1T` or plain bytes (binary multiples; `MiB`/`MB` spellings
 /// mean the same as `M`).
-pub fn parse_size(s: &str) -> Result<u64, OptionError> {
-    let bad = || OptionError::BadSize(s.to_string());
+pub fn parse_size(s: &str) -> Result<u64, ValueError> {
+    let bad = || ValueError::Size(s.to_string());
     let t = s.trim();
     let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, suffix) = t.split_at(digits_end);
@@ -171,11 +171,11 @@ pub fn parse_size(s: &str) -> Result<u64, OptionError> {
 }
 
 /// Parses `on`/`off` (also `true`/`false`).
-pub fn parse_on_off(s: &str) -> Result<bool, OptionError> {
+pub fn parse_on_off(s: &str) -> Result<bool, ValueError> {
     match s {
         "on" | "true" => Ok(true),
         "off" | "false" => Ok(false),
-        _ => Err(OptionError::BadBool(s.to_string())),
+        _ => Err(ValueError::OnOff(s.to_string())),
     }
 }
 

@@ -9,7 +9,7 @@ use devices::vfio::naming::{DeviceSpec, NamingError};
 
 use devices::option_list;
 
-use crate::cli::{parse_on_off, parse_size, OptionError, VmArgs};
+use crate::cli::{parse_on_off, parse_size, ValueError, VmArgs};
 
 /// Kernel command line used when `--cmdline` is not given.
 ///
@@ -234,7 +234,7 @@ fn parse_cpus(s: &str) -> Result<u8, String> {
     let (_, v) = opts.first().ok_or("write boot=N")?;
     let n: u32 = v
         .parse()
-        .map_err(|_| format!("{}; write boot=N", OptionError::BadNumber(v.to_string())))?;
+        .map_err(|_| format!("{}; write boot=N", ValueError::Number(v.to_string())))?;
     match u8::try_from(n) {
         Ok(n) if (1..=MAX_VCPUS).contains(&n) => Ok(n),
         _ => Err(format!("boot must be between 1 and {MAX_VCPUS}")),
