@@ -26,10 +26,10 @@ use std::sync::{Arc, Mutex};
 use devices::pci::bar::{BarAllocator, Window, DEFAULT_MMIO64_LIMIT};
 use devices::pci::host_bridge::PciRoot;
 use devices::pci::InterruptRouting;
+use devices::vfio::assignment::{AssignError, Assignment, AttachContext, AttachedDevice};
 use devices::vfio::device::VfioPciDevice;
 use devices::vfio::discovery::{self, DiscoveryError, ManagedBinding, Plan, Roots};
 use devices::vfio::iommu::DeviceSource;
-use devices::vfio::passthrough::{AttachedDevice, Passthrough, PassthroughError, VmPlumbing};
 use devices::vfio::vm::kvm::{KvmVmOps, SlotPool};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_ioctls::VmFd;
@@ -56,7 +56,7 @@ const PCI_INTX_PINS: u32 = 8;
 pub enum PassthroughSetupError {
     /// The IOMMU space or the KVM-VFIO device.
     #[error("VFIO: {0}")]
-    Space(#[source] PassthroughError),
+    Space(#[source] AssignError),
     /// One device.
     #[error("--device {given}: {source}")]
     Device {
@@ -64,7 +64,7 @@ pub enum PassthroughSetupError {
         given: String,
         /// What failed.
         #[source]
-        source: PassthroughError,
+        source: AssignError,
     },
     /// The BAR windows (only for a guest size the config check would have refused).
     #[error(transparent)]
@@ -151,7 +151,7 @@ pub struct VmParts<'a> {
 #[derive(Default)]
 pub struct PassthroughVm {
     devices: Vec<AttachedDevice>,
-    space: Option<Passthrough>,
+    space: Option<Assignment>,
 }
 
 /// Opens the IOMMU space and attaches every planned device (no-op without devices).
@@ -163,7 +163,7 @@ pub fn attach(
         return Ok(PassthroughVm::default());
     };
     let layout = MemoryLayout::new(parts.mem_size)?;
-    let mut space = Passthrough::new(parts.vm, plan.backend(), plan.iommufd_fd)
+    let mut space = Assignment::new(parts.vm, plan.backend(), plan.iommufd_fd)
         .map_err(PassthroughSetupError::Space)?;
     let mut bars = BarAllocator::new(
         Some(Window {
@@ -179,7 +179,7 @@ pub fn attach(
     );
     let first_slot = u32::try_from(parts.mem.num_regions()).unwrap_or(u32::MAX);
     let routing: Arc<dyn InterruptRouting> = parts.interrupts.clone();
-    let mut vmp = VmPlumbing {
+    let mut ctx = AttachContext {
         vm: parts.vm.clone(),
         slots: Arc::new(SlotPool::new(
             first_slot,
@@ -198,7 +198,7 @@ pub fn attach(
     for d in &plan.devices {
         let name = d.id.clone().unwrap_or_else(|| d.name.clone());
         let a = space
-            .attach(&name, &DeviceSource::from(d), parts.mem, &mut vmp, intx_gsi)
+            .attach(&name, &DeviceSource::from(d), parts.mem, &mut ctx, intx_gsi)
             .map_err(|source| PassthroughSetupError::Device {
                 given: d.given_as.clone(),
                 source,

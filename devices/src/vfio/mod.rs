@@ -8,9 +8,10 @@
 //!    INTx, reset), over the [`device_fd`] seam to the kernel's VFIO device.
 //! 4. [`vm`]: the seam to the VMM (memslots, MMIO/PIO traps) and its KVM implementation.
 //!
-//! [`passthrough`] runs the stages for every `--device` of a VM (docs/passthrough.md).
+//! [`assignment`] runs the stages for every `--device` of a VM (docs/passthrough.md).
 //! [`device_fd`], [`memlock`] and `sys` are shared by several stages and import none.
 
+pub mod assignment;
 pub mod device;
 pub mod device_fd;
 pub mod discovery;
@@ -19,7 +20,6 @@ mod hw_probe;
 pub mod iommu;
 pub mod memlock;
 pub mod naming;
-pub mod passthrough;
 mod sys;
 #[cfg(test)]
 mod testing;

@@ -1,11 +1,15 @@
-//! Passthrough for a whole VM: one KVM-VFIO device, one IOMMU space, guest RAM mapped
+//! A VM's device assignment: one KVM-VFIO device, one IOMMU space, guest RAM mapped
 //! once after the first device, and a [`VfioPciDevice`] per `--device`.
 //!
+//! Three contexts, from wide to narrow: the VMM's own parts (`VmParts` in the binary),
+//! the VM-wide [`AttachContext`] every device is attached with (slot pool, buses, PCI
+//! root, GSI router, BAR allocator), and the [`DeviceContext`] one device model is built
+//! with (its own VM ops, the router, the BAR allocator, its INTx pin).
+//!
 //! The VMM's glue, in order:
-//! 1. [`Passthrough::new`] once the VM and its irqchip exist, with the backend the
+//! 1. [`Assignment::new`] once the VM and its irqchip exist, with the backend the
 //!    discovery step chose;
-//! 2. per resolved device: [`Passthrough::attach`] with the VM's plumbing
-//!    ([`VmPlumbing`]: slot pool, buses, PCI root, GSI router, BAR allocator) and the
+//! 2. per resolved device: [`Assignment::attach`] with the [`AttachContext`] and the
 //!    INTx GSI of a slot; RAM is DMA-mapped right after the first device opens. It puts
 //!    the device on the PCI root and its trapped BAR ranges on the buses;
 //! 3. poll [`VfioPciDevice::intx_eoi_fd`] and the VM ops' pending-change event if the
@@ -32,9 +36,9 @@ use crate::pci::bar::BarAllocator;
 use crate::pci::host_bridge::{PciRoot, PciRootError};
 use crate::pci::InterruptRouting;
 
-/// Setting up passthrough failed.
+/// Assigning a device to the VM failed.
 #[derive(Debug, thiserror::Error)]
-pub enum PassthroughError {
+pub enum AssignError {
     /// The KVM-VFIO device.
     #[error(transparent)]
     KvmVfio(#[from] KvmVfioError),
@@ -56,7 +60,7 @@ pub enum PassthroughError {
 }
 
 /// The VMM's pieces a device is attached to.
-pub struct VmPlumbing<'a> {
+pub struct AttachContext<'a> {
     /// The VM.
     pub vm: Arc<VmFd>,
     /// KVM memory slots for device memory (shared by all devices).
@@ -92,10 +96,10 @@ pub struct AttachedDevice {
 pub fn attach_device(
     name: &str,
     dev: Arc<dyn VfioDeviceOps>,
-    vmp: &mut VmPlumbing<'_>,
+    ctx: &mut AttachContext<'_>,
     intx_gsi: impl Fn(u8) -> u32,
-) -> Result<AttachedDevice, PassthroughError> {
-    let slot = vmp
+) -> Result<AttachedDevice, AssignError> {
+    let slot = ctx
         .pci
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -103,27 +107,27 @@ pub fn attach_device(
     let gsi = intx_gsi(slot);
     let ops = Arc::new(
         KvmVmOps::new(
-            vmp.vm.clone(),
-            vmp.slots.clone(),
-            vmp.pio.clone(),
-            vmp.mmio.clone(),
+            ctx.vm.clone(),
+            ctx.slots.clone(),
+            ctx.pio.clone(),
+            ctx.mmio.clone(),
         )
-        .map_err(PassthroughError::EventFd)?,
+        .map_err(AssignError::EventFd)?,
     );
-    let ctx = DeviceContext {
+    let device_ctx = DeviceContext {
         vm: ops.clone(),
-        routing: vmp.routing.clone(),
-        bars: vmp.bars,
+        routing: ctx.routing.clone(),
+        bars: ctx.bars,
         intx_gsi: Some(gsi),
     };
-    let model = VfioPciDevice::new(name, dev, ctx)?;
+    let model = VfioPciDevice::new(name, dev, device_ctx)?;
     let ranges = model.trapped_ranges();
     let intx = model.intx_gsi().zip(model.intx_pin()).map(|(g, p)| (p, g));
     let device = Arc::new(Mutex::new(model));
     let as_bus: Arc<Mutex<dyn BusDevice>> = device.clone();
     ops.set_device(&as_bus);
     ops.insert_traps(&ranges)?;
-    vmp.pci
+    ctx.pci
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .add_device(slot, device.clone())?;
@@ -152,20 +156,20 @@ impl From<&ResolvedDevice> for DeviceSource {
     }
 }
 
-/// The VM-wide passthrough state.
-pub struct Passthrough {
+/// The VM-wide assignment state: the KVM-VFIO device, the IOMMU space, the RAM map.
+pub struct Assignment {
     space: IommuSpace,
     _kvm_vfio: Arc<VfioDeviceFd>,
     dma: Option<DmaReport>,
 }
 
-impl Passthrough {
+impl Assignment {
     /// Creates the KVM-VFIO device and opens the backend's IOMMU space.
     pub fn new(
         vm: &VmFd,
         backend: Backend,
         iommufd_fd: Option<RawFd>,
-    ) -> Result<Self, PassthroughError> {
+    ) -> Result<Self, AssignError> {
         let kvm_vfio = create_kvm_vfio_device(vm)?;
         let space = match backend {
             Backend::Group => super::iommu::group::open_container(kvm_vfio.clone())?,
@@ -196,14 +200,14 @@ impl Passthrough {
         name: &str,
         src: &DeviceSource,
         mem: &M,
-        vmp: &mut VmPlumbing<'_>,
+        ctx: &mut AttachContext<'_>,
         intx_gsi: impl Fn(u8) -> u32,
-    ) -> Result<AttachedDevice, PassthroughError> {
+    ) -> Result<AttachedDevice, AssignError> {
         let dev = Arc::new(self.space.open_device(src)?);
         if self.dma.is_none() {
             self.dma = Some(self.space.map_guest_memory(mem)?);
         }
-        attach_device(name, dev, vmp, intx_gsi)
+        attach_device(name, dev, ctx, intx_gsi)
     }
 }
 
@@ -218,14 +222,14 @@ mod tests {
         };
         let vm = kvm.create_vm().unwrap();
         if !std::path::Path::new("/dev/vfio/vfio").exists() {
-            let e = Passthrough::new(&vm, Backend::Group, None)
+            let e = Assignment::new(&vm, Backend::Group, None)
                 .err()
                 .unwrap()
                 .to_string();
             assert!(e.contains("load the vfio"), "{e}");
         }
         if !std::path::Path::new("/dev/iommu").exists() {
-            let e = Passthrough::new(&vm, Backend::Iommufd, None)
+            let e = Assignment::new(&vm, Backend::Iommufd, None)
                 .err()
                 .unwrap()
                 .to_string();
@@ -284,7 +288,7 @@ mod attach_tests {
             }),
             DEFAULT_MMIO64_LIMIT,
         );
-        let mut vmp = VmPlumbing {
+        let mut ctx = AttachContext {
             vm,
             slots: Arc::new(SlotPool::new(10, 20)),
             pio: pio.clone(),
@@ -293,7 +297,7 @@ mod attach_tests {
             routing: Arc::new(RecordingVm::new()),
             bars: &mut bars,
         };
-        let a = attach_device("mtty-like", Arc::new(f), &mut vmp, |slot| {
+        let a = attach_device("mtty-like", Arc::new(f), &mut ctx, |slot| {
             16 + u32::from(slot % 8)
         })
         .unwrap();
