@@ -216,24 +216,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_vm_on_a_host_without_vfio_fails_with_a_fix_for_each_backend() {
-        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
-            return;
-        };
+    #[cfg_attr(
+        passvm_no_kvm,
+        ignore = "needs /dev/kvm, which this machine lacked when the tests were built"
+    )]
+    fn each_backend_opens_or_fails_with_a_fix() {
+        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm (present when built)");
         let vm = kvm.create_vm().unwrap();
-        if !std::path::Path::new("/dev/vfio/vfio").exists() {
-            let e = Assignment::new(&vm, Backend::Group, None)
-                .err()
-                .unwrap()
-                .to_string();
-            assert!(e.contains("load the vfio"), "{e}");
+        // Each backend either opens (a VFIO host) or says how to get it.
+        match Assignment::new(&vm, Backend::Group, None) {
+            Ok(_) => assert!(std::path::Path::new("/dev/vfio/vfio").exists()),
+            Err(e) => assert!(e.to_string().contains("load the vfio"), "{e}"),
         }
-        if !std::path::Path::new("/dev/iommu").exists() {
-            let e = Assignment::new(&vm, Backend::Iommufd, None)
-                .err()
-                .unwrap()
-                .to_string();
-            assert!(e.contains("CONFIG_IOMMUFD"), "{e}");
+        match Assignment::new(&vm, Backend::Iommufd, None) {
+            Ok(_) => assert!(std::path::Path::new("/dev/iommu").exists()),
+            Err(e) => assert!(e.to_string().contains("CONFIG_IOMMUFD"), "{e}"),
         }
     }
 }
@@ -254,10 +251,12 @@ mod attach_tests {
     /// BAR enabled by a config write while the port bus is read-locked (as on a vCPU),
     /// the trap move queued, then applied by the event loop.
     #[test]
+    #[cfg_attr(
+        passvm_no_kvm,
+        ignore = "needs /dev/kvm, which this machine lacked when the tests were built"
+    )]
     fn config_cycles_through_the_host_bridge_reach_the_device() {
-        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
-            return;
-        };
+        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm (present when built)");
         let vm = Arc::new(kvm.create_vm().unwrap());
         let mut cfg = vec![0u8; 256];
         cfg[0..4].copy_from_slice(&0x5678_1234u32.to_le_bytes());
