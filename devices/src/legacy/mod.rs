@@ -3,8 +3,6 @@
 //!
 //! The PIC, PIT and IOAPIC are not here: they live in KVM (`KVM_CREATE_IRQCHIP`,
 //! `KVM_CREATE_PIT2`), so their ports never reach userspace.
-//!
-//! OWNER: VMM-core helper.
 
 pub mod cmos;
 pub mod i8042;

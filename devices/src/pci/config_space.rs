@@ -105,15 +105,11 @@ impl ConfigOverlay {
     }
 
     /// The emulated value of the dword at `offset` (0 where not emulated).
+    #[cfg(test)]
     pub fn emulated_value(&self, offset: usize) -> u32 {
         self.regs
             .get(&(offset & !3))
             .map_or(0, |e| e.value & e.mask)
-    }
-
-    /// The emulated-bits mask of the dword at `offset`.
-    pub fn emulated_mask(&self, offset: usize) -> u32 {
-        self.regs.get(&(offset & !3)).map_or(0, |e| e.mask)
     }
 
     /// What the guest reads at dword `offset`, given what the device returned.

@@ -1,12 +1,10 @@
 //! PCI: the host bridge (config mechanism #1 on 0xCF8/0xCFC), config space and BAR helpers,
-//! and the interrupt-routing interface a PCI device model uses to reach the guest.
-//!
-//! OWNER of this file and host_bridge.rs: VMM-core helper. config_space.rs, bar.rs and
-//! caps.rs: passthrough helper.
+//! and the interrupt-routing interface a PCI device model uses to reach the guest: the
+//! trait here, its rules as data in [`route_table`], the VMM's KVM owner in [`kvm_routing`].
 
 pub mod bar;
-pub mod caps;
-pub mod config_space;
+pub(crate) mod caps;
+pub(crate) mod config_space;
 pub mod host_bridge;
 pub mod kvm_routing;
 pub mod route_table;

@@ -18,10 +18,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::vfio::sys::{VFIO_DEVICE_GET_INFO, VFIO_DEVICE_RESET};
 
-/// Region index of BAR0 (BAR n is `n`).
-pub const BAR0_REGION: u32 = 0;
-/// Region index of the expansion ROM.
-pub const ROM_REGION: u32 = 6;
 /// Region index of the PCI config space.
 pub const CONFIG_REGION: u32 = 7;
 

@@ -13,7 +13,7 @@
 
 pub mod assignment;
 pub mod device;
-pub mod device_fd;
+pub(crate) mod device_fd;
 pub mod discovery;
 #[cfg(test)]
 mod hw_probe;

@@ -27,17 +27,17 @@
 //! The sysfs and `/dev` roots are parameters ([`Roots`]) so that everything here runs
 //! against a fake tree in unit tests.
 
-pub mod assignable;
-pub mod backend_choice;
-pub mod bind;
+pub(crate) mod assignable;
+pub(crate) mod backend_choice;
+pub(crate) mod bind;
 pub mod class_names;
-pub mod error;
+pub(crate) mod error;
 pub mod group;
 pub mod inventory;
 pub mod irq_remap;
-pub mod model;
-pub mod plan;
-pub mod resolve;
+pub(crate) mod model;
+pub(crate) mod plan;
+pub(crate) mod resolve;
 pub mod sysfs;
 
 #[cfg(test)]

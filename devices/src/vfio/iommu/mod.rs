@@ -9,13 +9,13 @@
 //! Teardown: mappings go with the container (last group detached) or the IOAS (destroyed
 //! when the last reference drops); there is no explicit unmap at exit.
 
-pub mod device_type;
-pub mod dma;
-pub mod group;
-pub mod handle;
-pub mod iommufd;
-pub mod iova;
-pub mod kvm_vfio;
+pub(crate) mod device_type;
+pub(crate) mod dma;
+pub(crate) mod group;
+pub(crate) mod handle;
+pub(crate) mod iommufd;
+pub(crate) mod iova;
+pub(crate) mod kvm_vfio;
 
 use std::os::unix::io::RawFd;
 use std::path::PathBuf;
