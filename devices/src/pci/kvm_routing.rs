@@ -143,8 +143,7 @@ mod tests {
         ignore = "needs /dev/kvm, which this machine lacked when the tests were built"
     )]
     fn kvm_accepts_the_table_and_irqfds() {
-        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm (present when built)");
-        let vm = Arc::new(kvm.create_vm().unwrap());
+        let vm = Arc::new(crate::vfio::testing::kvm_vm());
         vm.create_irq_chip().unwrap();
         let irq = Interrupts::new(vm).unwrap();
         let efd = EventFd::new(EFD_NONBLOCK).unwrap();

@@ -221,8 +221,7 @@ mod tests {
         ignore = "needs /dev/kvm, which this machine lacked when the tests were built"
     )]
     fn each_backend_opens_or_fails_with_a_fix() {
-        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm (present when built)");
-        let vm = kvm.create_vm().unwrap();
+        let vm = crate::vfio::testing::kvm_vm();
         // Each backend either opens (a VFIO host) or says how to get it.
         match Assignment::new(&vm, Backend::Group, None) {
             Ok(_) => assert!(std::path::Path::new("/dev/vfio/vfio").exists()),
@@ -256,8 +255,7 @@ mod attach_tests {
         ignore = "needs /dev/kvm, which this machine lacked when the tests were built"
     )]
     fn config_cycles_through_the_host_bridge_reach_the_device() {
-        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm (present when built)");
-        let vm = Arc::new(kvm.create_vm().unwrap());
+        let vm = Arc::new(crate::vfio::testing::kvm_vm());
         let mut cfg = vec![0u8; 256];
         cfg[0..4].copy_from_slice(&0x5678_1234u32.to_le_bytes());
         cfg[0x10..0x14].copy_from_slice(&1u32.to_le_bytes()); // BAR0: I/O

@@ -22,5 +22,5 @@ pub mod memlock;
 pub mod naming;
 mod sys;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod vm;

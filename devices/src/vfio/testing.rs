@@ -16,6 +16,15 @@ use crate::pci::route_table::RouteTable;
 use crate::pci::{InterruptRouting, MsiMessage, RoutingError};
 use crate::size::PAGE_SIZE;
 
+/// A VM on this machine's `/dev/kvm`, for the tests the build probe lets run (they
+/// carry `#[cfg_attr(passvm_no_kvm, ignore = ...)]`).
+pub fn kvm_vm() -> kvm_ioctls::VmFd {
+    kvm_ioctls::Kvm::new()
+        .expect("/dev/kvm (present when built)")
+        .create_vm()
+        .expect("KVM_CREATE_VM")
+}
+
 /// What the fake device was asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DevCall {

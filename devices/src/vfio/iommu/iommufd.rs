@@ -108,8 +108,7 @@ mod tests {
         ignore = "needs /dev/kvm, which this machine lacked when the tests were built"
     )]
     fn the_ioas_opens_or_says_how_to_get_iommufd() {
-        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm (present when built)");
-        let vm = kvm.create_vm().unwrap();
+        let vm = crate::vfio::testing::kvm_vm();
         let kdev = crate::vfio::iommu::kvm_vfio::create_kvm_vfio_device(&vm).unwrap();
         match open_ioas(kdev.clone(), None) {
             // An iommufd host: the IOAS is allocated, and says which backend it is.

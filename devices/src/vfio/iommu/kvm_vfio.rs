@@ -40,8 +40,7 @@ mod tests {
         ignore = "needs /dev/kvm, which this machine lacked when the tests were built"
     )]
     fn creates_the_device_on_a_real_vm() {
-        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm (present when built)");
-        let vm = kvm.create_vm().unwrap();
+        let vm = crate::vfio::testing::kvm_vm();
         let dev = create_kvm_vfio_device(&vm).unwrap();
         assert!(dev.try_clone().is_ok());
     }

@@ -264,8 +264,7 @@ mod tests {
     }
 
     fn ops() -> Fixture {
-        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm (present when built)");
-        let vm = Arc::new(kvm.create_vm().unwrap());
+        let vm = Arc::new(crate::vfio::testing::kvm_vm());
         let (pio, mmio) = (
             Arc::new(RwLock::new(Bus::new())),
             Arc::new(RwLock::new(Bus::new())),
@@ -369,8 +368,7 @@ mod cycle_tests {
         ignore = "needs /dev/kvm, which this machine lacked when the tests were built"
     )]
     fn vm_ops_do_not_keep_the_buses_alive() {
-        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm (present when built)");
-        let vm = Arc::new(kvm.create_vm().unwrap());
+        let vm = Arc::new(crate::vfio::testing::kvm_vm());
         let (pio, mmio) = (
             Arc::new(RwLock::new(Bus::new())),
             Arc::new(RwLock::new(Bus::new())),
@@ -403,8 +401,7 @@ mod glue_tests {
         ignore = "needs /dev/kvm, which this machine lacked when the tests were built"
     )]
     fn a_device_wired_like_the_vmm_does_it() {
-        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm (present when built)");
-        let vm = Arc::new(kvm.create_vm().unwrap());
+        let vm = Arc::new(crate::vfio::testing::kvm_vm());
         let mut cfg = vec![0u8; 256];
         cfg[0..4].copy_from_slice(&0x1234_1af4u32.to_le_bytes());
         cfg[0x14..0x18].copy_from_slice(&1u32.to_le_bytes()); // BAR1: I/O
