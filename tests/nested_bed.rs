@@ -298,6 +298,34 @@ PASSVM-BED-RESULT scenario=demo rc=3
         Some("passvm: guest triple-faulted on vCPU 1 (...)"),
         "retried like a hang"
     );
+    assert_eq!(crashed.l0_crash(), None, "QEMU exited by itself");
+
+    // The two L0 crashes of the 2026-12-01 CI run, as their logs ended.
+    let mut l0 = crashed;
+    l0.status = None;
+    l0.signal = Some(libc::SIGABRT);
+    l0.log = "Booting from ROM..qemu-system-x86_64: /x/include/exec/ram_addr.h:91: \
+              ramblock_ptr: Assertion `offset_in_ramblock(block, offset)' failed.\n"
+        .into();
+    assert_eq!(
+        l0.l0_crash().as_deref(),
+        Some(
+            "SIGABRT: qemu-system-x86_64: /x/include/exec/ram_addr.h:91: ramblock_ptr: \
+             Assertion `offset_in_ramblock(block, offset)' failed."
+        )
+    );
+    l0.signal = Some(libc::SIGSEGV);
+    l0.log = "Booting from ROM..\n".into();
+    assert_eq!(l0.l0_crash().as_deref(), Some("SIGSEGV"));
+    l0.signal = Some(libc::SIGKILL);
+    assert_eq!(
+        l0.l0_crash(),
+        None,
+        "a kill is the bed's or the OOM killer's, not a fault"
+    );
+    l0.signal = Some(libc::SIGSEGV);
+    l0.stopped = Some(bed::Stopped::Silent(std::time::Duration::from_secs(15)));
+    assert_eq!(l0.l0_crash(), None, "the bed stopped it first");
 }
 
 /// The lockup detector recognises the reports that hung nested runs produced

@@ -58,6 +58,9 @@ pub const SILENCE_LIMIT: Duration = Duration::from_secs(90);
 /// `PASSVM_BED_RETRIES` overrides it. A run that failed in any other way is never
 /// retried.
 pub const DEFAULT_RETRIES: usize = 3;
+/// How many times one attempt is run again because L0's QEMU crashed
+/// ([`Outcome::l0_crash`]); not counted against the scenario's retries.
+pub const L0_CRASH_RETRIES: usize = 2;
 /// After a kernel (L1's or L2's) reports a lockup, the run goes on this long so
 /// that the backtraces and passvm's hang probe reach the log, then it is stopped.
 const LOCKUP_GRACE: Duration = Duration::from_secs(40);
@@ -311,11 +314,28 @@ impl Scenario {
                 .unwrap_or(DEFAULT_RETRIES)
         });
         let mut hung = Vec::new();
+        let mut l0_crashes = 0;
         loop {
             let mut outcome = self.run_once();
+            // L0 itself crashing is QEMU's fault, whatever the scenario: run the same
+            // attempt again without spending one of the scenario's retries.
+            if let Some(why) = outcome.l0_crash() {
+                if l0_crashes < L0_CRASH_RETRIES {
+                    l0_crashes += 1;
+                    announce(&format!(
+                        "[bed] scenario {}: L0's QEMU crashed ({why}); its log stays in {}. \
+                         Running it again: QEMU faulted, not passvm (docs/test-bed.md, \
+                         \"L0 crashes\").",
+                        self.name,
+                        outcome.log_path.display()
+                    ));
+                    hung.push(format!("{}: L0 crashed: {why}", outcome.log_path.display()));
+                    continue;
+                }
+            }
             // Only a failed run is retried (a scenario may provoke a crash on purpose).
             let retry = !outcome.succeeded() && (outcome.hung() || outcome.cpu_crash().is_some());
-            if !retry || hung.len() >= retries {
+            if !retry || hung.len() - l0_crashes >= retries {
                 self.journal(&outcome, &hung);
                 if !hung.is_empty() {
                     announce(&format!(
@@ -354,6 +374,8 @@ impl Scenario {
             journal::End::Pass
         } else if outcome.hung() {
             journal::End::Hung(outcome.summary())
+        } else if let Some(why) = outcome.l0_crash() {
+            journal::End::Crash(format!("L0 crashed: {why}"))
         } else if let Some(line) = outcome.cpu_crash() {
             journal::End::Crash(line.to_owned())
         } else {
@@ -612,6 +634,33 @@ impl Outcome {
     pub fn cpu_crash(&self) -> Option<&str> {
         self.vmm_lines()
             .find(|l| l.contains("guest triple-faulted") || l.contains("KVM internal error"))
+    }
+
+    /// How L0's QEMU crashed, if it did: killed by a fault signal (SIGSEGV, SIGABRT from
+    /// a failed assertion, SIGBUS, SIGILL, SIGFPE) that the bed did not send, with
+    /// QEMU's last message when it left one. Seen at boot, in SeaBIOS, before L1 or
+    /// passvm ran (docs/test-bed.md, "L0 crashes").
+    pub fn l0_crash(&self) -> Option<String> {
+        const FAULTS: [(i32, &str); 5] = [
+            (libc::SIGSEGV, "SIGSEGV"),
+            (libc::SIGABRT, "SIGABRT"),
+            (libc::SIGBUS, "SIGBUS"),
+            (libc::SIGILL, "SIGILL"),
+            (libc::SIGFPE, "SIGFPE"),
+        ];
+        if self.stopped.is_some() || self.status.is_some() {
+            return None;
+        }
+        let (_, name) = FAULTS.iter().find(|(n, _)| Some(*n) == self.signal)?;
+        let said = self
+            .log
+            .lines()
+            .rev()
+            .find_map(|l| l.find("qemu-system-x86_64: ").map(|i| &l[i..]));
+        Some(match said {
+            Some(msg) => format!("{name}: {msg}"),
+            None => name.to_string(),
+        })
     }
 
     /// Whether the bed stopped the run as hung: its console fell silent or a kernel
