@@ -2,6 +2,7 @@
 //!
 //! - `passvm_no_kvm`: no usable `/dev/kvm`.
 //! - `passvm_no_free_hugepages`: fewer than 32 MiB of free reserved huge pages.
+//! - `passvm_no_iasl`: no `iasl` (acpica-tools) on the PATH to disassemble ACPI tables.
 //!
 //! Tests that need one carry `#[cfg_attr(passvm_no_kvm, ignore = "...")]` (or the
 //! hugepage one), so on a machine without it the test runner counts them as ignored,
@@ -24,6 +25,7 @@ fn meminfo(key: &str) -> Option<u64> {
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(passvm_no_kvm)");
     println!("cargo::rustc-check-cfg=cfg(passvm_no_free_hugepages)");
+    println!("cargo::rustc-check-cfg=cfg(passvm_no_iasl)");
     // Probe again when the device appears or goes (a module load, a new machine). The
     // hugepage reservation has no file whose change cargo could see: after reserving
     // pages, `touch build/host_probe.rs` to probe again.
@@ -40,5 +42,9 @@ fn main() {
     let page = meminfo("Hugepagesize:").unwrap_or(2048) << 10;
     if free * page < HUGEPAGE_TEST_BYTES {
         println!("cargo::rustc-cfg=passvm_no_free_hugepages");
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if !std::env::split_paths(&path).any(|dir| dir.join("iasl").is_file()) {
+        println!("cargo::rustc-cfg=passvm_no_iasl");
     }
 }

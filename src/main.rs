@@ -1,5 +1,6 @@
 //! passvm: parse the command line, run, turn the outcome into an exit code.
 
+mod acpi;
 mod boot;
 mod cli;
 mod commands;

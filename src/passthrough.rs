@@ -43,7 +43,7 @@ use devices::pci::kvm_routing::Interrupts;
 
 /// The I/O-port window for I/O BARs: the top quarter of the port space, as on a PC, clear
 /// of every legacy port passvm emulates.
-const IO_WINDOW: Window = Window {
+pub const IO_WINDOW: Window = Window {
     base: 0xc000,
     size: 0x4000,
 };
@@ -123,7 +123,7 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, DiscoveryError> {
 }
 
 /// The IOAPIC pin of a slot's INTx line.
-fn intx_gsi(slot: u8) -> u32 {
+pub fn intx_gsi(slot: u8) -> u32 {
     u32::from(FIRST_PCI_IOAPIC_PIN) + u32::from(slot) % PCI_INTX_PINS
 }
 

@@ -30,6 +30,7 @@ use devices::bus::{Bus, BusError};
 use devices::legacy::{cmos, i8042, serial, Cmos, Serial, Sink, I8042};
 use devices::pci::host_bridge::{PciRoot, PCI_CONFIG_BASE, PCI_CONFIG_PORTS};
 use devices::pci::{InterruptRouting, RoutingError};
+use devices::power::{PowerControls, POWER_BASE, POWER_PORTS};
 use devices::vfio::discovery::ManagedBinding;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
@@ -37,6 +38,7 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::acpi;
 use crate::boot::{self, BootConfig, BootError};
 use crate::cli::VmArgs;
 use crate::config::{SerialConfig, VmConfig};
@@ -93,6 +95,9 @@ pub enum VmError {
     /// Kernel loading.
     #[error(transparent)]
     Boot(#[from] BootError),
+    /// The ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] crate::acpi::AcpiError),
     /// Passthrough devices.
     #[error(transparent)]
     Passthrough(#[from] PassthroughSetupError),
@@ -280,6 +285,7 @@ impl Vm {
 
         let mem = memory::create_guest_memory(cfg.memory.size, cfg.memory.hugepages)?;
         register_memory(&vm, &mem)?;
+        let rsdp = acpi::write(&mem, &acpi_inputs(cfg)?)?;
         let boot_info = boot::load(
             &mem,
             &BootConfig {
@@ -287,6 +293,7 @@ impl Vm {
                 initramfs: cfg.initramfs.as_deref(),
                 cmdline: &cfg.cmdline,
                 vcpus: cfg.vcpus,
+                rsdp: Some(rsdp),
             },
         )?;
 
@@ -478,7 +485,37 @@ fn add_legacy_devices(
         cmos::CMOS_PORTS,
     )?;
     pio.insert(Arc::new(Mutex::new(Sink::new(0xff))), 0x80, 1)?;
+    let (off_exit, reset_exit) = (exit.clone(), exit.clone());
+    let power = PowerControls::new(
+        Box::new(move || off_exit.request(ExitReason::GuestPoweroff)),
+        Box::new(move || reset_exit.request(ExitReason::GuestReboot)),
+    );
+    pio.insert(Arc::new(Mutex::new(power)), POWER_BASE, POWER_PORTS)?;
     Ok(serial)
+}
+
+/// What the ACPI tables describe: the vCPUs, and the PCI windows of this VM's layout.
+fn acpi_inputs(cfg: &VmConfig) -> Result<acpi::AcpiInputs, VmError> {
+    let layout = memory::MemoryLayout::new(cfg.memory.size)?;
+    let last = |start: u64, size: u64| start + size.saturating_sub(1);
+    let io = passthrough::IO_WINDOW;
+    Ok(acpi::AcpiInputs {
+        vcpus: cfg.vcpus,
+        // The MP table's choice: the id after the last vCPU.
+        ioapic_id: cfg.vcpus,
+        dsdt: acpi::DsdtInputs {
+            io_window: (io.base as u16, last(io.base, io.size) as u16),
+            mmio32: (
+                layout.mmio32.start as u32,
+                last(layout.mmio32.start, layout.mmio32.size) as u32,
+            ),
+            mmio64: (
+                layout.mmio64.start,
+                last(layout.mmio64.start, layout.mmio64.size),
+            ),
+            intx_gsi: passthrough::intx_gsi,
+        },
+    })
 }
 
 fn write_lock(bus: &RwLock<Bus>) -> std::sync::RwLockWriteGuard<'_, Bus> {

@@ -7,5 +7,6 @@ pub mod bus;
 pub mod legacy;
 pub mod option_list;
 pub mod pci;
+pub mod power;
 pub mod size;
 pub mod vfio;

@@ -37,6 +37,8 @@ pub struct ZeroPage<'a> {
     pub initramfs: Option<(u64, u64)>,
     /// The memory map.
     pub e820: &'a [E820Entry],
+    /// The ACPI RSDP (`acpi_rsdp_addr`, boot protocol 2.14; older kernels scan for it).
+    pub rsdp: Option<u64>,
 }
 
 /// Builds `boot_params` from the image's setup header.
@@ -66,6 +68,7 @@ pub fn build(hdr: setup_header, zp: &ZeroPage) -> Result<boot_params, BootError>
         };
     }
     params.e820_entries = zp.e820.len() as u8;
+    params.acpi_rsdp_addr = zp.rsdp.unwrap_or(0);
     Ok(params)
 }
 
@@ -127,6 +130,7 @@ mod tests {
                 cmdline_addr: 0x2_0000,
                 initramfs: Some((0x1f00_0000, 0x12_3456)),
                 e820: &e820,
+                rsdp: Some(0xe_0000),
             },
         )
         .unwrap();
@@ -138,6 +142,7 @@ mod tests {
         assert_eq!({ h.header }, 0x5372_6448, "image's header kept");
         assert_eq!({ h.code32_start }, 0x10_0000);
         assert_eq!({ p.ext_ramdisk_image }, 0);
+        assert_eq!({ p.acpi_rsdp_addr }, 0xe_0000);
         assert_eq!(usize::from(p.e820_entries), e820.len());
         for (i, e) in e820.iter().enumerate() {
             let t = p.e820_table[i];
@@ -175,6 +180,7 @@ mod tests {
             cmdline_addr: 0,
             initramfs: None,
             e820: &e,
+            rsdp: None,
         };
         assert!(build(header(), &zp).is_err());
     }

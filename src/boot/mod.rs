@@ -248,6 +248,8 @@ pub struct BootConfig<'a> {
     pub cmdline: &'a str,
     /// Number of vCPUs (MP table entries).
     pub vcpus: u8,
+    /// The ACPI RSDP's guest address, when the VMM wrote ACPI tables.
+    pub rsdp: Option<u64>,
 }
 
 /// Loads the kernel, initramfs, command line, MP table and boot parameters into `mem`.
@@ -285,6 +287,7 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootInfo, BootErr
                     cmdline_addr: CMDLINE_START,
                     initramfs,
                     e820: &e820,
+                    rsdp: cfg.rsdp,
                 },
             )?;
             let bp = BootParams::new(&zp, GuestAddress(ZERO_PAGE_START));
@@ -303,6 +306,7 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootInfo, BootErr
                 modlist_addr: PVH_MODLIST_START,
                 memmap_addr: PVH_MEMMAP_START,
                 e820: &e820,
+                rsdp: cfg.rsdp,
             });
             let mut bp = BootParams::new(&info, GuestAddress(PVH_INFO_START));
             bp.set_sections(&memmap, GuestAddress(PVH_MEMMAP_START));

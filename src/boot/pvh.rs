@@ -9,7 +9,8 @@
 //! - `nr_modules` / `modlist_paddr` → one `hvm_modlist_entry` for the initramfs (Linux takes
 //!   the first module as the ramdisk);
 //! - `memmap_paddr` / `memmap_entries` → the e820 map as `hvm_memmap_table_entry`s;
-//! - `rsdp_paddr` = 0: no ACPI, so Linux falls back to the MP table.
+//! - `rsdp_paddr`: the ACPI tables' RSDP (0 without tables: Linux then scans for one, and
+//!   falls back to the MP table).
 
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
@@ -33,6 +34,8 @@ pub struct StartInfoInputs<'a> {
     pub memmap_addr: u64,
     /// The memory map.
     pub e820: &'a [E820Entry],
+    /// The ACPI RSDP, when there are ACPI tables.
+    pub rsdp: Option<u64>,
 }
 
 /// The start info, its memory map and its module list.
@@ -73,7 +76,7 @@ pub fn build(
             inputs.modlist_addr
         },
         cmdline_paddr: inputs.cmdline_addr,
-        rsdp_paddr: 0,
+        rsdp_paddr: inputs.rsdp.unwrap_or(0),
         memmap_paddr: inputs.memmap_addr,
         memmap_entries: memmap.len() as u32,
         reserved: 0,
@@ -96,7 +99,9 @@ mod tests {
             modlist_addr: 0x6040,
             memmap_addr: 0x7000,
             e820: &e820,
+            rsdp: Some(0xe_0000),
         });
+        assert_eq!(info.rsdp_paddr, 0xe_0000);
         assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
         assert_eq!(info.version, 1);
         assert_eq!(info.cmdline_paddr, 0x2_0000);
@@ -123,7 +128,9 @@ mod tests {
             modlist_addr: 0x6040,
             memmap_addr: 0x7000,
             e820: &e820,
+            rsdp: None,
         });
+        assert_eq!(info.rsdp_paddr, 0);
         assert_eq!((info.nr_modules, info.modlist_paddr), (0, 0));
         assert!(modules.is_empty());
     }

@@ -38,6 +38,7 @@ fn bzimage_boot_fills_boot_params() {
         initramfs: Some(initrd.path()),
         cmdline: "console=ttyS0 panic=-1",
         vcpus: 2,
+        rsdp: None,
     };
     let boot = load(&mem, &cfg).unwrap();
     assert_eq!(boot.protocol, BootProtocol::Linux64);
@@ -91,6 +92,7 @@ fn bzimage_initramfs_respects_initrd_addr_max() {
         initramfs: Some(initrd.path()),
         cmdline: "x",
         vcpus: 1,
+        rsdp: None,
     };
     let boot = load(&mem, &cfg).unwrap();
     let bp: boot_params = mem.read_obj(boot.params).unwrap();
@@ -109,6 +111,7 @@ fn pvh_boot_fills_start_info() {
         initramfs: Some(initrd.path()),
         cmdline: "console=ttyS0",
         vcpus: 1,
+        rsdp: None,
     };
     let boot = load(&mem, &cfg).unwrap();
     assert_eq!(boot.protocol, BootProtocol::Pvh);
@@ -150,6 +153,7 @@ fn command_line_is_checked() {
         initramfs: None,
         cmdline: &long,
         vcpus: 1,
+        rsdp: None,
     };
     let e = load(&mem, &cfg).unwrap_err();
     assert!(matches!(e, BootError::CmdlineTooLong { .. }), "{e:?}");
@@ -174,6 +178,7 @@ fn initramfs_too_big_for_ram_is_refused() {
         initramfs: Some(initrd.path()),
         cmdline: "",
         vcpus: 1,
+        rsdp: None,
     };
     let e = load(&mem, &cfg).unwrap_err();
     assert!(matches!(e, BootError::InitramfsTooBig { .. }), "{e:?}");
@@ -189,6 +194,7 @@ fn garbage_kernel_is_a_clear_error() {
         initramfs: None,
         cmdline: "",
         vcpus: 1,
+        rsdp: None,
     };
     let e = load(&mem, &cfg).unwrap_err();
     assert!(e
@@ -250,6 +256,7 @@ fn setup_vcpu_on_real_kvm_for_both_protocols() {
                 initramfs: None,
                 cmdline: "console=ttyS0",
                 vcpus: 2,
+                rsdp: None,
             },
         )
         .unwrap();
