@@ -488,7 +488,10 @@ fn add_legacy_devices(
     let (off_exit, reset_exit) = (exit.clone(), exit.clone());
     let power = PowerControls::new(
         Box::new(move || off_exit.request(ExitReason::GuestPoweroff)),
-        Box::new(move || reset_exit.request(ExitReason::GuestReboot)),
+        Box::new(move || {
+            log::info!("the guest reset through the ACPI reset register");
+            reset_exit.request(ExitReason::GuestReboot)
+        }),
     );
     pio.insert(Arc::new(Mutex::new(power)), POWER_BASE, POWER_PORTS)?;
     Ok(serial)

@@ -161,6 +161,33 @@ fn assert_booted(out: &Outcome, cpus: u32) {
             .any(|l| l == "passvm: guest requested reboot"),
         "passvm's one-line reason"
     );
+    assert_acpi(out);
+}
+
+/// L2 found passvm's ACPI tables and took its CPUs from the MADT, not the MP table, and
+/// did not probe for a keyboard controller the FADT says is absent.
+fn assert_acpi(out: &Outcome) {
+    let l2: Vec<&str> = out.l2_lines().collect();
+    let has = |s: &str| l2.iter().any(|l| l.contains(s));
+    assert!(has("ACPI: RSDP 0x00000000000E0000"), "L2 found the RSDP");
+    for t in ["ACPI: XSDT", "ACPI: FACP", "ACPI: DSDT", "ACPI: APIC"] {
+        assert!(has(t), "L2 lists {t}");
+    }
+    assert!(
+        has("ACPI: Using ACPI (MADT) for SMP configuration information"),
+        "CPUs from the MADT"
+    );
+    assert!(
+        !has("Intel MultiProcessor Specification"),
+        "the MP table is not what L2 used"
+    );
+    assert!(!has("ACPI BIOS Error"), "no firmware errors");
+    assert!(!has("i8042: Probing ports directly"), "no i8042 probe");
+    assert_eq!(
+        out.l2_marker("acpi_tables"),
+        Some("APIC DSDT FACP"),
+        "the tables in L2's sysfs"
+    );
 }
 
 #[test]
@@ -185,6 +212,50 @@ fn bzimage_one_vcpu() {
 #[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_vm -- --ignored"]
 fn bzimage_two_vcpus() {
     assert_booted(&boot("bzImage", 2), 2);
+}
+
+/// `poweroff -f` in L2 goes through ACPI S5 (the FADT's sleep control register) and
+/// passvm exits 0 saying so, within the scenario's time.
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_vm -- --ignored"]
+fn guest_poweroff_through_acpi_exits_0() {
+    let out = Scenario::new("vm-boot")
+        .l1_append("passvm.l2kernel=bzImage passvm.l2cpus=2 passvm.l2end=poweroff")
+        .run();
+    out.assert_ok();
+    assert_eq!(out.marker("passvm_rc"), Some("0"), "passvm's exit status");
+    assert_eq!(out.l2_rc(), Some(0));
+    assert!(
+        out.l2_lines().any(|l| l.contains("reboot: Power down")),
+        "L2 powered down"
+    );
+    assert!(
+        out.vmm_lines().any(|l| l == "passvm: guest powered off"),
+        "passvm's one-line reason"
+    );
+    assert_acpi(&out);
+}
+
+/// With `reboot=acpi`, L2 resets through the FADT's reset register instead of the
+/// i8042, and passvm ends the VM as for any reboot.
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_vm -- --ignored"]
+fn guest_reboot_through_the_acpi_reset_register_exits_0() {
+    let out = Scenario::new("vm-boot")
+        .l1_append(
+            "passvm.l2kernel=vmlinux passvm.l2cpus=1 passvm.l2args=reboot=acpi passvm.log=info",
+        )
+        .run();
+    assert_booted(&out, 1);
+    assert!(
+        out.l2_lines().any(|l| l.contains("reboot=acpi")),
+        "L2's command line asked for the ACPI reset"
+    );
+    assert!(
+        out.vmm_lines()
+            .any(|l| l.contains("the guest reset through the ACPI reset register")),
+        "the reset came through the FADT's register, not the i8042"
+    );
 }
 
 #[test]

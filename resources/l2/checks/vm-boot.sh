@@ -8,3 +8,5 @@ bed_report pci "$(ls /sys/bus/pci/devices | tr '\n' ' ')"
 # The timer the kernel ticks with: "lapic-deadline" when passvm offered the
 # TSC-deadline timer (CPUID.1:ECX[24]) and KVM emulates it.
 bed_report clockevent "$(cat /sys/devices/system/clockevents/clockevent0/current_device 2>/dev/null || echo none)"
+# The ACPI tables the kernel found (passvm's src/acpi/), by signature.
+bed_report acpi_tables "$(ls /sys/firmware/acpi/tables 2>/dev/null | tr '\n' ' ')"
