@@ -31,14 +31,14 @@ busybox_base() {
 # --- L2 ---------------------------------------------------------------------
 L2="$IMAGES/l2.cpio.gz"
 l2_hash="$(bed_hash "$BUSYBOX" "$BED_RESOURCES/images.sh" "$BED_RESOURCES/l2/init" "$BED_RESOURCES/l2/lib.sh" \
-    "$BED_RESOURCES/lib/read-bench.sh" "$BED_RESOURCES"/l2/checks/*.sh --)"
+    "$BED_RESOURCES/lib/read-bench.sh" "$BED_RESOURCES/lib/pci-caps.sh" "$BED_RESOURCES"/l2/checks/*.sh --)"
 if ! stamp_ok "$L2" "$l2_hash"; then
     bed_log "building L2 initramfs"
     stage="$(mktemp -d)"
     busybox_base "$stage"
     mkdir -p "$stage/lib" "$stage/checks"
     install -m 755 "$BED_RESOURCES/l2/init" "$stage/init"
-    cat "$BED_RESOURCES/l2/lib.sh" "$BED_RESOURCES/lib/read-bench.sh" >"$stage/lib/bed-l2.sh"
+    cat "$BED_RESOURCES/l2/lib.sh" "$BED_RESOURCES/lib/read-bench.sh" "$BED_RESOURCES/lib/pci-caps.sh" >"$stage/lib/bed-l2.sh"
     cp "$BED_RESOURCES"/l2/checks/*.sh "$stage/checks/"
     pack "$stage" "$L2"
     rm -rf "$stage"
@@ -48,14 +48,14 @@ fi
 # --- L1 (bed kernel) ----------------------------------------------------------
 L1="$IMAGES/l1-own.cpio.gz"
 l1_hash="$(bed_hash "$BUSYBOX" "$BED_RESOURCES/images.sh" "$BED_RESOURCES/l1/init" "$BED_RESOURCES/l1/lib.sh" \
-    "$BED_RESOURCES/lib/read-bench.sh" "$BED_RESOURCES"/scenarios/*.sh "$PASSVM_BIN" -- "$KERNEL_DIR" "$l2_hash")"
+    "$BED_RESOURCES/lib/read-bench.sh" "$BED_RESOURCES/lib/pci-caps.sh" "$BED_RESOURCES"/scenarios/*.sh "$PASSVM_BIN" -- "$KERNEL_DIR" "$l2_hash")"
 if ! stamp_ok "$L1" "$l1_hash"; then
     bed_log "building L1 initramfs"
     stage="$(mktemp -d)"
     busybox_base "$stage"
     mkdir -p "$stage/bed/scenarios" "$stage/bed/l2"
     install -m 755 "$BED_RESOURCES/l1/init" "$stage/init"
-    cat "$BED_RESOURCES/l1/lib.sh" "$BED_RESOURCES/lib/read-bench.sh" >"$stage/bed/lib.sh"
+    cat "$BED_RESOURCES/l1/lib.sh" "$BED_RESOURCES/lib/read-bench.sh" "$BED_RESOURCES/lib/pci-caps.sh" >"$stage/bed/lib.sh"
     cp "$BED_RESOURCES"/scenarios/*.sh "$stage/bed/scenarios/"
     install -m 755 "$PASSVM_BIN" "$stage/bin/passvm"
     cp "$KERNEL_DIR/vmlinux" "$KERNEL_DIR/bzImage" "$stage/bed/l2/"

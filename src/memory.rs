@@ -7,7 +7,8 @@
 //! 0                  RAM (low)      boot structures, kernel, initramfs; see boot::layout
 //! 0x9_fc00           reserved       EBDA (MP table) and the legacy VGA/BIOS hole up to 1 MiB
 //! 0x10_0000          RAM (low)      up to min(size, 3 GiB)
-//! 0xc000_0000        MMIO32         32-bit PCI BAR window (a gap in the e820 map)
+//! 0xc000_0000        MMIO32         32-bit PCI BAR window (a gap in the e820 map), 768 MiB
+//! 0xf000_0000        ECAM           PCIe config space of buses 0-15 (MCFG), e820-reserved
 //! 0xfec0_0000        IOAPIC         one page, e820-reserved
 //! 0xfee0_0000        LAPIC / MSI    the x86 MSI address window, 1 MiB, e820-reserved
 //! 0x1_0000_0000      RAM (high)     the rest of the RAM when size > 3 GiB
@@ -75,8 +76,17 @@ pub const LAPIC_START: u64 = 0xfee0_0000;
 pub const MSI_WINDOW_START: u64 = 0xfee0_0000;
 /// Size of the MSI window; IOMMUs reserve exactly this range.
 pub const MSI_WINDOW_SIZE: u64 = 0x10_0000;
-/// The 32-bit BAR window: from [`MMIO32_START`] up to the IOAPIC.
-pub const MMIO32_SIZE: u64 = IOAPIC_START - MMIO32_START;
+/// The PCIe ECAM window (ACPI MCFG): 1 MiB of config space per bus, buses
+/// 0..[`ECAM_BUSES`], e820-reserved so Linux accepts it. Above the 32-bit BAR window,
+/// aligned to its size.
+pub const ECAM_START: u64 = 0xf000_0000;
+/// Buses the ECAM window covers (bus 0 is the only one populated today; the rest are
+/// room for bridges).
+pub const ECAM_BUSES: u64 = 16;
+/// Size of the ECAM window.
+pub const ECAM_SIZE: u64 = ECAM_BUSES << 20;
+/// The 32-bit BAR window: from [`MMIO32_START`] up to the ECAM window (768 MiB).
+pub const MMIO32_SIZE: u64 = ECAM_START - MMIO32_START;
 /// 4 GiB: where the part of RAM that does not fit below the hole continues.
 pub const RAM_64BIT_START: u64 = 0x1_0000_0000;
 /// Every guest-physical address passvm hands out (RAM, BARs) stays below this (2^39): the
@@ -266,6 +276,11 @@ pub(crate) fn e820_from_ram(ram: impl Iterator<Item = AddrRange>) -> Vec<E820Ent
     // Firmware-style reservations inside the 32-bit hole; the list stays sorted because
     // RAM below 4 GiB ends at MMIO32_START at the latest.
     let reserved = [
+        E820Entry {
+            addr: ECAM_START,
+            size: ECAM_SIZE,
+            kind: E820_RESERVED,
+        },
         E820Entry {
             addr: IOAPIC_START,
             size: IOAPIC_SIZE,

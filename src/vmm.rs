@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use devices::bus::{Bus, BusError};
 use devices::legacy::{cmos, i8042, serial, Cmos, Serial, Sink, I8042};
+use devices::pci::ecam::EcamWindow;
 use devices::pci::host_bridge::{PciRoot, PCI_CONFIG_BASE, PCI_CONFIG_PORTS};
 use devices::pci::{InterruptRouting, RoutingError};
 use devices::power::{PowerControls, POWER_BASE, POWER_PORTS};
@@ -303,6 +304,12 @@ impl Vm {
         // Bus 0: the host bridge, then the passthrough devices (src/passthrough.rs).
         let pci = Arc::new(Mutex::new(PciRoot::new()));
         write_lock(&buses.pio).insert(pci.clone(), PCI_CONFIG_BASE, PCI_CONFIG_PORTS)?;
+        // The same functions, all 4 KiB of their config space, through the MCFG's window.
+        write_lock(&buses.mmio).insert(
+            Arc::new(Mutex::new(EcamWindow::new(pci.clone()))),
+            memory::ECAM_START,
+            memory::ECAM_SIZE,
+        )?;
         let passthrough = passthrough::attach(
             &prepared,
             &VmParts {
@@ -517,6 +524,7 @@ fn acpi_inputs(cfg: &VmConfig) -> Result<acpi::AcpiInputs, VmError> {
                 last(layout.mmio64.start, layout.mmio64.size),
             ),
             intx_gsi: passthrough::intx_gsi,
+            ecam: (memory::ECAM_START, memory::ECAM_BUSES as u8),
         },
     })
 }

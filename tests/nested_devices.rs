@@ -51,6 +51,34 @@ fn assert_driven(out: &Outcome, id: &str, driver: &str, mode: &str) {
     let (bdf, got_id, got_driver) = l2_device(out);
     assert_eq!((got_id.as_str(), got_driver.as_str()), (id, driver));
     assert_eq!(irq_mode(out, &bdf), mode);
+    assert_config_space_as_in_l1(out, &bdf);
+}
+
+/// Extended capabilities passvm hides (devices/src/vfio/device/mod.rs): ARI, SR-IOV,
+/// Resizable BAR.
+const HIDDEN_EXT_CAPS: [&str; 3] = ["000e", "0010", "0015"];
+
+/// L2 sees the one device's config space at the size L1 sees it (4 KiB for a PCIe
+/// function, through passvm's ECAM window), with L1's extended capabilities in L1's
+/// order, less the hidden ones.
+fn assert_config_space_as_in_l1(out: &Outcome, l2_bdf: &str) {
+    let l1 = out.markers("l1_extcaps");
+    assert_eq!(l1.len(), 1, "one device in L1: {l1:?}");
+    let l1: Vec<&str> = l1[0].split_whitespace().skip(1).collect();
+    let l2 = out
+        .l2_markers("extcaps")
+        .into_iter()
+        .find_map(|m| m.strip_prefix(l2_bdf))
+        .unwrap_or_else(|| panic!("no extcaps marker for {l2_bdf}"));
+    let l2: Vec<&str> = l2.split_whitespace().collect();
+    assert_eq!(l2.first(), l1.first(), "config space size, L2 {l2:?} vs L1 {l1:?}");
+    let expected: Vec<&str> = l1
+        .iter()
+        .skip(1)
+        .copied()
+        .filter(|id| !HIDDEN_EXT_CAPS.contains(id))
+        .collect();
+    assert_eq!(&l2[1..], expected.as_slice(), "extended capabilities, L1 {l1:?}");
 }
 
 /// The interrupt mode L2's driver ended up with for `bdf` (msix, msi, intx).

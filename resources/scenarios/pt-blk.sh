@@ -24,7 +24,8 @@
 #   passvm.pt.l2=ARGS                     more L2 kernel arguments, comma-separated
 # The same script passes any kind of device (NVMe, AHCI, UART, ivshmem, VFs).
 # L2 runs resources/l2/checks/pt-blk.sh. Markers: passvm_rc/passvm_ms per run,
-# run="N rc=RC", after="BDF DRIVER" (the disk's L1 driver once passvm is gone).
+# run="N rc=RC", after="BDF DRIVER" (the disk's L1 driver once passvm is gone),
+# l1_extcaps="BDF SIZE ID..." (config space size and extended capabilities in L1).
 export RUST_LOG=info
 backend="$(bed_cmdline_arg passvm.pt.backend || echo auto)"
 form="$(bed_cmdline_arg passvm.pt.name || echo cdev)"
@@ -46,6 +47,8 @@ for entry in $(bed_cmdline_arg passvm.devices | tr ',' ' '); do
     fi
     bdfs="$bdfs $bdf"
     name="$bdf"
+    # What L1 sees of the function's config space, to compare with L2's view.
+    bed_report l1_extcaps "$bdf $(bed_ext_caps "/sys/bus/pci/devices/$bdf")"
     if [ "$managed" = 1 ]; then
         bed_report before "$bdf $(bed_driver "$bdf")"
         set -- "$@" --device "$bdf,managed=on"

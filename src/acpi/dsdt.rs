@@ -5,6 +5,7 @@
 //! \_SB.PCI0        the PCIe host bridge: _CRS with the bus range, the config ports and
 //!                  the I/O, 32-bit and 64-bit BAR windows; _PRT for every slot's INTx;
 //!                  _OSC granting the OS native control of PCIe features
+//! \_SB.MBRD        a motherboard resource reserving the ECAM window
 //! \_SB.COM1        the 8250 at 0x3f8, IRQ 4
 //! ```
 //!
@@ -13,7 +14,8 @@
 
 use acpi_tables::aml::{
     AddressSpace, AddressSpaceCacheable, Arg, CreateDWordField, Device, EISAName, Equal, If,
-    Interrupt, Method, Name, Or, Package, Path, ResourceTemplate, Return, Scope, Uuid, IO,
+    Interrupt, Memory32Fixed, Method, Name, Or, Package, Path, ResourceTemplate, Return, Scope,
+    Uuid, IO,
 };
 use acpi_tables::{Aml, AmlSink};
 
@@ -37,6 +39,9 @@ pub struct DsdtInputs {
     pub mmio64: (u64, u64),
     /// The IOAPIC pin of a slot's INTx line, for the slots 0-31.
     pub intx_gsi: fn(u8) -> u32,
+    /// The ECAM window (base, bus count): the buses the bridge decodes, and a motherboard
+    /// resource so the OS accepts the MCFG's window.
+    pub ecam: (u64, u8),
 }
 
 /// The DSDT's AML body (the table header is the caller's).
@@ -46,7 +51,8 @@ pub fn aml(inputs: &DsdtInputs) -> Vec<u8> {
     let s5 = Package::new(vec![&S5_SLP_TYP, &S5_SLP_TYP, &0u8, &0u8]);
     Name::new("\\_S5_".into(), &s5).to_aml_bytes(&mut out);
     let pci0 = Pci0(inputs);
-    Scope::new("\\_SB_".into(), vec![&pci0, &Com1]).to_aml_bytes(&mut out);
+    let mbrd = Motherboard(inputs);
+    Scope::new("\\_SB_".into(), vec![&pci0, &mbrd, &Com1]).to_aml_bytes(&mut out);
     out
 }
 
@@ -74,7 +80,7 @@ impl Aml for Pci0<'_> {
         let (io_min, io_max) = inputs.io_window;
         let (m32_min, m32_max) = inputs.mmio32;
         let (m64_min, m64_max) = inputs.mmio64;
-        let bus = AddressSpace::<u16>::new_bus_number(0, 0);
+        let bus = AddressSpace::<u16>::new_bus_number(0, u16::from(inputs.ecam.1) - 1);
         let config_ports = IO::new(
             PCI_CONFIG_BASE as u16,
             PCI_CONFIG_BASE as u16,
@@ -152,6 +158,28 @@ impl Aml for Osc {
                 &If::new(&is_pci, vec![&granted]),
                 &Or::new(&cdw1, &cdw1, &OSC_UNRECOGNIZED_UUID),
                 &Return::new(&Arg(3)),
+            ],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
+/// `\_SB.MBRD`, a motherboard resource (PNP0C02) holding the ECAM window: Linux uses an
+/// MCFG window only where firmware also reserves it.
+struct Motherboard<'a>(&'a DsdtInputs);
+
+impl Aml for Motherboard<'_> {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        let (base, buses) = self.0.ecam;
+        let window = Memory32Fixed::new(false, base as u32, u32::from(buses) << 20);
+        let crs = ResourceTemplate::new(vec![&window]);
+        let hid = EISAName::new("PNP0C02");
+        Device::new(
+            "MBRD".into(),
+            vec![
+                &Name::new("_HID".into(), &hid),
+                &Name::new("_UID".into(), &0u8),
+                &Name::new("_CRS".into(), &crs),
             ],
         )
         .to_aml_bytes(sink);

@@ -3,11 +3,12 @@
 //!
 //! ```text
 //! 0xe0000  RSDP   → XSDT
-//!          XSDT   → FADT, MADT
+//!          XSDT   → FADT, MADT, MCFG
 //!          FADT   hardware-reduced; DSDT; sleep control/status and reset registers
 //!                 (devices::power); no i8042, no VGA, no CMOS RTC flag games
 //!          MADT   one local APIC per vCPU, the IOAPIC (GSI 0-23)
-//!          DSDT   \_S5, \_SB.PCI0 (windows, _PRT, _OSC), \_SB.COM1 (dsdt.rs)
+//!          MCFG   the ECAM window of segment 0 (devices::pci::ecam)
+//!          DSDT   \_S5, \_SB.PCI0 (windows, _PRT, _OSC), \_SB.MBRD, \_SB.COM1 (dsdt.rs)
 //! 0x100000 end of the BIOS area
 //! ```
 //!
@@ -38,6 +39,7 @@ use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
 };
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -117,10 +119,15 @@ pub fn build(inputs: &AcpiInputs) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
 
     let fadt_at = place(bytes_of(&fadt(dsdt_at)), &mut tables);
     let madt_at = place(bytes_of(&madt(inputs)), &mut tables);
+    let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    let (ecam_base, ecam_buses) = inputs.dsdt.ecam;
+    mcfg.add_ecam(ecam_base, 0, 0, ecam_buses - 1);
+    let mcfg_at = place(bytes_of(&mcfg), &mut tables);
 
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_at);
     xsdt.add_entry(madt_at);
+    xsdt.add_entry(mcfg_at);
     let xsdt_at = place(bytes_of(&xsdt), &mut tables);
 
     if next > ACPI_END {

@@ -9,6 +9,7 @@ fn inputs(vcpus: u8) -> AcpiInputs {
             mmio32: (0xc000_0000, 0xfebf_ffff),
             mmio64: (0x40_0000_0000, 0x7f_ffff_ffff),
             intx_gsi: |slot| 16 + u32::from(slot) % 8,
+            ecam: (0xf000_0000, 16),
         },
     }
 }
@@ -50,7 +51,7 @@ fn every_table_sums_to_zero_has_its_length_and_is_reachable_from_the_rsdp() {
         let table = at(&t, u64_at(xsdt, 36 + 8 * i));
         sigs.push(String::from_utf8_lossy(&table[..4]).into_owned());
     }
-    assert_eq!(sigs, ["FACP", "APIC"]);
+    assert_eq!(sigs, ["FACP", "APIC", "MCFG"]);
     let fadt = at(&t, u64_at(xsdt, 36));
     let dsdt = at(&t, u64_at(fadt, 140));
     assert_eq!(&dsdt[..4], b"DSDT");
@@ -194,6 +195,9 @@ fn iasl_disassembles_the_dsdt_into_the_layouts_windows() {
         "Device (COM1)",
         "EisaId (\"PNP0501\")",
         "0x03F8,             // Range Minimum",
+        "EisaId (\"PNP0C02\")",
+        "Memory32Fixed (ReadOnly,\n                    0xF0000000,         // Address Base\n                    0x01000000,         // Address Length",
+        "0x000F,             // Range Maximum",
         "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
         "0x0001FFFF,",
         "0x001FFFFF,",
@@ -201,4 +205,17 @@ fn iasl_disassembles_the_dsdt_into_the_layouts_windows() {
         assert!(dsl.contains(want), "missing {want:?} in\n{dsl}");
     }
     assert!(!dsl.contains("Error"), "{dsl}");
+}
+
+#[test]
+fn the_mcfg_describes_the_ecam_window_of_segment_0() {
+    let t = build(&inputs(1)).unwrap();
+    let xsdt = at(&t, u64_at(&t[0].1, 24));
+    let mcfg = at(&t, u64_at(xsdt, 52));
+    assert_eq!(&mcfg[..4], b"MCFG");
+    // One 16-byte allocation after the 44-byte header: base, segment, first and last bus.
+    assert_eq!(mcfg.len(), 44 + 16);
+    assert_eq!(u64_at(mcfg, 44), 0xf000_0000);
+    assert_eq!(u16::from_le_bytes([mcfg[52], mcfg[53]]), 0);
+    assert_eq!((mcfg[54], mcfg[55]), (0, 15));
 }

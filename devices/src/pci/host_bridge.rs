@@ -3,8 +3,9 @@
 //! direct-probe sanity check looks for a host bridge class on bus 0); every other slot is
 //! empty until a device is added with [`PciRoot::add_device`].
 //!
-//! Only bus 0, function 0 of each slot and the first 256 bytes of config space exist; absent
-//! functions read all-ones, which is how a guest learns there is nothing there.
+//! Only bus 0 and function 0 of each slot exist; absent functions read all-ones, which is
+//! how a guest learns there is nothing there. Mechanism #1 reaches the first 256 bytes of
+//! each function's config space; the ECAM window ([`super::ecam`]) reaches all 4 KiB.
 
 use std::sync::{Arc, Mutex};
 
@@ -113,23 +114,57 @@ impl PciRoot {
         Ok(slot)
     }
 
-    /// The function CONFIG_ADDRESS selects, and the register index, if it exists.
-    fn selected(&self) -> Option<(&SharedPciDevice, usize)> {
-        let a = self.config_address;
-        let (bus, slot, function) = ((a >> 16) & 0xff, (a >> 11) & 0x1f, (a >> 8) & 0x7);
-        if a & ENABLE == 0 || bus != 0 || function != 0 {
+    /// The function at `bus:slot.function`, if one exists (bus 0, function 0 only).
+    fn function(&self, bus: u32, slot: u32, function: u32) -> Option<&SharedPciDevice> {
+        if bus != 0 || function != 0 {
             return None;
         }
-        let reg = ((a >> 2) & 0x3f) as usize;
-        self.slots.get(slot as usize)?.as_ref().map(|d| (d, reg))
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    /// Config register `reg` (a dword index: 0-63 for the header space, up to 1023 with
+    /// the extended space) of `bus:slot.function`; all-ones where no function exists.
+    pub fn config_read(&self, bus: u32, slot: u32, function: u32, reg: usize) -> u32 {
+        match self.function(bus, slot, function) {
+            Some(dev) => dev
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .read_config_register(reg),
+            None => u32::MAX,
+        }
+    }
+
+    /// Writes `data` at byte `offset` of config register `reg` of `bus:slot.function`;
+    /// dropped where no function exists.
+    pub fn config_write(
+        &self,
+        bus: u32,
+        slot: u32,
+        function: u32,
+        reg: usize,
+        offset: usize,
+        data: &[u8],
+    ) {
+        if let Some(dev) = self.function(bus, slot, function) {
+            dev.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .write_config_register(reg, offset as u64, data);
+        }
+    }
+
+    /// What CONFIG_ADDRESS selects: (bus, slot, function, register), when enabled.
+    fn selected(&self) -> Option<(u32, u32, u32, usize)> {
+        let a = self.config_address;
+        if a & ENABLE == 0 {
+            return None;
+        }
+        let (bus, slot, function) = ((a >> 16) & 0xff, (a >> 11) & 0x1f, (a >> 8) & 0x7);
+        Some((bus, slot, function, ((a >> 2) & 0x3f) as usize))
     }
 
     fn read_data(&self, byte: usize, data: &mut [u8]) {
         let value = match self.selected() {
-            Some((dev, reg)) => dev
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .read_config_register(reg),
+            Some((bus, slot, function, reg)) => self.config_read(bus, slot, function, reg),
             None => u32::MAX,
         };
         let bytes = value.to_le_bytes();
@@ -139,10 +174,8 @@ impl PciRoot {
     }
 
     fn write_data(&self, byte: usize, data: &[u8]) {
-        if let Some((dev, reg)) = self.selected() {
-            dev.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .write_config_register(reg, byte as u64, data);
+        if let Some((bus, slot, function, reg)) = self.selected() {
+            self.config_write(bus, slot, function, reg, byte, data);
         }
     }
 }

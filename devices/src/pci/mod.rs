@@ -5,6 +5,7 @@
 pub mod bar;
 pub(crate) mod caps;
 pub(crate) mod config_space;
+pub mod ecam;
 pub mod host_bridge;
 pub mod kvm_routing;
 pub mod route_table;

@@ -1,7 +1,8 @@
 # Every device passvm passed through, driven by L2's own driver, by kind
 # (resources/scenarios/pt-blk.sh with passvm.pt.check=pt-dev):
-# - every PCI endpoint: "driver=BDF VVVV:DDDD DRIVER" and "irqmode=BDF MODE"
-#   (msix, msi or intx, from the msi_irqs and irq sysfs files);
+# - every PCI endpoint: "driver=BDF VVVV:DDDD DRIVER", "irqmode=BDF MODE"
+#   (msix, msi or intx, from the msi_irqs and irq sysfs files) and
+#   "extcaps=BDF SIZE ID..." (config space size, extended capability IDs);
 # - disks of any kind (virtio-blk vdX, NVMe nvmeXnY, SATA sdX): the disk check;
 # - a PCI 16550 (1b36:0002, 8250_pci): PASSVM-L2-UART and the tty's name are
 #   written to it, so the host finds them in the chardev's file;
@@ -31,6 +32,8 @@ for d in /sys/bus/pci/devices/*; do
         grep -q msix "$d"/msi_irqs/* && mode=msix
     fi
     bed_report irqmode "$bdf $mode"
+    # Config space size and extended capability IDs (through passvm's ECAM window).
+    bed_report extcaps "$bdf $(bed_ext_caps "$d")"
 
     case "$id" in
     0x1b36:0x0002)

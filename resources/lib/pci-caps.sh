@@ -1,0 +1,24 @@
+
+# A PCI function's config space size and extended capability IDs, from its sysfs
+# config file: "SIZE ID ID ..." (IDs as 4 hex digits, in list order; "SIZE" alone for
+# a 256-byte space). The walk is bounded (1024 hops) and stops at a pointer outside
+# 0x100-0xffc, a zero or all-ones header, as the kernel's does. Needs root (sysfs
+# shows only the first 64 bytes to others).
+bed_ext_caps() {
+    ec_cfg="$1/config"
+    ec_size="$(wc -c <"$ec_cfg")"
+    ec_ids=""
+    ec_off=256
+    ec_n=0
+    while [ "$ec_size" -ge 4096 ] && [ "$ec_off" -ge 256 ] && [ "$ec_off" -le 4092 ] && [ "$ec_n" -lt 1024 ]; do
+        ec_h="$(od -An -tx4 -j "$ec_off" -N4 "$ec_cfg" | tr -d ' ')"
+        case "$ec_h" in "" | 00000000 | ffffffff) break ;; esac
+        ec_v=$((0x$ec_h))
+        ec_id=$((ec_v & 0xffff))
+        # ID 0 is the "null" capability a VMM leaves where it hid the first one.
+        [ "$ec_id" -ne 0 ] && ec_ids="$ec_ids $(printf %04x "$ec_id")"
+        ec_off=$(((ec_v >> 20) & 0xffc))
+        ec_n=$((ec_n + 1))
+    done
+    echo "$ec_size$ec_ids"
+}
