@@ -35,7 +35,7 @@
 //! legacy hole must never be handed to the page allocator), and the IOAPIC page and the MSI
 //! window are listed as reserved so the guest does not put BARs there. The 32-bit hole is
 //! deliberately *not* listed: Linux treats e820 gaps below 4 GiB as the space available for
-//! PCI ("[mem 0xc0000000-0xfebfffff] available for PCI devices").
+//! PCI ("[mem 0xc0000000-0xefffffff] available for PCI devices").
 //!
 //! # Backing
 //!
