@@ -71,14 +71,22 @@ fn assert_config_space_as_in_l1(out: &Outcome, l2_bdf: &str) {
         .find_map(|m| m.strip_prefix(l2_bdf))
         .unwrap_or_else(|| panic!("no extcaps marker for {l2_bdf}"));
     let l2: Vec<&str> = l2.split_whitespace().collect();
-    assert_eq!(l2.first(), l1.first(), "config space size, L2 {l2:?} vs L1 {l1:?}");
+    assert_eq!(
+        l2.first(),
+        l1.first(),
+        "config space size, L2 {l2:?} vs L1 {l1:?}"
+    );
     let expected: Vec<&str> = l1
         .iter()
         .skip(1)
         .copied()
         .filter(|id| !HIDDEN_EXT_CAPS.contains(id))
         .collect();
-    assert_eq!(&l2[1..], expected.as_slice(), "extended capabilities, L1 {l1:?}");
+    assert_eq!(
+        &l2[1..],
+        expected.as_slice(),
+        "extended capabilities, L1 {l1:?}"
+    );
 }
 
 /// The interrupt mode L2's driver ended up with for `bdf` (msix, msi, intx).

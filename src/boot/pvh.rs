@@ -109,7 +109,6 @@ mod tests {
         assert_eq!(info.memmap_entries as usize, e820.len());
         assert_eq!(info.nr_modules, 1);
         assert_eq!(info.modlist_paddr, 0x6040);
-        assert_eq!(info.rsdp_paddr, 0);
         assert_eq!(
             (modules[0].paddr, modules[0].size),
             (0xbf00_0000, 0x40_0000)
