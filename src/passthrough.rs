@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use devices::pci::bar::{BarAllocator, Window, DEFAULT_MMIO64_LIMIT};
 use devices::pci::host_bridge::PciRoot;
 use devices::pci::InterruptRouting;
-use devices::vfio::assignment::{AssignError, Assignment, AttachContext, AttachedDevice};
+use devices::vfio::assignment::{self, AssignError, Assignment, AttachContext, AttachedDevice};
 use devices::vfio::device::VfioPciDevice;
 use devices::vfio::discovery::{self, DiscoveryError, ManagedBinding, Plan, Roots};
 use devices::vfio::iommu::DeviceSource;
@@ -197,12 +197,21 @@ pub fn attach(
     };
     for d in &plan.devices {
         let name = d.id.clone().unwrap_or_else(|| d.name.clone());
+        let device_err = |source| PassthroughSetupError::Device {
+            given: d.given_as.clone(),
+            source,
+        };
+        let rom = assignment::rom_image(&d.rom).map_err(device_err)?;
         let a = space
-            .attach(&name, &DeviceSource::from(d), parts.mem, &mut ctx, intx_gsi)
-            .map_err(|source| PassthroughSetupError::Device {
-                given: d.given_as.clone(),
-                source,
-            })?;
+            .attach(
+                &name,
+                &DeviceSource::from(d),
+                rom,
+                parts.mem,
+                &mut ctx,
+                intx_gsi,
+            )
+            .map_err(device_err)?;
         out.devices.push(a);
     }
     out.space = Some(space);

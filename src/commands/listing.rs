@@ -283,6 +283,7 @@ mod tests {
             fd: None,
             id: None,
             managed: false,
+            rom: Default::default(),
         }
     }
 

@@ -23,12 +23,14 @@ use kvm_ioctls::VmFd;
 use vfio_ioctls::VfioDeviceFd;
 use vm_memory::GuestMemoryBackend;
 
-use super::device::{DeviceContext, DeviceError, VfioPciDevice};
+use super::device::rom::MAX_ROM_SIZE;
+use super::device::{DeviceContext, DeviceError, RomImage, VfioPciDevice};
 use super::device_fd::VfioDeviceOps;
 use super::discovery::model::Backend;
 use super::discovery::model::ResolvedDevice;
 use super::iommu::kvm_vfio::{create_kvm_vfio_device, KvmVfioError};
 use super::iommu::{DeviceSource, DmaReport, IommuError, IommuSpace};
+use super::naming::RomChoice;
 use super::vm::kvm::{KvmVmOps, SlotPool};
 use super::vm::VmOpsError;
 use crate::bus::{Bus, BusDevice};
@@ -54,6 +56,23 @@ pub enum AssignError {
     /// Buses or memory slots.
     #[error("attaching the device to the VM: {0}")]
     Vm(#[from] VmOpsError),
+    /// A `romfile=` that cannot be read.
+    #[error("romfile={}: {source}; give a readable ROM image (or drop romfile= to use the device's own)", path.display())]
+    RomFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `romfile=` that no ROM BAR can hold.
+    #[error("romfile={}: {len} bytes; a ROM BAR holds 1 byte to 16 MiB", path.display())]
+    RomFileSize {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its length.
+        len: u64,
+    },
     /// An eventfd.
     #[error("cannot create an eventfd ({0}); raise the open-file limit (ulimit -n)")]
     EventFd(#[source] std::io::Error),
@@ -96,6 +115,7 @@ pub struct AttachedDevice {
 pub fn attach_device(
     name: &str,
     dev: Arc<dyn VfioDeviceOps>,
+    rom: RomImage,
     ctx: &mut AttachContext<'_>,
     intx_gsi: impl Fn(u8) -> u32,
 ) -> Result<AttachedDevice, AssignError> {
@@ -115,6 +135,7 @@ pub fn attach_device(
         .map_err(AssignError::EventFd)?,
     );
     let device_ctx = DeviceContext {
+        rom,
         vm: ops.clone(),
         routing: ctx.routing.clone(),
         bars: ctx.bars,
@@ -193,12 +214,13 @@ impl Assignment {
         self.dma
     }
 
-    /// Opens `src`, maps guest RAM if it is the first device, and attaches it
-    /// ([`attach_device`]).
+    /// Opens `src`, maps guest RAM if it is the first device, and attaches it with `rom`
+    /// behind its ROM BAR ([`attach_device`]).
     pub fn attach<M: GuestMemoryBackend>(
         &mut self,
         name: &str,
         src: &DeviceSource,
+        rom: RomImage,
         mem: &M,
         ctx: &mut AttachContext<'_>,
         intx_gsi: impl Fn(u8) -> u32,
@@ -207,8 +229,29 @@ impl Assignment {
         if self.dma.is_none() {
             self.dma = Some(self.space.map_guest_memory(mem)?);
         }
-        attach_device(name, dev, ctx, intx_gsi)
+        attach_device(name, dev, rom, ctx, intx_gsi)
     }
+}
+
+/// What `choice` puts behind the ROM BAR: a `romfile=` image is read here, once.
+pub fn rom_image(choice: &RomChoice) -> Result<RomImage, AssignError> {
+    Ok(match choice {
+        RomChoice::Device => RomImage::FromDevice,
+        RomChoice::Off => RomImage::Hidden,
+        RomChoice::File(path) => {
+            let bytes = std::fs::read(path).map_err(|source| AssignError::RomFile {
+                path: path.clone(),
+                source,
+            })?;
+            if bytes.is_empty() || bytes.len() as u64 > MAX_ROM_SIZE {
+                return Err(AssignError::RomFileSize {
+                    path: path.clone(),
+                    len: bytes.len() as u64,
+                });
+            }
+            RomImage::Bytes(bytes.into())
+        }
+    })
 }
 
 #[cfg(test)]
@@ -294,9 +337,13 @@ mod attach_tests {
             routing: Arc::new(RecordingVm::new()),
             bars: &mut bars,
         };
-        let a = attach_device("mtty-like", Arc::new(f), &mut ctx, |slot| {
-            16 + u32::from(slot % 8)
-        })
+        let a = attach_device(
+            "mtty-like",
+            Arc::new(f),
+            RomImage::FromDevice,
+            &mut ctx,
+            |slot| 16 + u32::from(slot % 8),
+        )
         .unwrap();
         assert_eq!(a.slot, 1, "slot 0 is the host bridge");
         assert_eq!(a.intx, Some((1, 17)));

@@ -18,6 +18,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::vfio::sys::{VFIO_DEVICE_GET_INFO, VFIO_DEVICE_RESET};
 
+/// Region index of the expansion ROM.
+pub const ROM_REGION: u32 = 6;
 /// Region index of the PCI config space.
 pub const CONFIG_REGION: u32 = 7;
 

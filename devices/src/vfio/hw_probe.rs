@@ -80,6 +80,7 @@ fn hw_probe() {
     let routing = Arc::new(RecordingVm::new());
     let mut bars = probe_bars();
     let ctx = DeviceContext {
+        rom: crate::vfio::device::RomImage::FromDevice,
         vm: ops.clone(),
         routing: routing.clone(),
         bars: &mut bars,
@@ -276,6 +277,7 @@ impl Rig {
         );
         let mut bars = probe_bars();
         let ctx = DeviceContext {
+            rom: crate::vfio::device::RomImage::FromDevice,
             vm: ops,
             routing,
             bars: &mut bars,

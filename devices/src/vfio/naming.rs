@@ -34,7 +34,8 @@ accepted forms:
   /dev/vfio/N                          an IOMMU group (every device in it; add ,bdf=... for one)
   /sys/bus/mdev/devices/<uuid>         a mediated device
   fd=N                                 an open VFIO cdev fd from a launcher (with --iommufd-fd)
-options: path=FORM, id=NAME, bdf=BDF (with a group), managed=on|off";
+options: path=FORM, id=NAME, bdf=BDF (with a group), managed=on|off,
+         rombar=on|off, romfile=PATH (the guest's expansion ROM)";
 
 /// A syntax error in a `--device` value.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -214,6 +215,20 @@ pub struct DeviceSpec {
     pub bdf: Option<Bdf>,
     /// `managed=on`: bind to vfio-pci for the VM's life and restore afterwards.
     pub managed: bool,
+    /// `rombar=` / `romfile=`: what the guest's expansion ROM BAR shows.
+    pub rom: RomChoice,
+}
+
+/// What a device's expansion ROM BAR shows the guest (the options QEMU users know).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RomChoice {
+    /// The device's own ROM, if it has one (the default, `rombar=on`).
+    #[default]
+    Device,
+    /// No ROM BAR (`rombar=off`).
+    Off,
+    /// The image in this file instead (`romfile=PATH`).
+    File(PathBuf),
 }
 
 impl FromStr for DeviceSpec {
@@ -224,7 +239,7 @@ impl FromStr for DeviceSpec {
     }
 }
 
-const KEYS: [&str; 5] = ["path", "fd", "id", "bdf", "managed"];
+const KEYS: [&str; 7] = ["path", "fd", "id", "bdf", "managed", "rombar", "romfile"];
 
 /// Parses one `--device` value.
 ///
@@ -236,7 +251,7 @@ pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, NamingError> {
     if s.trim().is_empty() {
         return Err(NamingError::Empty);
     }
-    let mut values: [Option<&str>; 5] = [None; 5];
+    let mut values: [Option<&str>; 7] = [None; 7];
     let pairs = option_list::parse(s, &KEYS).map_err(|source| NamingError::List {
         given: given.clone(),
         source,
@@ -246,7 +261,7 @@ pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, NamingError> {
             values[slot] = Some(value);
         }
     }
-    let [path, fd, id, bdf, managed] = values;
+    let [path, fd, id, bdf, managed, rombar, romfile] = values;
 
     let (name_given, name) =
         match (path, fd) {
@@ -329,6 +344,28 @@ pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, NamingError> {
         });
     }
 
+    let rom = match (rombar, romfile) {
+        (None | Some("on"), None) => RomChoice::Device,
+        (Some("off"), None) => RomChoice::Off,
+        (None | Some("on"), Some(path)) => RomChoice::File(PathBuf::from(path)),
+        (Some("off"), Some(_)) => {
+            return Err(NamingError::BadValue {
+                given,
+                key: "romfile",
+                value: romfile.unwrap_or_default().to_string(),
+                why: "rombar=off hides the ROM BAR, so there is nothing to serve the file through; drop one of them".into(),
+            })
+        }
+        (Some(v), _) => {
+            return Err(NamingError::BadValue {
+                given,
+                key: "rombar",
+                value: v.to_string(),
+                why: "expected on or off".into(),
+            })
+        }
+    };
+
     Ok(DeviceSpec {
         given,
         name_given,
@@ -336,6 +373,7 @@ pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, NamingError> {
         id,
         bdf,
         managed,
+        rom,
     })
 }
 
@@ -590,6 +628,11 @@ mod tests {
         assert!(!s.managed);
         let s = parse_device_spec("fd=5").unwrap();
         assert_eq!(s.name, DeviceName::Fd(5));
+        assert_eq!(s.rom, RomChoice::Device);
+        let s = parse_device_spec("00:04.1,rombar=off").unwrap();
+        assert_eq!(s.rom, RomChoice::Off);
+        let s = parse_device_spec("00:04.1,romfile=/srv/vbios.rom,rombar=on").unwrap();
+        assert_eq!(s.rom, RomChoice::File("/srv/vbios.rom".into()));
     }
 
     #[test]
@@ -603,6 +646,11 @@ mod tests {
             ("fd=-1", "non-negative"),
             ("fd=three", "non-negative"),
             ("00:01.0,managed=yes", "on or off"),
+            ("00:01.0,rombar=no", "on or off"),
+            (
+                "00:01.0,rombar=off,romfile=/x.rom",
+                "nothing to serve the file through",
+            ),
             ("00:01.0,bdf=00:01.0", "picks one device of a group"),
             ("/dev/vfio/3,bdf=00:40.0", "device above 1f"),
             ("00:01.0,id=", "\"id\" has no value"),

@@ -109,8 +109,40 @@ impl VfioPciDevice {
         (a != 0 && end <= limit).then_some(a)
     }
 
+    /// Whether the ROM decodes at `base` right now.
+    pub(super) fn rom_at(&self, base: u64) -> bool {
+        let memory_on = self.command & COMMAND_MEMORY != 0;
+        self.rom
+            .as_ref()
+            .is_some_and(|r| r.trap_base == Some(base) && r.decoding_at(memory_on) == Some(base))
+    }
+
+    /// Puts the ROM's trap where it decodes (or nowhere when it does not).
+    pub(super) fn sync_rom(&mut self) {
+        let memory_on = self.command & COMMAND_MEMORY != 0;
+        let Some(r) = self.rom.as_mut() else {
+            return;
+        };
+        let want = r.decoding_at(memory_on);
+        if want == r.trap_base {
+            return;
+        }
+        if let Some(old) = r.trap_base.take() {
+            if let Err(e) = self.vm.unregister_trap(AddressSpace::Mmio, old) {
+                log::warn!("{}: ROM at {old:#x}: {e}", self.name);
+            }
+        }
+        if let Some(addr) = want {
+            match self.vm.register_trap(AddressSpace::Mmio, addr, r.size()) {
+                Ok(()) => r.trap_base = Some(addr),
+                Err(e) => log::warn!("{}: ROM at {addr:#x}: {e}", self.name),
+            }
+        }
+    }
+
     /// Brings slots and traps in line with the decode bits and BAR addresses.
     pub(super) fn sync_bar_mappings(&mut self) {
+        self.sync_rom();
         for i in 0..self.bars.len() {
             let b = &self.bars[i];
             let want = if self.decodes(b) {

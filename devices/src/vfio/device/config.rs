@@ -15,6 +15,9 @@ impl VfioPciDevice {
         if (BAR0_OFFSET..BAR0_OFFSET + 4 * NUM_BARS).contains(&off) {
             return self.bar_reg_read((off - BAR0_OFFSET) / 4);
         }
+        if off == ROM_BAR_OFFSET {
+            return self.rom.as_ref().map_or(0, |r| r.read_reg());
+        }
         let mut hw = [0xffu8; 4];
         self.dev.region_read(CONFIG_REGION, off as u64, &mut hw);
         let mut v = self.overlay.read(off, u32::from_le_bytes(hw));
@@ -46,6 +49,11 @@ impl VfioPciDevice {
             return self.bar_reg_write((off - BAR0_OFFSET) / 4, offset, data);
         }
         if off == ROM_BAR_OFFSET {
+            if let Some(r) = self.rom.as_mut() {
+                let v = merge_write(r.read_reg(), offset, data);
+                r.write_reg(v);
+                self.sync_rom();
+            }
             return;
         }
         let (dev, routing) = (self.dev.clone(), self.routing.clone());

@@ -29,6 +29,7 @@ pub(crate) mod intx;
 pub(crate) mod msi;
 pub(crate) mod msix;
 mod reset;
+pub mod rom;
 #[cfg(test)]
 mod tests;
 mod vector;
@@ -52,6 +53,8 @@ use bar_state::Bar;
 use intx::Intx;
 use msi::{Msi, MsiCap};
 use msix::{Msix, MsixCap};
+use rom::Rom;
+pub use rom::RomImage;
 
 /// Extended capabilities never shown to the guest.
 const HIDDEN_EXT_CAPS: [u16; 3] = [ext_id::SRIOV, ext_id::RESIZABLE_BAR, ext_id::ARI];
@@ -122,6 +125,8 @@ pub struct DeviceContext<'a> {
     pub routing: Arc<dyn InterruptRouting>,
     /// The VM's BAR windows.
     pub bars: &'a mut BarAllocator,
+    /// What the expansion ROM BAR shows.
+    pub rom: RomImage,
     /// The IOAPIC pin for INTx (from the slot and the device's interrupt pin), or `None`
     /// to offer no INTx.
     pub intx_gsi: Option<u32>,
@@ -141,6 +146,8 @@ pub struct VfioPciDevice {
     msi: Option<Msi>,
     msix: Option<Msix>,
     intx: Option<Intx>,
+    /// The expansion ROM BAR, when the guest gets one.
+    rom: Option<Rom>,
 }
 
 fn rd32(cfg: &[u8], off: usize) -> u32 {
@@ -186,8 +193,8 @@ impl VfioPciDevice {
 
         let mut overlay = ConfigOverlay::new(size);
         overlay.emulate(HEADER_TYPE, (HEADER_TYPE_MULTIFUNCTION as u32) << 16, 0, 0);
-        // ROM hidden: passvm boots without firmware, and no guest driver we target needs
-        // it; reads of an unreadable host ROM would only give zeros anyway.
+        // The ROM BAR is ours (rom.rs); without a ROM it reads 0, the "not implemented"
+        // answer.
         overlay.emulate(ROM_BAR_OFFSET, 0xffff_ffff, 0, 0);
 
         // Capabilities.
@@ -275,6 +282,19 @@ impl VfioPciDevice {
             b.trap_base = Self::usable_addr(b);
         }
 
+        // After the BARs: the ROM is small and only decodes while the guest reads it.
+        let bars_alloc = &mut *ctx.bars;
+        let rom = Rom::new(&name, &ctx.rom, dev.as_ref(), |size| {
+            bars_alloc
+                .allocate(
+                    BarKind::Mem32 {
+                        prefetchable: false,
+                    },
+                    size,
+                )
+                .ok()
+        });
+
         // MSI-X needs its table and PBA inside implemented memory BARs.
         let fits = |bars: &[Bar], bir: u8, off: u64, len: u64| {
             bars.iter().any(|b| {
@@ -359,10 +379,19 @@ impl VfioPciDevice {
             msi,
             msix,
             intx,
+            rom,
         };
         // Whatever the host left enabled stays off until the guest's driver enables it.
         d.stop_decode_and_dma();
         d.sync_bar_mappings();
+        if let Some(r) = &d.rom {
+            log::info!(
+                "{}: ROM at {:#x} size {:#x}",
+                d.name,
+                r.read_reg(),
+                r.size()
+            );
+        }
         for b in d.bar_summaries() {
             log::info!(
                 "{}: BAR{} {:?} at {:#x} size {:#x}",
@@ -398,6 +427,12 @@ impl PciDevice for VfioPciDevice {
 
 impl BusDevice for VfioPciDevice {
     fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
+        if self.rom_at(base) {
+            if let Some(r) = &self.rom {
+                r.read(self.dev.as_ref(), offset, data);
+            }
+            return;
+        }
         match self.bar_at(base) {
             Some(i) => self.bar_read(i, offset, data),
             None => data.fill(0xff),

@@ -23,6 +23,9 @@ impl VfioPciDevice {
                 self.move_trap(i, a);
             }
         }
+        if let Some(r) = self.rom.as_mut() {
+            r.reset();
+        }
         let line = self.intx.as_ref().map_or(0xff, |i| i.gsi());
         self.overlay.set(INTERRUPT_LINE, 0xff, line);
         if let Some(i) = self.intx.as_mut() {

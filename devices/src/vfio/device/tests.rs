@@ -75,6 +75,7 @@ fn build(d: FakeDevice) -> (VfioPciDevice, Arc<FakeDevice>, Arc<RecordingVm>) {
     let vm = Arc::new(RecordingVm::new());
     let mut a = allocator();
     let ctx = DeviceContext {
+        rom: crate::vfio::device::RomImage::FromDevice,
         vm: vm.clone(),
         routing: vm.clone(),
         bars: &mut a,
@@ -114,7 +115,94 @@ fn bars_are_placed_sized_and_encoded() {
     w(&mut dev, 0x20, 0xffff_ffff);
     assert_eq!(dev.read_config(0x20), 0);
     w(&mut dev, 0x30, 0xffff_ffff);
-    assert_eq!(dev.read_config(0x30), 0, "ROM hidden");
+    assert_eq!(
+        dev.read_config(0x30),
+        0xffff_8001,
+        "the 32 KiB ROM sizes like a ROM BAR"
+    );
+}
+
+fn build_with_rom(rom: RomImage) -> (VfioPciDevice, Arc<RecordingVm>) {
+    let d = Arc::new(fake());
+    let vm = Arc::new(RecordingVm::new());
+    let mut a = allocator();
+    let ctx = DeviceContext {
+        rom,
+        vm: vm.clone(),
+        routing: vm.clone(),
+        bars: &mut a,
+        intx_gsi: Some(10),
+    };
+    let dev = VfioPciDevice::new("test", d, ctx).unwrap();
+    vm.insert_traps(&dev.trapped_ranges());
+    (dev, vm)
+}
+
+#[test]
+fn the_rom_decodes_only_while_enabled_with_memory_decode_and_reads_the_region() {
+    let (mut dev, vm) = build_with_rom(RomImage::FromDevice);
+    let rom = dev.read_config(0x30);
+    assert_eq!(rom & 1, 0, "disabled after reset");
+    let addr = u64::from(rom & 0xffff_f800);
+    assert!(
+        (0xc000_0000..0xd000_0000).contains(&addr) && addr % 0x8000 == 0,
+        "{addr:#x}"
+    );
+    assert!(!dev.trapped_ranges().iter().any(|r| r.1 == addr));
+    vm.clear();
+    w(&mut dev, 0x30, rom | 1);
+    assert!(vm.calls().is_empty(), "memory decode still off");
+    dev.write_config(COMMAND, 0, &[0x02]);
+    assert!(
+        vm.calls()
+            .contains(&VmCall::Trap(AddressSpace::Mmio, addr, 0x8000)),
+        "{:?}",
+        vm.calls()
+    );
+    let mut b = [0u8; 4];
+    BusDevice::read(&mut dev, addr, 0x10, &mut b);
+    assert_eq!(b, [0x55; 4], "the device's ROM bytes");
+    BusDevice::write(&mut dev, addr, 0x10, &[0; 4]);
+    BusDevice::read(&mut dev, addr, 0x10, &mut b);
+    assert_eq!(b, [0x55; 4], "a ROM ignores writes");
+    BusDevice::read(&mut dev, addr, 0x7ffe, &mut b);
+    assert_eq!(b, [0xff; 4], "past the end");
+    vm.clear();
+    w(&mut dev, 0x30, rom);
+    assert_eq!(
+        vm.calls(),
+        [VmCall::Untrap(AddressSpace::Mmio, addr)],
+        "disabled again"
+    );
+    BusDevice::read(&mut dev, addr, 0x10, &mut b);
+    assert_eq!(b, [0xff; 4], "no decode, no answer");
+    // A reboot puts it back, disabled, where it was.
+    w(&mut dev, 0x30, 0xd000_0001);
+    dev.reset();
+    assert_eq!(dev.read_config(0x30), rom);
+}
+
+#[test]
+fn rombar_off_hides_the_rom_and_romfile_serves_the_image() {
+    let (mut dev, _) = build_with_rom(RomImage::Hidden);
+    w(&mut dev, 0x30, 0xffff_ffff);
+    assert_eq!(dev.read_config(0x30), 0, "no ROM BAR");
+
+    let image: Arc<[u8]> = (0..3000u32).map(|i| i as u8).collect::<Vec<u8>>().into();
+    let (mut dev, _) = build_with_rom(RomImage::Bytes(image));
+    w(&mut dev, 0x30, 0xffff_f800);
+    assert_eq!(
+        dev.read_config(0x30),
+        0xffff_f000,
+        "3000 bytes: a 4 KiB ROM BAR"
+    );
+    w(&mut dev, 0x30, 0xc800_0001);
+    dev.write_config(COMMAND, 0, &[0x02]);
+    let mut b = [0u8; 4];
+    BusDevice::read(&mut dev, 0xc800_0000, 0x100, &mut b);
+    assert_eq!(b, [0, 1, 2, 3], "the file's bytes, not the device's");
+    BusDevice::read(&mut dev, 0xc800_0000, 2998, &mut b);
+    assert_eq!(b, [0xb6, 0xb7, 0xff, 0xff], "0xff past the image");
 }
 
 #[test]
@@ -551,6 +639,7 @@ fn bridges_and_missing_config_are_refused_with_reasons() {
     let vm = Arc::new(RecordingVm::new());
     let mut a = allocator();
     let ctx = DeviceContext {
+        rom: crate::vfio::device::RomImage::FromDevice,
         vm: vm.clone(),
         routing: vm.clone(),
         bars: &mut a,
@@ -562,6 +651,7 @@ fn bridges_and_missing_config_are_refused_with_reasons() {
     assert!(e.to_string().contains("only endpoint"), "{e}");
     let mut tiny = BarAllocator::new(None, None, None, DEFAULT_MMIO64_LIMIT);
     let ctx = DeviceContext {
+        rom: crate::vfio::device::RomImage::FromDevice,
         vm: vm.clone(),
         routing: vm,
         bars: &mut tiny,

@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::group::GroupMember;
-use crate::vfio::naming::Bdf;
+use crate::vfio::naming::{Bdf, RomChoice};
 
 /// The bus a resolved device sits on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +82,8 @@ pub struct ResolvedDevice {
     pub id: Option<String>,
     /// `managed=on`.
     pub managed: bool,
+    /// `rombar=` / `romfile=`.
+    pub rom: RomChoice,
 }
 
 impl ResolvedDevice {

@@ -9,7 +9,7 @@ use super::model::{Cdev, DeviceKind, ResolvedDevice};
 use super::sysfs::{
     attr, char_devnum, dir_names, file_name, link_name, parse_devnum, parse_hex, split_rdev, Roots,
 };
-use crate::vfio::naming::{parse_device_name, Bdf, DeviceName, DeviceSpec};
+use crate::vfio::naming::{parse_device_name, Bdf, DeviceName, DeviceSpec, RomChoice};
 
 /// Resolves one `--device` to the devices it names (several for a whole group).
 pub fn resolve(spec: &DeviceSpec, roots: &Roots) -> Result<Vec<ResolvedDevice>, DiscoveryError> {
@@ -29,6 +29,7 @@ pub fn resolve(spec: &DeviceSpec, roots: &Roots) -> Result<Vec<ResolvedDevice>, 
         d.fd = fd;
         d.id = spec.id.clone();
         d.managed = spec.managed;
+        d.rom = spec.rom.clone();
         out.push(d);
     }
     Ok(out)
@@ -377,6 +378,7 @@ pub(crate) fn describe(
         fd: None,
         id: None,
         managed: false,
+        rom: RomChoice::Device,
         sysfs,
     })
 }

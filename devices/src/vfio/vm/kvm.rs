@@ -444,6 +444,7 @@ mod glue_tests {
             DEFAULT_MMIO64_LIMIT,
         );
         let ctx = DeviceContext {
+            rom: crate::vfio::device::RomImage::FromDevice,
             vm: ops.clone(),
             routing,
             bars: &mut alloc,
