@@ -79,6 +79,21 @@ cmd_prepare() {
     cat "$ENV_FILE"
 }
 
+# A PCI option ROM image of 6 KiB at $1: the 0x55AA header (size byte: 12 x 512),
+# a PCIR structure at 0x1c (vendor 1af4, device 1001, image length 12 x 512, code
+# type 0, "last image"), the rest a counting pattern the tests can recognise.
+make_rom() {
+    python3 - "$1" <<'PY'
+import struct, sys
+rom = bytearray((i * 7 + 3) % 251 for i in range(6144))
+rom[0:3] = b"\x55\xaa\x0c"
+struct.pack_into("<H", rom, 0x18, 0x1c)
+pcir = b"PCIR" + struct.pack("<HHHHB3sHHBBH", 0x1af4, 0x1001, 0, 0x18, 0, b"\x00\x00\x01", 12, 1, 0, 0x80, 0)
+rom[0x1c:0x1c + len(pcir)] = pcir
+open(sys.argv[1], "wb").write(rom)
+PY
+}
+
 cmd_launch() {
     local scenario="" l1=own workdir="" timeout=300 append="" memory=3072
     local devices=()
@@ -148,6 +163,15 @@ cmd_launch() {
         blk)
             make_disk "$names"
             qemu_dev+=(-device "$blk,drive=drv-$names,id=$names,addr=$addr")
+            on_root_bus
+            ;;
+        blk-rom)
+            # A virtio-blk function with an expansion ROM: WORKDIR/NAME.rom, a valid
+            # 6 KiB PCI option ROM image (0x55AA, a PCIR structure marking it the last
+            # image) that guests read through the ROM BAR.
+            make_disk "$names"
+            make_rom "$workdir/$names.rom"
+            qemu_dev+=(-device "$blk,drive=drv-$names,id=$names,addr=$addr,romfile=$workdir/$names.rom")
             on_root_bus
             ;;
         blk-rp)

@@ -347,3 +347,41 @@ fn pcap_frames_and_icmp_types_are_read() {
     );
     assert!(pcap_frames(b"not a pcap").is_empty());
 }
+
+/// L0's ROM image for a `BlkRom` device: what `bed.sh`'s make_rom writes (6 KiB).
+const ROM_LEN: usize = 6144;
+
+/// A device with an expansion ROM (a valid option ROM image L0 attached): L2 reads it
+/// through passvm's ROM BAR, byte for byte what L1 reads from the device and what L0
+/// wrote.
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_devices -- --ignored"]
+fn expansion_rom_reads_in_l2_as_in_l1() {
+    let out = pt_dev(&[Device::BlkRom("r0".into())], "");
+    assert_l2_passed(&out);
+    assert_driven(&out, "0x1af4:0x1042", "virtio-pci", "msix");
+    let rom = out.file("r0.rom", 0, ROM_LEN);
+    assert_eq!(rom.len(), ROM_LEN, "L0's image");
+    let head: String = rom[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let l1 = out.marker("l1_rom").expect("L1 read the device's ROM");
+    let l1: Vec<&str> = l1.split_whitespace().skip(1).collect();
+    assert_eq!(l1.len(), 3, "{l1:?}");
+    assert_eq!(l1[0], ROM_LEN.to_string(), "L1 read the whole image");
+    assert_eq!(l1[2], head, "L1 read L0's bytes");
+    let l2 = out.l2_marker("rom").expect("L2 has a ROM BAR");
+    let l2: Vec<&str> = l2.split_whitespace().skip(1).collect();
+    assert_eq!(l2, l1, "L2 reads what L1 reads: size, MD5, first bytes");
+}
+
+/// `rombar=off` hides the same ROM from L2, which then has no `rom` file.
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_devices -- --ignored"]
+fn rombar_off_hides_the_rom() {
+    let out = pt_dev(
+        &[Device::BlkRom("r0".into())],
+        "passvm.pt.devopts=rombar=off",
+    );
+    assert_l2_passed(&out);
+    assert!(out.marker("l1_rom").is_some(), "L1 sees the ROM");
+    assert_eq!(out.l2_marker("rom"), None, "L2 does not");
+}

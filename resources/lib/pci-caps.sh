@@ -22,3 +22,14 @@ bed_ext_caps() {
     done
     echo "$ec_size$ec_ids"
 }
+
+# A function's expansion ROM as the kernel reads it through sysfs (enabled for the
+# read, disabled after): "SIZE MD5 FIRST4BYTES"; nothing when it has no ROM BAR.
+bed_rom_sum() {
+    [ -e "$1/rom" ] || return 0
+    echo 1 >"$1/rom" 2>/dev/null || return 0
+    cat "$1/rom" >/tmp/.bed-rom 2>/dev/null
+    echo 0 >"$1/rom" 2>/dev/null
+    echo "$(wc -c </tmp/.bed-rom) $(md5sum </tmp/.bed-rom | cut -d' ' -f1) $(od -An -tx1 -N4 /tmp/.bed-rom | tr -d ' ')"
+    rm -f /tmp/.bed-rom
+}

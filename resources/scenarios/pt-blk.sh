@@ -22,10 +22,13 @@
 #   passvm.pt.check=NAME                  L2's check (default pt-blk; pt-dev drives
 #                                         every kind of device)
 #   passvm.pt.l2=ARGS                     more L2 kernel arguments, comma-separated
+#   passvm.pt.devopts=OPTS                more --device options for every device,
+#                                         +-separated (e.g. rombar=off)
 # The same script passes any kind of device (NVMe, AHCI, UART, ivshmem, VFs).
 # L2 runs resources/l2/checks/pt-blk.sh. Markers: passvm_rc/passvm_ms per run,
 # run="N rc=RC", after="BDF DRIVER" (the disk's L1 driver once passvm is gone),
-# l1_extcaps="BDF SIZE ID..." (config space size and extended capabilities in L1).
+# l1_extcaps="BDF SIZE ID..." (config space size and extended capabilities in L1),
+# l1_rom="BDF SIZE MD5 HEAD" (the expansion ROM as L1 reads it, if there is one).
 export RUST_LOG=info
 backend="$(bed_cmdline_arg passvm.pt.backend || echo auto)"
 form="$(bed_cmdline_arg passvm.pt.name || echo cdev)"
@@ -34,6 +37,7 @@ managed="$(bed_cmdline_arg passvm.pt.managed || echo 0)"
 check="$(bed_cmdline_arg passvm.pt.check || echo pt-blk)"
 vf="$(bed_cmdline_arg passvm.pt.vf || echo 0)"
 l2extra="$(bed_cmdline_arg passvm.pt.l2 | tr ',' ' ')"
+devopts="$(bed_cmdline_arg passvm.pt.devopts | tr '+' ',')"
 [ "$(bed_cmdline_arg passvm.pt.nomsi)" = 1 ] && l2extra="$l2extra pci=nomsi"
 bed_report_host
 
@@ -49,6 +53,8 @@ for entry in $(bed_cmdline_arg passvm.devices | tr ',' ' '); do
     name="$bdf"
     # What L1 sees of the function's config space, to compare with L2's view.
     bed_report l1_extcaps "$bdf $(bed_ext_caps "/sys/bus/pci/devices/$bdf")"
+    rom="$(bed_rom_sum "/sys/bus/pci/devices/$bdf")"
+    [ -z "$rom" ] || bed_report l1_rom "$bdf $rom"
     if [ "$managed" = 1 ]; then
         bed_report before "$bdf $(bed_driver "$bdf")"
         set -- "$@" --device "$bdf,managed=on"
@@ -71,7 +77,7 @@ for entry in $(bed_cmdline_arg passvm.devices | tr ',' ' '); do
         ;;
     *) bed_fail "passvm.pt.name must be cdev, bdf, sysfs or fd, not '$form'" ;;
     esac
-    set -- "$@" --device "$name"
+    set -- "$@" --device "$name${devopts:+,$devopts}"
 done
 [ -n "$bdfs" ] || bed_fail "no device attached (Scenario::device)"
 

@@ -139,6 +139,9 @@ impl L1Kernel {
 pub enum Device {
     /// virtio-blk on the root bus (`0000:00:xx.0`): its own IOMMU group, no reset method.
     Blk(String),
+    /// virtio-blk on the root bus with an expansion ROM: a 6 KiB option ROM image L0
+    /// writes to `NAME.rom` in the run's directory.
+    BlkRom(String),
     /// virtio-blk behind a PCIe root port (`0000:0N:00.0`): its own group, FLR/PM/bus reset.
     BlkRootPort(String),
     /// Two virtio-blk functions of one multifunction slot: one IOMMU group of two devices.
@@ -187,6 +190,7 @@ impl Device {
     fn spec(&self) -> String {
         match self {
             Device::Blk(n) => format!("blk:{n}"),
+            Device::BlkRom(n) => format!("blk-rom:{n}"),
             Device::BlkRootPort(n) => format!("blk-rp:{n}"),
             Device::BlkMultifunction(a, b) => format!("blk-mf:{a}+{b}"),
             Device::E1000e(n) => format!("e1000e:{n}"),
@@ -201,7 +205,11 @@ impl Device {
 
     fn disks(&self) -> Vec<&str> {
         match self {
-            Device::Blk(n) | Device::BlkRootPort(n) | Device::Nvme(n) | Device::Ahci(n) => {
+            Device::Blk(n)
+            | Device::BlkRom(n)
+            | Device::BlkRootPort(n)
+            | Device::Nvme(n)
+            | Device::Ahci(n) => {
                 vec![n.as_str()]
             }
             Device::BlkMultifunction(a, b) => vec![a.as_str(), b.as_str()],

@@ -2,7 +2,8 @@
 # (resources/scenarios/pt-blk.sh with passvm.pt.check=pt-dev):
 # - every PCI endpoint: "driver=BDF VVVV:DDDD DRIVER", "irqmode=BDF MODE"
 #   (msix, msi or intx, from the msi_irqs and irq sysfs files) and
-#   "extcaps=BDF SIZE ID..." (config space size, extended capability IDs);
+#   "extcaps=BDF SIZE ID..." (config space size, extended capability IDs) and,
+#   with a ROM BAR, "rom=BDF SIZE MD5 HEAD" (the ROM read through sysfs);
 # - disks of any kind (virtio-blk vdX, NVMe nvmeXnY, SATA sdX): the disk check;
 # - a PCI 16550 (1b36:0002, 8250_pci): PASSVM-L2-UART and the tty's name are
 #   written to it, so the host finds them in the chardev's file;
@@ -34,6 +35,9 @@ for d in /sys/bus/pci/devices/*; do
     bed_report irqmode "$bdf $mode"
     # Config space size and extended capability IDs (through passvm's ECAM window).
     bed_report extcaps "$bdf $(bed_ext_caps "$d")"
+    # The expansion ROM through passvm's ROM BAR, if the guest has one.
+    rom="$(bed_rom_sum "$d")"
+    [ -z "$rom" ] || bed_report rom "$bdf $rom"
 
     case "$id" in
     0x1b36:0x0002)
