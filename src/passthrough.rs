@@ -25,9 +25,13 @@ use std::sync::{Arc, Mutex};
 
 use devices::pci::bar::{BarAllocator, Window, DEFAULT_MMIO64_LIMIT};
 use devices::pci::host_bridge::PciRoot;
+use devices::pci::host_bridge::PCI_SLOTS;
 use devices::pci::InterruptRouting;
-use devices::vfio::assignment::{self, AssignError, Assignment, AttachContext, AttachedDevice};
+use devices::vfio::assignment::{
+    self, AssignError, Assignment, AttachContext, AttachedDevice, DeviceRequest, Placement,
+};
 use devices::vfio::device::VfioPciDevice;
+use devices::vfio::discovery::ResolvedDevice;
 use devices::vfio::discovery::{self, DiscoveryError, ManagedBinding, Plan, Roots};
 use devices::vfio::iommu::DeviceSource;
 use devices::vfio::vm::kvm::{KvmVmOps, SlotPool};
@@ -69,6 +73,9 @@ pub enum PassthroughSetupError {
     /// The BAR windows (only for a guest size the config check would have refused).
     #[error(transparent)]
     Layout(#[from] MemoryError),
+    /// More guest slots needed than bus 0 has.
+    #[error("the devices need {0} PCI slots; bus 0 has 31: pass fewer devices (functions of one host slot share one)")]
+    TooManySlots(usize),
     /// The MP table with the INTx lines.
     #[error("describing the devices' INTx lines to the guest: {0}")]
     MpTable(#[from] MpTableError),
@@ -125,6 +132,56 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, DiscoveryError> {
 /// The IOAPIC pin of a slot's INTx line.
 pub fn intx_gsi(slot: u8) -> u32 {
     u32::from(FIRST_PCI_IOAPIC_PIN) + u32::from(slot) % PCI_INTX_PINS
+}
+
+/// Where each planned device goes on bus 0, in plan order.
+///
+/// Functions of one host slot stay together in one guest slot, with the multifunction
+/// bit set, so a GPU and its audio function look as they do on the host. They keep
+/// their function numbers when the host's function 0 is among them; otherwise they are
+/// renumbered from 0 in host order, because a guest scans a slot only through its
+/// function 0. Every other device (and an mdev, which has no host slot) gets function 0
+/// of a slot of its own. Slots are handed out from 1 (0 is the host bridge) in the
+/// order of each group's first `--device`.
+fn placements(devices: &[ResolvedDevice]) -> Result<Vec<Placement>, PassthroughSetupError> {
+    /// Domain, bus and device of a host function.
+    type HostSlot = (u32, u8, u8);
+    let host_slot =
+        |d: &ResolvedDevice| -> Option<HostSlot> { d.bdf.map(|b| (b.domain, b.bus, b.device)) };
+    // Groups in order of first appearance: (host slot or None, members' indexes).
+    let mut groups: Vec<(Option<HostSlot>, Vec<usize>)> = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        match host_slot(d).and_then(|k| groups.iter_mut().find(|g| g.0 == Some(k))) {
+            Some(g) => g.1.push(i),
+            None => groups.push((host_slot(d), vec![i])),
+        }
+    }
+    let mut out = vec![
+        Placement {
+            slot: 0,
+            function: 0,
+            multifunction: false,
+        };
+        devices.len()
+    ];
+    for (n, (_, members)) in groups.iter().enumerate() {
+        let slot = u8::try_from(n + 1)
+            .ok()
+            .filter(|s| *s < PCI_SLOTS)
+            .ok_or(PassthroughSetupError::TooManySlots(groups.len()))?;
+        let function_of = |i: usize| devices[i].bdf.map_or(0, |b| b.function);
+        let keep = members.iter().any(|&i| function_of(i) == 0);
+        let mut by_host: Vec<usize> = members.clone();
+        by_host.sort_by_key(|&i| function_of(i));
+        for (k, &i) in by_host.iter().enumerate() {
+            out[i] = Placement {
+                slot,
+                function: if keep { function_of(i) } else { k as u8 },
+                multifunction: members.len() > 1,
+            };
+        }
+    }
+    Ok(out)
 }
 
 /// The pieces of the VM a device is attached to.
@@ -195,22 +252,21 @@ pub fn attach(
         devices: Vec::with_capacity(plan.devices.len()),
         space: None,
     };
-    for d in &plan.devices {
+    let places = placements(&plan.devices)?;
+    for (d, placement) in plan.devices.iter().zip(places) {
         let name = d.id.clone().unwrap_or_else(|| d.name.clone());
         let device_err = |source| PassthroughSetupError::Device {
             given: d.given_as.clone(),
             source,
         };
-        let rom = assignment::rom_image(&d.rom).map_err(device_err)?;
+        let req = DeviceRequest {
+            name: &name,
+            source: DeviceSource::from(d),
+            rom: assignment::rom_image(&d.rom).map_err(device_err)?,
+            placement: Some(placement),
+        };
         let a = space
-            .attach(
-                &name,
-                &DeviceSource::from(d),
-                rom,
-                parts.mem,
-                &mut ctx,
-                intx_gsi,
-            )
+            .attach(&req, parts.mem, &mut ctx, intx_gsi)
             .map_err(device_err)?;
         out.devices.push(a);
     }
@@ -223,13 +279,17 @@ pub fn attach(
 impl PassthroughVm {
     /// The MP table's INTx entries (level-triggered, active-high).
     fn intx_lines(&self) -> Vec<PciIntx> {
-        self.devices
-            .iter()
-            .filter_map(|a| {
-                let (pin, gsi) = a.intx?;
-                PciIntx::new(a.slot, pin, gsi)
-            })
-            .collect()
+        // Functions of one slot may share a pin: one entry per (slot, pin).
+        let mut lines: Vec<PciIntx> = Vec::new();
+        for a in &self.devices {
+            let Some(line) = a.intx.and_then(|(pin, gsi)| PciIntx::new(a.slot, pin, gsi)) else {
+                continue;
+            };
+            if !lines.contains(&line) {
+                lines.push(line);
+            }
+        }
+        lines
     }
 
     /// The event-loop hooks, or `None` without devices.
@@ -307,6 +367,81 @@ impl MutEventSubscriber for PassthroughEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use devices::vfio::discovery::DeviceKind;
+
+    fn device(bdf: Option<&str>) -> ResolvedDevice {
+        let name = bdf
+            .unwrap_or("6a1c1e39-7b6f-4b7c-9c3f-0f3f3c1a2b4d")
+            .to_string();
+        ResolvedDevice {
+            given_as: name.clone(),
+            kind: if bdf.is_some() {
+                DeviceKind::Pci
+            } else {
+                DeviceKind::Mdev
+            },
+            bdf: bdf.map(|b| b.parse().unwrap()),
+            sysfs: format!("/sys/bus/pci/devices/{name}").into(),
+            name,
+            parent: None,
+            mdev_type: None,
+            vendor: None,
+            device: None,
+            class: None,
+            driver: None,
+            vfio_bound: true,
+            group: None,
+            group_members: Vec::new(),
+            group_node: None,
+            cdev: None,
+            cdev_absent: None,
+            fd: None,
+            id: None,
+            managed: false,
+            rom: Default::default(),
+        }
+    }
+
+    fn places(bdfs: &[Option<&str>]) -> Vec<(u8, u8, bool)> {
+        let devices: Vec<_> = bdfs.iter().map(|b| device(*b)).collect();
+        placements(&devices)
+            .unwrap()
+            .iter()
+            .map(|p| (p.slot, p.function, p.multifunction))
+            .collect()
+    }
+
+    #[test]
+    fn functions_of_one_host_slot_share_a_guest_slot() {
+        // A GPU and its audio function, given in any order, around a NIC.
+        assert_eq!(
+            places(&[
+                Some("0000:0a:00.1"),
+                Some("0000:03:00.0"),
+                Some("0000:0a:00.0")
+            ]),
+            [(1, 1, true), (2, 0, false), (1, 0, true)]
+        );
+        // Without the host's function 0: renumbered from 0 in host order.
+        assert_eq!(
+            places(&[Some("0000:0b:02.5"), Some("0000:0b:02.3")]),
+            [(1, 1, true), (1, 0, true)]
+        );
+        // The same slot number on another bus or domain is another slot; mdevs have none.
+        assert_eq!(
+            places(&[Some("0000:0a:00.0"), Some("0001:0a:00.1"), None, None]),
+            [(1, 0, false), (2, 0, false), (3, 0, false), (4, 0, false)]
+        );
+    }
+
+    #[test]
+    fn more_slots_than_bus_0_has_is_an_error_naming_the_count() {
+        let bdfs: Vec<String> = (0..32).map(|i| format!("0000:{i:02x}:00.0")).collect();
+        let devices: Vec<_> = bdfs.iter().map(|b| device(Some(b))).collect();
+        let e = placements(&devices).unwrap_err().to_string();
+        assert!(e.contains("need 32 PCI slots"), "{e}");
+        assert_eq!(placements(&devices[..31]).unwrap().len(), 31);
+    }
 
     #[test]
     fn intx_lines_use_the_pci_ioapic_pins() {

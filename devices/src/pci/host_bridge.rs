@@ -3,7 +3,7 @@
 //! direct-probe sanity check looks for a host bridge class on bus 0); every other slot is
 //! empty until a device is added with [`PciRoot::add_device`].
 //!
-//! Only bus 0 and function 0 of each slot exist; absent functions read all-ones, which is
+//! Only bus 0 exists, with up to 8 functions per slot; absent functions read all-ones, which is
 //! how a guest learns there is nothing there. Mechanism #1 reaches the first 256 bytes of
 //! each function's config space; the ECAM window ([`super::ecam`]) reaches all 4 KiB.
 
@@ -43,7 +43,21 @@ pub enum PciRootError {
     /// Every slot is taken.
     #[error("no free slot on PCI bus 0 (31 devices at most)")]
     BusFull,
+    /// The function number is out of range.
+    #[error("PCI function {0} does not exist (a slot has functions 0-7)")]
+    NoSuchFunction(u8),
+    /// The function is taken.
+    #[error("PCI function {slot:02x}.{function} is already in use")]
+    FunctionInUse {
+        /// The slot.
+        slot: u8,
+        /// The function.
+        function: u8,
+    },
 }
+
+/// Functions in a slot.
+pub const PCI_FUNCTIONS: u8 = 8;
 
 /// The host bridge function at 00.0: a read-only type 0 header with class 06/00.
 #[derive(Debug, Default)]
@@ -64,7 +78,8 @@ impl PciDevice for HostBridge {
 /// Bus 0 and its configuration mechanism, as one port-I/O device on 0xCF8..0xD00.
 pub struct PciRoot {
     config_address: u32,
-    slots: Vec<Option<SharedPciDevice>>,
+    /// `slots[slot][function]`.
+    slots: Vec<[Option<SharedPciDevice>; PCI_FUNCTIONS as usize]>,
 }
 
 impl Default for PciRoot {
@@ -76,35 +91,64 @@ impl Default for PciRoot {
 impl PciRoot {
     /// A bus with the host bridge at 00.0 and nothing else.
     pub fn new() -> Self {
-        let mut slots: Vec<Option<SharedPciDevice>> = vec![None; usize::from(PCI_SLOTS)];
-        slots[0] = Some(Arc::new(Mutex::new(HostBridge)));
+        let mut slots: Vec<[Option<SharedPciDevice>; PCI_FUNCTIONS as usize]> =
+            (0..PCI_SLOTS).map(|_| Default::default()).collect();
+        slots[0][0] = Some(Arc::new(Mutex::new(HostBridge)));
         Self {
             config_address: 0,
             slots,
         }
     }
 
-    /// Puts `device` at function 0 of `slot`.
+    /// Puts `device` at function 0 of an empty `slot`.
     pub fn add_device(&mut self, slot: u8, device: SharedPciDevice) -> Result<(), PciRootError> {
-        let entry = self
+        let functions = self
+            .slots
+            .get(usize::from(slot))
+            .ok_or(PciRootError::NoSuchSlot(slot))?;
+        if functions.iter().any(Option::is_some) {
+            return Err(PciRootError::SlotInUse(slot));
+        }
+        self.add_function(slot, 0, device)
+    }
+
+    /// Puts `device` at `slot.function` (the functions of one multifunction device).
+    /// A guest scans function 0 first, so function 0 of the slot should come first.
+    pub fn add_function(
+        &mut self,
+        slot: u8,
+        function: u8,
+        device: SharedPciDevice,
+    ) -> Result<(), PciRootError> {
+        let functions = self
             .slots
             .get_mut(usize::from(slot))
             .ok_or(PciRootError::NoSuchSlot(slot))?;
+        let entry = functions
+            .get_mut(usize::from(function))
+            .ok_or(PciRootError::NoSuchFunction(function))?;
         if entry.is_some() {
-            return Err(PciRootError::SlotInUse(slot));
+            return Err(PciRootError::FunctionInUse { slot, function });
         }
         *entry = Some(device);
         Ok(())
     }
 
-    /// The lowest free slot.
+    /// The lowest slot with no function.
     pub fn free_slot(&self) -> Result<u8, PciRootError> {
         let i = self
             .slots
             .iter()
-            .position(Option::is_none)
+            .position(|f| f.iter().all(Option::is_none))
             .ok_or(PciRootError::BusFull)?;
         u8::try_from(i).map_err(|_| PciRootError::BusFull)
+    }
+
+    /// Whether `slot` has no function yet.
+    pub fn slot_is_free(&self, slot: u8) -> bool {
+        self.slots
+            .get(usize::from(slot))
+            .is_some_and(|f| f.iter().all(Option::is_none))
     }
 
     /// Adds `device` at the lowest free slot and returns the slot.
@@ -114,12 +158,15 @@ impl PciRoot {
         Ok(slot)
     }
 
-    /// The function at `bus:slot.function`, if one exists (bus 0, function 0 only).
+    /// The function at `bus:slot.function`, if one exists (bus 0 only).
     fn function(&self, bus: u32, slot: u32, function: u32) -> Option<&SharedPciDevice> {
-        if bus != 0 || function != 0 {
+        if bus != 0 {
             return None;
         }
-        self.slots.get(slot as usize)?.as_ref()
+        self.slots
+            .get(slot as usize)?
+            .get(function as usize)?
+            .as_ref()
     }
 
     /// Config register `reg` (a dword index: 0-63 for the header space, up to 1023 with
@@ -318,5 +365,43 @@ mod tests {
             root.add_device_any_slot(d()).unwrap();
         }
         assert_eq!(root.add_device_any_slot(d()), Err(PciRootError::BusFull));
+    }
+
+    #[test]
+    fn functions_of_a_slot_answer_at_their_own_numbers() {
+        let mut root = PciRoot::new();
+        let mut regs = [0u32; 64];
+        regs[0] = 0x1111_1af4;
+        root.add_function(5, 0, Arc::new(Mutex::new(Regs(regs))))
+            .unwrap();
+        regs[0] = 0x2222_1af4;
+        root.add_function(5, 3, Arc::new(Mutex::new(Regs(regs))))
+            .unwrap();
+        assert_eq!(root.config_read(0, 5, 0, 0), 0x1111_1af4);
+        assert_eq!(root.config_read(0, 5, 3, 0), 0x2222_1af4);
+        assert_eq!(root.config_read(0, 5, 1, 0), u32::MAX, "absent function");
+        let mut b = [0u8; 4];
+        select(&mut root, 0, 5, 3, 0);
+        root.read(PCI_CONFIG_BASE, 4, &mut b);
+        assert_eq!(
+            u32::from_le_bytes(b),
+            0x2222_1af4,
+            "mechanism #1 reaches it too"
+        );
+        let d = || -> SharedPciDevice { Arc::new(Mutex::new(Regs([0; 64]))) };
+        assert_eq!(
+            root.add_function(5, 3, d()),
+            Err(PciRootError::FunctionInUse {
+                slot: 5,
+                function: 3
+            })
+        );
+        assert_eq!(
+            root.add_function(5, 8, d()),
+            Err(PciRootError::NoSuchFunction(8))
+        );
+        assert_eq!(root.add_device(5, d()), Err(PciRootError::SlotInUse(5)));
+        assert!(!root.slot_is_free(5) && root.slot_is_free(6));
+        assert_eq!(root.free_slot(), Ok(1));
     }
 }

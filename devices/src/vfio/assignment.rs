@@ -103,27 +103,64 @@ pub struct AttachedDevice {
     /// Its VM services: poll [`KvmVmOps::pending_event`] and call
     /// [`KvmVmOps::apply_pending`].
     pub ops: Arc<KvmVmOps>,
-    /// Its slot on bus 0 (function 0).
+    /// Its slot on bus 0.
     pub slot: u8,
+    /// Its function in the slot.
+    pub function: u8,
     /// `(interrupt pin 1-4, IOAPIC GSI)` for the MP table, when it has INTx.
     pub intx: Option<(u8, u32)>,
 }
 
-/// Puts an opened VFIO device on the VM: a PCI slot (the lowest free one, so slots
-/// follow `--device` order and stay stable across runs), its BARs, its traps, INTx on
-/// `intx_gsi(slot)` (an IOAPIC pin), and returns what the event loop and the MP table need.
+/// Where a function goes on the guest's bus 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The slot (1-31; 0 is the host bridge).
+    pub slot: u8,
+    /// The function (0-7).
+    pub function: u8,
+    /// Whether the slot holds several functions (the header's multifunction bit).
+    pub multifunction: bool,
+}
+
+/// One device to attach: its name in the log, where to open it, what its ROM BAR shows
+/// and where it goes (`None`: function 0 of the lowest free slot, so slots follow
+/// `--device` order and stay stable across runs).
+#[derive(Clone, Debug)]
+pub struct DeviceRequest<'a> {
+    /// The name in passvm's log (the user's `id=`, else the sysfs name).
+    pub name: &'a str,
+    /// Where to open it from.
+    pub source: DeviceSource,
+    /// What its expansion ROM BAR shows.
+    pub rom: RomImage,
+    /// Where it goes on bus 0.
+    pub placement: Option<Placement>,
+}
+
+/// Puts an opened VFIO device on the VM at `placement` (see [`DeviceRequest`]): its
+/// BARs, its traps, INTx on `intx_gsi(slot)` (an IOAPIC pin, shared by the functions of
+/// a slot), and returns what the event loop and the MP table need.
 pub fn attach_device(
     name: &str,
     dev: Arc<dyn VfioDeviceOps>,
     rom: RomImage,
+    placement: Option<Placement>,
     ctx: &mut AttachContext<'_>,
     intx_gsi: impl Fn(u8) -> u32,
 ) -> Result<AttachedDevice, AssignError> {
-    let slot = ctx
-        .pci
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .free_slot()?;
+    let place = match placement {
+        Some(p) => p,
+        None => Placement {
+            slot: ctx
+                .pci
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .free_slot()?,
+            function: 0,
+            multifunction: false,
+        },
+    };
+    let (slot, function) = (place.slot, place.function);
     let gsi = intx_gsi(slot);
     let ops = Arc::new(
         KvmVmOps::new(
@@ -136,6 +173,7 @@ pub fn attach_device(
     );
     let device_ctx = DeviceContext {
         rom,
+        multifunction: place.multifunction,
         vm: ops.clone(),
         routing: ctx.routing.clone(),
         bars: ctx.bars,
@@ -151,9 +189,9 @@ pub fn attach_device(
     ctx.pci
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .add_device(slot, device.clone())?;
+        .add_function(slot, function, device.clone())?;
     log::info!(
-        "{name}: at PCI 00:{slot:02x}.0{}",
+        "{name}: at PCI 00:{slot:02x}.{function}{}",
         match intx {
             Some((_, g)) => format!(", INTx on GSI {g}"),
             None => String::new(),
@@ -163,6 +201,7 @@ pub fn attach_device(
         device,
         ops,
         slot,
+        function,
         intx,
     })
 }
@@ -214,22 +253,20 @@ impl Assignment {
         self.dma
     }
 
-    /// Opens `src`, maps guest RAM if it is the first device, and attaches it with `rom`
-    /// behind its ROM BAR ([`attach_device`]).
+    /// Opens the device, maps guest RAM if it is the first one, and attaches it
+    /// ([`attach_device`]).
     pub fn attach<M: GuestMemoryBackend>(
         &mut self,
-        name: &str,
-        src: &DeviceSource,
-        rom: RomImage,
+        req: &DeviceRequest<'_>,
         mem: &M,
         ctx: &mut AttachContext<'_>,
         intx_gsi: impl Fn(u8) -> u32,
     ) -> Result<AttachedDevice, AssignError> {
-        let dev = Arc::new(self.space.open_device(src)?);
+        let dev = Arc::new(self.space.open_device(&req.source)?);
         if self.dma.is_none() {
             self.dma = Some(self.space.map_guest_memory(mem)?);
         }
-        attach_device(name, dev, rom, ctx, intx_gsi)
+        attach_device(req.name, dev, req.rom.clone(), req.placement, ctx, intx_gsi)
     }
 }
 
@@ -341,6 +378,7 @@ mod attach_tests {
             "mtty-like",
             Arc::new(f),
             RomImage::FromDevice,
+            None,
             &mut ctx,
             |slot| 16 + u32::from(slot % 8),
         )

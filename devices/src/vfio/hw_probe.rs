@@ -81,6 +81,7 @@ fn hw_probe() {
     let mut bars = probe_bars();
     let ctx = DeviceContext {
         rom: crate::vfio::device::RomImage::FromDevice,
+        multifunction: false,
         vm: ops.clone(),
         routing: routing.clone(),
         bars: &mut bars,
@@ -278,6 +279,7 @@ impl Rig {
         let mut bars = probe_bars();
         let ctx = DeviceContext {
             rom: crate::vfio::device::RomImage::FromDevice,
+            multifunction: false,
             vm: ops,
             routing,
             bars: &mut bars,

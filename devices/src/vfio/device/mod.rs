@@ -127,6 +127,8 @@ pub struct DeviceContext<'a> {
     pub bars: &'a mut BarAllocator,
     /// What the expansion ROM BAR shows.
     pub rom: RomImage,
+    /// Whether its slot holds other functions too (the header's multifunction bit).
+    pub multifunction: bool,
     /// The IOAPIC pin for INTx (from the slot and the device's interrupt pin), or `None`
     /// to offer no INTx.
     pub intx_gsi: Option<u32>,
@@ -192,7 +194,9 @@ impl VfioPciDevice {
         }
 
         let mut overlay = ConfigOverlay::new(size);
-        overlay.emulate(HEADER_TYPE, (HEADER_TYPE_MULTIFUNCTION as u32) << 16, 0, 0);
+        // The multifunction bit says what the guest's slot holds, not the host's.
+        let mf = (HEADER_TYPE_MULTIFUNCTION as u32) << 16;
+        overlay.emulate(HEADER_TYPE, mf, if ctx.multifunction { mf } else { 0 }, 0);
         // The ROM BAR is ours (rom.rs); without a ROM it reads 0, the "not implemented"
         // answer.
         overlay.emulate(ROM_BAR_OFFSET, 0xffff_ffff, 0, 0);

@@ -76,6 +76,7 @@ fn build(d: FakeDevice) -> (VfioPciDevice, Arc<FakeDevice>, Arc<RecordingVm>) {
     let mut a = allocator();
     let ctx = DeviceContext {
         rom: crate::vfio::device::RomImage::FromDevice,
+        multifunction: false,
         vm: vm.clone(),
         routing: vm.clone(),
         bars: &mut a,
@@ -128,6 +129,7 @@ fn build_with_rom(rom: RomImage) -> (VfioPciDevice, Arc<RecordingVm>) {
     let mut a = allocator();
     let ctx = DeviceContext {
         rom,
+        multifunction: false,
         vm: vm.clone(),
         routing: vm.clone(),
         bars: &mut a,
@@ -640,6 +642,7 @@ fn bridges_and_missing_config_are_refused_with_reasons() {
     let mut a = allocator();
     let ctx = DeviceContext {
         rom: crate::vfio::device::RomImage::FromDevice,
+        multifunction: false,
         vm: vm.clone(),
         routing: vm.clone(),
         bars: &mut a,
@@ -652,6 +655,7 @@ fn bridges_and_missing_config_are_refused_with_reasons() {
     let mut tiny = BarAllocator::new(None, None, None, DEFAULT_MMIO64_LIMIT);
     let ctx = DeviceContext {
         rom: crate::vfio::device::RomImage::FromDevice,
+        multifunction: false,
         vm: vm.clone(),
         routing: vm,
         bars: &mut tiny,

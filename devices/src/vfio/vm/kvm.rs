@@ -445,6 +445,7 @@ mod glue_tests {
         );
         let ctx = DeviceContext {
             rom: crate::vfio::device::RomImage::FromDevice,
+            multifunction: false,
             vm: ops.clone(),
             routing,
             bars: &mut alloc,
