@@ -277,7 +277,7 @@ fn sriov_virtual_function_of_an_igb() {
 }
 
 /// Both functions of a multifunction slot (one IOMMU group of two) passed to one
-/// guest: L2's virtio driver reads and writes each disk.
+/// guest, as one slot with both functions: L2's virtio driver reads and writes each disk.
 #[test]
 #[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_devices -- --ignored"]
 fn both_functions_of_a_multifunction_slot() {
@@ -296,6 +296,12 @@ fn both_functions_of_a_multifunction_slot() {
         drivers.iter().all(|d| d.ends_with(" virtio-pci")),
         "{drivers:?}"
     );
+    // One guest slot, the host's function numbers, as on the host.
+    let bdfs: Vec<&str> = drivers
+        .iter()
+        .filter_map(|d| d.split_whitespace().next())
+        .collect();
+    assert_eq!(bdfs, ["0000:00:01.0", "0000:00:01.1"], "{drivers:?}");
     for d in ["mfa", "mfb"] {
         assert!(out.l2_wrote(d), "L0's {d}.img holds L2's line at 1 MiB");
     }
