@@ -284,6 +284,7 @@ mod tests {
             id: None,
             managed: false,
             rom: Default::default(),
+            addr: None,
         }
     }
 

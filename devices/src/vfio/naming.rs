@@ -35,7 +35,8 @@ accepted forms:
   /sys/bus/mdev/devices/<uuid>         a mediated device
   fd=N                                 an open VFIO cdev fd from a launcher (with --iommufd-fd)
 options: path=FORM, id=NAME, bdf=BDF (with a group), managed=on|off,
-         rombar=on|off, romfile=PATH (the guest's expansion ROM)";
+         rombar=on|off, romfile=PATH (the guest's expansion ROM),
+         addr=SLOT[.FN] (hex: where the guest sees it on bus 0)";
 
 /// A syntax error in a `--device` value.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -217,6 +218,47 @@ pub struct DeviceSpec {
     pub managed: bool,
     /// `rombar=` / `romfile=`: what the guest's expansion ROM BAR shows.
     pub rom: RomChoice,
+    /// `addr=SLOT[.FN]`: where the guest sees it.
+    pub addr: Option<GuestAddr>,
+}
+
+/// A guest PCI address on bus 0 (`addr=SLOT[.FN]`, hex as QEMU takes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestAddr {
+    /// Slot 1-0x1f (0 is the host bridge).
+    pub slot: u8,
+    /// Function 0-7, when given.
+    pub function: Option<u8>,
+}
+
+impl FromStr for GuestAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (slot, function) = match s.split_once('.') {
+            Some((sl, f)) => (sl, Some(f)),
+            None => (s, None),
+        };
+        let hex = |v: &str| {
+            let v = v.strip_prefix("0x").unwrap_or(v);
+            (!v.is_empty() && v.len() <= 2)
+                .then(|| u8::from_str_radix(v, 16).ok())
+                .flatten()
+        };
+        let slot = hex(slot)
+            .filter(|s| (1..=0x1f).contains(s))
+            .ok_or("the slot is a hex number from 01 to 1f (00 is the host bridge)")?;
+        let function = match function {
+            None => None,
+            Some(f) => Some(
+                f.parse::<u8>()
+                    .ok()
+                    .filter(|f| *f <= 7)
+                    .ok_or("the function is 0-7")?,
+            ),
+        };
+        Ok(GuestAddr { slot, function })
+    }
 }
 
 /// What a device's expansion ROM BAR shows the guest (the options QEMU users know).
@@ -239,7 +281,9 @@ impl FromStr for DeviceSpec {
     }
 }
 
-const KEYS: [&str; 7] = ["path", "fd", "id", "bdf", "managed", "rombar", "romfile"];
+const KEYS: [&str; 8] = [
+    "path", "fd", "id", "bdf", "managed", "rombar", "romfile", "addr",
+];
 
 /// Parses one `--device` value.
 ///
@@ -251,7 +295,7 @@ pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, NamingError> {
     if s.trim().is_empty() {
         return Err(NamingError::Empty);
     }
-    let mut values: [Option<&str>; 7] = [None; 7];
+    let mut values: [Option<&str>; 8] = [None; 8];
     let pairs = option_list::parse(s, &KEYS).map_err(|source| NamingError::List {
         given: given.clone(),
         source,
@@ -261,7 +305,7 @@ pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, NamingError> {
             values[slot] = Some(value);
         }
     }
-    let [path, fd, id, bdf, managed, rombar, romfile] = values;
+    let [path, fd, id, bdf, managed, rombar, romfile, addr] = values;
 
     let (name_given, name) =
         match (path, fd) {
@@ -366,6 +410,19 @@ pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, NamingError> {
         }
     };
 
+    let addr = match addr {
+        None => None,
+        Some(v) => Some(
+            v.parse::<GuestAddr>()
+                .map_err(|why| NamingError::BadValue {
+                    given: given.clone(),
+                    key: "addr",
+                    value: v.to_string(),
+                    why: why.to_string(),
+                })?,
+        ),
+    };
+
     Ok(DeviceSpec {
         given,
         name_given,
@@ -374,6 +431,7 @@ pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, NamingError> {
         bdf,
         managed,
         rom,
+        addr,
     })
 }
 
@@ -633,6 +691,22 @@ mod tests {
         assert_eq!(s.rom, RomChoice::Off);
         let s = parse_device_spec("00:04.1,romfile=/srv/vbios.rom,rombar=on").unwrap();
         assert_eq!(s.rom, RomChoice::File("/srv/vbios.rom".into()));
+        let s = parse_device_spec("00:04.1,addr=0x1e.3").unwrap();
+        assert_eq!(
+            s.addr,
+            Some(GuestAddr {
+                slot: 0x1e,
+                function: Some(3)
+            })
+        );
+        let s = parse_device_spec("00:04.1,addr=5").unwrap();
+        assert_eq!(
+            s.addr,
+            Some(GuestAddr {
+                slot: 5,
+                function: None
+            })
+        );
     }
 
     #[test]
@@ -647,6 +721,10 @@ mod tests {
             ("fd=three", "non-negative"),
             ("00:01.0,managed=yes", "on or off"),
             ("00:01.0,rombar=no", "on or off"),
+            ("00:01.0,addr=00", "01 to 1f"),
+            ("00:01.0,addr=20", "01 to 1f"),
+            ("00:01.0,addr=5.8", "0-7"),
+            ("00:01.0,addr=x", "hex number"),
             (
                 "00:01.0,rombar=off,romfile=/x.rom",
                 "nothing to serve the file through",

@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::group::GroupMember;
-use crate::vfio::naming::{Bdf, RomChoice};
+use crate::vfio::naming::{Bdf, GuestAddr, RomChoice};
 
 /// The bus a resolved device sits on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +84,8 @@ pub struct ResolvedDevice {
     pub managed: bool,
     /// `rombar=` / `romfile=`.
     pub rom: RomChoice,
+    /// `addr=`.
+    pub addr: Option<GuestAddr>,
 }
 
 impl ResolvedDevice {

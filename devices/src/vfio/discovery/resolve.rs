@@ -30,6 +30,7 @@ pub fn resolve(spec: &DeviceSpec, roots: &Roots) -> Result<Vec<ResolvedDevice>, 
         d.id = spec.id.clone();
         d.managed = spec.managed;
         d.rom = spec.rom.clone();
+        d.addr = spec.addr;
         out.push(d);
     }
     Ok(out)
@@ -379,6 +380,7 @@ pub(crate) fn describe(
         id: None,
         managed: false,
         rom: RomChoice::Device,
+        addr: None,
         sysfs,
     })
 }
