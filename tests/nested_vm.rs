@@ -170,7 +170,7 @@ fn assert_acpi(out: &Outcome) {
     let l2: Vec<&str> = out.l2_lines().collect();
     let has = |s: &str| l2.iter().any(|l| l.contains(s));
     assert!(has("ACPI: RSDP 0x00000000000E0000"), "L2 found the RSDP");
-    for t in ["ACPI: XSDT", "ACPI: FACP", "ACPI: DSDT", "ACPI: APIC"] {
+    for t in ["ACPI: XSDT", "ACPI: FACP", "ACPI: DSDT", "ACPI: APIC", "ACPI: MCFG"] {
         assert!(has(t), "L2 lists {t}");
     }
     assert!(
@@ -185,7 +185,7 @@ fn assert_acpi(out: &Outcome) {
     assert!(!has("i8042: Probing ports directly"), "no i8042 probe");
     assert_eq!(
         out.l2_marker("acpi_tables"),
-        Some("APIC DSDT FACP"),
+        Some("APIC DSDT FACP MCFG"),
         "the tables in L2's sysfs"
     );
 }
