@@ -170,7 +170,13 @@ fn assert_acpi(out: &Outcome) {
     let l2: Vec<&str> = out.l2_lines().collect();
     let has = |s: &str| l2.iter().any(|l| l.contains(s));
     assert!(has("ACPI: RSDP 0x00000000000E0000"), "L2 found the RSDP");
-    for t in ["ACPI: XSDT", "ACPI: FACP", "ACPI: DSDT", "ACPI: APIC", "ACPI: MCFG"] {
+    for t in [
+        "ACPI: XSDT",
+        "ACPI: FACP",
+        "ACPI: DSDT",
+        "ACPI: APIC",
+        "ACPI: MCFG",
+    ] {
         assert!(has(t), "L2 lists {t}");
     }
     assert!(
@@ -310,5 +316,44 @@ fn bench_boot_to_init() {
     println!("passvm in L1, L2 with 256 MiB ('quiet'); times from L1's /proc/uptime:");
     for r in &runs {
         println!("  {r}");
+    }
+}
+
+/// What the guest platform costs L2's boot: the same kernel with a user's plain command
+/// line under ACPI and with `acpi=off` (the MP-table PC of before), side by side.
+#[test]
+#[ignore = "benchmark in the nested bed; prints figures: cargo test --test nested_vm -- --ignored --nocapture bench"]
+fn bench_platform_boot() {
+    let out = Scenario::new("vm-platform-bench")
+        .timeout(std::time::Duration::from_secs(900))
+        .run();
+    out.assert_ok();
+    let runs = out.markers("platform");
+    assert!(!runs.is_empty(), "no benchmark runs reported");
+    println!("passvm in L1, bzImage, 1 vCPU, 256 MiB, cmdline 'console=ttyS0 reboot=k panic=-1':");
+    for r in &runs {
+        println!("  {r}");
+    }
+    for mode in ["acpi", "acpi=off"] {
+        let init: Vec<u64> = runs
+            .iter()
+            .filter(|r| r.split_whitespace().next() == Some(mode))
+            .filter_map(|r| {
+                r.split_whitespace()
+                    .find_map(|w| w.strip_prefix("l2_init_ms="))
+            })
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if !init.is_empty() {
+            let mut sorted = init.clone();
+            sorted.sort_unstable();
+            println!(
+                "  {mode}: L2 at init after {} ms (median of {}; min {}, max {})",
+                sorted[sorted.len() / 2],
+                sorted.len(),
+                sorted[0],
+                sorted[sorted.len() - 1]
+            );
+        }
     }
 }
