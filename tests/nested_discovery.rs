@@ -192,6 +192,9 @@ fn devices_lists_the_bound_disk_as_assignable_and_the_other_with_the_fix() {
         row0.contains("1af4:1042") && row0.contains("vfio0"),
         "{row0}"
     );
+    // QEMU's modern virtio-blk: the MSI-X table in BAR1 (4 KiB), the virtio registers
+    // in 64-bit BAR4 (16 KiB).
+    assert!(row0.contains("1:4KiB 4:16KiB"), "BAR sizes: {row0}");
     let row1 = out.marker("row_d1").expect("row for d1");
     assert!(
         row1.contains("virtio-pci") && row1.ends_with(" no"),

@@ -3,7 +3,7 @@
 
 use devices::size::human;
 use devices::vfio::discovery::class_names::class_name;
-use devices::vfio::discovery::inventory::{Entry, Inventory};
+use devices::vfio::discovery::inventory::{BarSize, Entry, Inventory};
 use devices::vfio::discovery::irq_remap::Remapping;
 use devices::vfio::discovery::{inventory, DiscoveryError, Roots};
 
@@ -54,6 +54,23 @@ fn group_text(e: &Entry) -> String {
     }
 }
 
+/// "0:16MiB 1:8GiB 5:io128B rom:512KiB": each implemented BAR's index and size, so a user
+/// sees what a guest's BAR windows must hold.
+fn bars_text(bars: &[BarSize]) -> String {
+    if bars.is_empty() {
+        return "-".into();
+    }
+    let size = |s: u64| human(s).replace(" bytes", "B").replace(' ', "");
+    bars.iter()
+        .map(|b| match (b.index, b.io) {
+            (6, _) => format!("rom:{}", size(b.size)),
+            (i, true) => format!("{i}:io{}", size(b.size)),
+            (i, false) => format!("{i}:{}", size(b.size)),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The human table.
 pub fn table(inv: &Inventory, roots: &Roots, all: bool) -> String {
     let header = [
@@ -63,9 +80,10 @@ pub fn table(inv: &Inventory, roots: &Roots, all: bool) -> String {
         "DRIVER",
         "GROUP",
         "CDEV",
+        "BARS",
         "ASSIGNABLE",
     ];
-    let rows: Vec<(&Entry, [String; 7])> = inv
+    let rows: Vec<(&Entry, [String; 8])> = inv
         .entries
         .iter()
         .filter(|e| shown(e, all))
@@ -83,6 +101,7 @@ pub fn table(inv: &Inventory, roots: &Roots, all: bool) -> String {
                         .as_ref()
                         .map(|c| c.name.clone())
                         .unwrap_or_else(|| "-".into()),
+                    bars_text(&e.bars),
                     if e.problems.is_empty() {
                         "yes".into()
                     } else {
@@ -216,6 +235,33 @@ pub fn to_json(inv: &Inventory, roots: &Roots, all: bool) -> Json {
                     Json::opt_str(d.cdev.as_ref().map(|c| show(&c.node))),
                 ),
                 ("bridge", Json::Bool(e.bridge)),
+                (
+                    "bars",
+                    Json::Arr(
+                        e.bars
+                            .iter()
+                            .map(|b| {
+                                Json::Obj(vec![
+                                    ("index", Json::Num(u64::from(b.index))),
+                                    ("size", Json::Num(b.size)),
+                                    (
+                                        "kind",
+                                        Json::Str(
+                                            match (b.index, b.io, b.mem64) {
+                                                (6, _, _) => "rom",
+                                                (_, true, _) => "io",
+                                                (_, false, true) => "mem64",
+                                                _ => "mem32",
+                                            }
+                                            .into(),
+                                        ),
+                                    ),
+                                    ("prefetchable", Json::Bool(b.prefetchable)),
+                                ])
+                            })
+                            .collect(),
+                    ),
+                ),
                 ("assignable", Json::Bool(e.problems.is_empty())),
                 ("problems", Json::Arr(problems)),
             ])
@@ -300,16 +346,48 @@ mod tests {
                     device: dev("0000:00:10.0", "vfio-pci", 0x010000, 0),
                     problems: vec![],
                     bridge: false,
+                    bars: vec![
+                        BarSize {
+                            index: 0,
+                            size: 16 << 20,
+                            io: false,
+                            mem64: false,
+                            prefetchable: false,
+                        },
+                        BarSize {
+                            index: 2,
+                            size: 8 << 30,
+                            io: false,
+                            mem64: true,
+                            prefetchable: true,
+                        },
+                        BarSize {
+                            index: 5,
+                            size: 128,
+                            io: true,
+                            mem64: false,
+                            prefetchable: false,
+                        },
+                        BarSize {
+                            index: 6,
+                            size: 512 << 10,
+                            io: false,
+                            mem64: false,
+                            prefetchable: false,
+                        },
+                    ],
                 },
                 Entry {
                     device: dev("0000:00:11.0", "virtio-pci", 0x010000, 1),
                     problems: vec![problem],
                     bridge: false,
+                    bars: Vec::new(),
                 },
                 Entry {
                     device: dev("0000:00:00.0", "-", 0x060000, 2),
                     problems: vec![],
                     bridge: true,
+                    bars: Vec::new(),
                 },
             ],
             isolation: InterruptIsolation {
@@ -331,6 +409,16 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("DEVICE") && lines[0].ends_with("ASSIGNABLE"));
         assert!(lines[1].starts_with("0000:00:10.0") && lines[1].ends_with(" yes"));
+        assert!(
+            lines[1].contains("0:16MiB 2:8GiB 5:io128B rom:512KiB"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].contains("virtio-pci") && lines[2].contains(" -  "),
+            "{}",
+            lines[2]
+        );
         assert!(lines[2].starts_with("0000:00:11.0") && lines[2].ends_with(" no"));
         assert!(lines[3].contains("- bound to the host driver virtio-pci"));
         assert!(lines[4].contains("fix: bind it with `passvm bind 0000:00:11.0`"));
@@ -355,6 +443,9 @@ mod tests {
             "\"class_name\": \"SCSI storage controller\"",
             "\"group_node\": \"/dev/vfio/0\"",
             "\"assignable\": true",
+            "\"size\": 8589934592",
+            "\"kind\": \"mem64\"",
+            "\"kind\": \"rom\"",
             "\"kind\": \"not-vfio-driver\"",
         ] {
             assert!(j.contains(field), "missing {field} in\n{j}");
