@@ -15,13 +15,15 @@ use crate::cli::{parse_on_off, parse_size, ValueError, VmArgs};
 ///
 /// * `console=ttyS0`: the 8250 on 0x3f8 is the only console passvm emulates.
 /// * `reboot=k`: reboot through the i8042 reset line (0xFE on port 0x64), which passvm turns
-///   into a clean exit 0; other methods (ACPI, PCI 0xCF9, BIOS) do not exist here and the
-///   kernel's last resort is a triple fault, which passvm reports as a crash.
+///   into a clean exit 0, also for a guest booted with `acpi=off`; with ACPI the FADT's
+///   reset register works too (Linux's default, `reboot=acpi`). PCI 0xCF9 and BIOS resets
+///   do not exist here, and the kernel's last resort is a triple fault, which passvm
+///   reports as a crash.
 /// * `panic=1`: a panicking guest reboots after one second instead of spinning forever; passvm
 ///   still reports it as a panic because it watches the console for the panic banner.
 /// * `i8042.noaux i8042.nomux i8042.dumbkbd`: passvm's i8042 only implements the reset command;
-///   these keep a kernel that has the i8042 driver from probing a mouse port or waiting on
-///   keyboard replies that never come.
+///   with ACPI the FADT already tells Linux there is no controller to probe; these options
+///   keep an `acpi=off` guest from probing a mouse port or waiting on keyboard replies.
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
 

@@ -1,13 +1,13 @@
 //! Intel MultiProcessor Specification 1.4 tables: how a guest without ACPI finds its CPUs,
 //! its IOAPIC and the wiring of ISA and PCI interrupts.
 //!
-//! passvm gives the guest no ACPI tables. Linux (even with `CONFIG_ACPI=y`) then finds no
-//! RSDP in the BIOS area and falls back to scanning for the MP floating pointer in the
-//! first KiB of the EBDA, the last KiB of base memory and 0xf0000–0xfffff. The pointer is
-//! written at [`MPTABLE_START`] (0x9fc00, the "last KiB of 640 KiB"), followed by the
-//! configuration table. Seen in the nested bed (6.12 guest, `CONFIG_ACPI=y`, PVH and
-//! bzImage entries alike): `ACPI BIOS Error (bug): A valid RSDP was not found` (expected,
-//! harmless; `acpi=off` silences it), then `found SMP MP-table at [mem 0x0009fc00-...]`,
+//! passvm describes the platform with ACPI (src/acpi/); this table is for the guests that
+//! do not use it: booted with `acpi=off`, or built without `CONFIG_ACPI`. Linux then
+//! scans for the MP floating pointer in the first KiB of the EBDA, the last KiB of base
+//! memory and 0xf0000–0xfffff. The pointer is written at [`MPTABLE_START`] (0x9fc00, the
+//! "last KiB of 640 KiB"), followed by the configuration table. Seen in the nested bed
+//! (6.12 guest, PVH and bzImage entries alike, before passvm had ACPI tables):
+//! `found SMP MP-table at [mem 0x0009fc00-...]`,
 //! `Processor #0 (Bootup-CPU)`, `Processor #1`, `IOAPIC[0]: apic_id 2, ... GSI 0-23`,
 //! `..TIMER: vector=0x30 apic1=0 pin1=0`, and `smp: Brought up 1 node, 2 CPUs`.
 //!
