@@ -23,7 +23,7 @@ for mode in acpi acpi=off; do
         init_ms=-1
         [ -n "$init" ] && init_ms="$(awk -v u="$init" 'BEGIN { printf "%d", u * 1000 }')"
         probe=0
-        grep -q "i8042: PNP: No PS/2 controller found" /tmp/.l2 && probe=1
+        grep -q "i8042: Probing ports directly" /tmp/.l2 && probe=1
         bed_report platform "$mode run=$i l2_init_ms=$init_ms total_ms=$((t1 - t0)) i8042_probe=$probe rc=$rc"
         [ "$rc" = 0 ] || sed 's/^/VMM| /' /tmp/.vmm
         i=$((i + 1))
