@@ -54,7 +54,9 @@ pub fn print_plan(cfg: &VmConfig) -> ExitCode {
             }
         }
     }
-    match MemoryLayout::new(cfg.memory.size) {
+    // No device is opened here, so only the CPU bounds the map; an IOMMU may lower it.
+    let limit = crate::memory::phys_limit(cpu_phys_bits(), None);
+    match MemoryLayout::with_limit(cfg.memory.size, limit) {
         Ok(layout) => print_layout(&layout),
         Err(e) => {
             eprintln!("passvm: {e}");
@@ -62,6 +64,18 @@ pub fn print_plan(cfg: &VmConfig) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// This CPU's physical address width (CPUID 0x80000008 EAX[7:0]), 36 bits when it does
+/// not say.
+fn cpu_phys_bits() -> u8 {
+    // CPUID is safe to call on x86_64; leaf 0x80000000 says which extended leaves exist.
+    let max = std::arch::x86_64::__cpuid(0x8000_0000).eax;
+    let leaf = std::arch::x86_64::__cpuid(0x8000_0008);
+    if max < 0x8000_0008 {
+        return 36;
+    }
+    ((leaf.eax & 0xff) as u8).max(36)
 }
 
 fn print_layout(layout: &MemoryLayout) {

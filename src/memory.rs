@@ -89,9 +89,12 @@ pub const ECAM_SIZE: u64 = ECAM_BUSES << 20;
 pub const MMIO32_SIZE: u64 = ECAM_START - MMIO32_START;
 /// 4 GiB: where the part of RAM that does not fit below the hole continues.
 pub const RAM_64BIT_START: u64 = 0x1_0000_0000;
-/// Every guest-physical address passvm hands out (RAM, BARs) stays below this (2^39): the
-/// smallest IOVA space seen on IOMMUs passvm is used with (virtio-iommu, VT-d 39-bit).
+/// The guest-physical limit when nothing better is known (the config check, `--dry-run`):
+/// 2^39, the smallest IOVA space seen on IOMMUs passvm is used with (virtio-iommu,
+/// VT-d 39-bit). A VM's real limit comes from its host ([`phys_limit`]).
 pub const MAX_GUEST_PHYS_ADDR: u64 = 1 << 39;
+/// No guest-physical address goes above 2^52, the architectural MAXPHYADDR limit.
+pub const ARCH_PHYS_LIMIT: u64 = 1 << 52;
 /// Alignment of the 64-bit BAR window's start.
 pub const MMIO64_ALIGN: u64 = 1 << 30;
 /// The 64-bit BAR window never gets smaller than this; it bounds the RAM size.
@@ -100,9 +103,6 @@ pub const MIN_MMIO64_SIZE: u64 = 64 << 30;
 /// Smallest guest that can hold a kernel (loaded at 16 MiB), an initramfs and the boot
 /// structures.
 pub const MIN_MEMORY_SIZE: u64 = 32 << 20;
-/// Largest guest RAM: 2^39 minus the 32-bit hole and the minimal 64-bit BAR window.
-pub const MAX_MEMORY_SIZE: u64 =
-    MAX_GUEST_PHYS_ADDR - MIN_MMIO64_SIZE - MMIO64_ALIGN - (RAM_64BIT_START - MMIO32_START);
 
 /// e820 type of usable RAM.
 pub const E820_RAM: u32 = 1;
@@ -118,11 +118,13 @@ pub enum MemoryError {
         /// Requested size in bytes.
         size: u64,
     },
-    /// The size does not fit below 2^39 with the MMIO windows.
-    #[error("guest memory of {} is too large: RAM and the 64-bit BAR window must stay below 2^39 (the IOMMU's IOVA limit), so at most {max} GiB; use a smaller --memory size", human(*size), max = MAX_MEMORY_SIZE >> 30)]
+    /// The size does not fit below the guest-physical limit with the MMIO windows.
+    #[error("guest memory of {} is too large: RAM and a 64-bit BAR window of at least {} must stay below {limit:#x} (the smaller of the host CPU's physical address width and the IOMMU's IOVA range), so at most {} GiB here; use a smaller --memory size", human(*size), human(min_mmio64(*limit)), max_memory_size(*limit) >> 30)]
     TooLarge {
         /// Requested size in bytes.
         size: u64,
+        /// The guest-physical limit it had to fit below.
+        limit: u64,
     },
     /// The size is not a whole number of pages.
     #[error("guest memory of {} is not a multiple of {} KiB; round --memory size to whole {unit}", human(*size), align >> 10, unit = if *align > PAGE_SIZE { "huge pages (e.g. size=512M)" } else { "pages (e.g. size=512M)" })]
@@ -198,14 +200,48 @@ pub struct MemoryLayout {
     pub mmio64: AddrRange,
 }
 
+/// The guest-physical limit of a VM: the smaller of `2^host_phys_bits` (the CPU's
+/// MAXPHYADDR, which KVM passes to the guest) and `iova_end`, the end of the IOMMU's
+/// usable IOVA range that holds the RAM above 4 GiB (guest RAM is DMA-mapped IOVA = GPA,
+/// and BARs would be for peer-to-peer), when devices are passed through.
+pub fn phys_limit(host_phys_bits: u8, iova_end: Option<u64>) -> u64 {
+    let host = 1u64
+        .checked_shl(u32::from(host_phys_bits))
+        .unwrap_or(ARCH_PHYS_LIMIT)
+        .min(ARCH_PHYS_LIMIT);
+    iova_end.map_or(host, |e| e.min(host))
+}
+
+/// The smallest 64-bit BAR window a layout keeps under `limit`: 64 GiB, or a quarter of
+/// the space on a host whose limit is small.
+pub fn min_mmio64(limit: u64) -> u64 {
+    MIN_MMIO64_SIZE.min(limit / 4)
+}
+
+/// The largest RAM that fits below `limit` with the 32-bit hole and the smallest 64-bit
+/// window.
+pub fn max_memory_size(limit: u64) -> u64 {
+    limit
+        .saturating_sub(min_mmio64(limit) + MMIO64_ALIGN)
+        .saturating_sub(RAM_64BIT_START - MMIO32_START)
+}
+
 impl MemoryLayout {
-    /// Computes the layout for `size` bytes of RAM, validating the size.
+    /// Computes the layout for `size` bytes of RAM below the default limit
+    /// ([`MAX_GUEST_PHYS_ADDR`]), validating the size.
+    #[cfg(test)]
     pub fn new(size: u64) -> Result<Self, MemoryError> {
+        Self::with_limit(size, MAX_GUEST_PHYS_ADDR)
+    }
+
+    /// Computes the layout for `size` bytes of RAM with everything below `limit`
+    /// ([`phys_limit`]): the 64-bit BAR window runs from above RAM up to it.
+    pub fn with_limit(size: u64, limit: u64) -> Result<Self, MemoryError> {
         if size < MIN_MEMORY_SIZE {
             return Err(MemoryError::TooSmall { size });
         }
-        if size > MAX_MEMORY_SIZE {
-            return Err(MemoryError::TooLarge { size });
+        if size > max_memory_size(limit) {
+            return Err(MemoryError::TooLarge { size, limit });
         }
         if size % PAGE_SIZE != 0 {
             return Err(MemoryError::Unaligned {
@@ -234,7 +270,7 @@ impl MemoryLayout {
             },
             mmio64: AddrRange {
                 start: mmio64_start,
-                size: MAX_GUEST_PHYS_ADDR - mmio64_start,
+                size: limit.saturating_sub(mmio64_start),
             },
         })
     }
@@ -322,9 +358,19 @@ pub fn low_ram_end(mem: &GuestMemoryMmap) -> u64 {
         .unwrap_or(0)
 }
 
-/// Allocates guest RAM of `size` bytes laid out around the 32-bit hole (see [`MemoryLayout`]).
+/// Allocates guest RAM of `size` bytes laid out around the 32-bit hole below the default
+/// limit (see [`MemoryLayout`]).
+#[cfg(test)]
 pub fn create_guest_memory(size: u64, hugepages: bool) -> Result<GuestMemoryMmap, MemoryError> {
-    let layout = MemoryLayout::new(size)?;
+    create_guest_memory_in(&MemoryLayout::new(size)?, hugepages)
+}
+
+/// Allocates the guest RAM of `layout`.
+pub fn create_guest_memory_in(
+    layout: &MemoryLayout,
+    hugepages: bool,
+) -> Result<GuestMemoryMmap, MemoryError> {
+    let size: u64 = layout.ram.iter().map(|r| r.size).sum();
     let huge_page_size = if hugepages {
         let hp = hugepage_size();
         if size % hp != 0 {
@@ -350,7 +396,10 @@ fn map_region(
     size: u64,
     huge_page_size: Option<u64>,
 ) -> Result<vm_memory::MmapRegion, MemoryError> {
-    let len = usize::try_from(size).map_err(|_| MemoryError::TooLarge { size })?;
+    let len = usize::try_from(size).map_err(|_| MemoryError::TooLarge {
+        size,
+        limit: MAX_GUEST_PHYS_ADDR,
+    })?;
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let builder = match huge_page_size {
         // No MAP_NORESERVE: the kernel must reserve the huge pages now, so a shortage is
@@ -593,7 +642,7 @@ mod tests {
             MemoryLayout::new(256 * MIB + 1),
             Err(MemoryError::Unaligned { .. })
         ));
-        assert!(MemoryLayout::new(MAX_MEMORY_SIZE).is_ok());
+        assert!(MemoryLayout::new(max_memory_size(MAX_GUEST_PHYS_ADDR)).is_ok());
     }
 
     #[test]
@@ -646,5 +695,48 @@ mod tests {
     fn hugepages_need_whole_huge_pages() {
         let e = create_guest_memory(64 * MIB + PAGE_SIZE, true).unwrap_err();
         assert!(matches!(e, MemoryError::Unaligned { .. }), "got {e:?}");
+    }
+
+    #[test]
+    fn the_limit_is_the_smaller_of_the_cpu_and_the_iommu() {
+        assert_eq!(phys_limit(39, None), 1 << 39);
+        assert_eq!(
+            phys_limit(46, Some(1 << 39)),
+            1 << 39,
+            "the bed's virtio-iommu"
+        );
+        assert_eq!(phys_limit(40, Some(1 << 48)), 1 << 40);
+        assert_eq!(
+            phys_limit(57, None),
+            ARCH_PHYS_LIMIT,
+            "capped at MAXPHYADDR's 52 bits"
+        );
+        assert_eq!(phys_limit(200, None), ARCH_PHYS_LIMIT);
+    }
+
+    #[test]
+    fn the_64_bit_window_runs_up_to_the_limit_and_ram_must_leave_room() {
+        let l = MemoryLayout::with_limit(8 * GIB, 1 << 46).unwrap();
+        assert_eq!(l.mmio64.end(), 1 << 46);
+        assert_eq!(l.mmio64.start, 9 * GIB, "above RAM, 1 GiB aligned");
+        assert_eq!(
+            MemoryLayout::with_limit(8 * GIB, 1 << 39)
+                .unwrap()
+                .mmio64
+                .end(),
+            MemoryLayout::new(8 * GIB).unwrap().mmio64.end()
+        );
+        // 600 GiB fits a 46-bit host, not a 39-bit one; the message names the limit.
+        assert!(MemoryLayout::with_limit(600 * GIB, 1 << 46).is_ok());
+        let e = MemoryLayout::with_limit(600 * GIB, 1 << 39)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("0x8000000000") && e.contains("at most 446 GiB"),
+            "{e}"
+        );
+        // A tiny limit leaves a small window, never a negative one.
+        let l = MemoryLayout::with_limit(GIB, 1 << 32).unwrap();
+        assert_eq!(l.mmio64.size, 0);
     }
 }

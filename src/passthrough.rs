@@ -23,7 +23,7 @@
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
 
-use devices::pci::bar::{BarAllocator, Window, DEFAULT_MMIO64_LIMIT};
+use devices::pci::bar::{BarAllocator, Window};
 use devices::pci::host_bridge::PciRoot;
 use devices::pci::host_bridge::PCI_SLOTS;
 use devices::pci::InterruptRouting;
@@ -33,7 +33,7 @@ use devices::vfio::assignment::{
 use devices::vfio::device::VfioPciDevice;
 use devices::vfio::discovery::ResolvedDevice;
 use devices::vfio::discovery::{self, DiscoveryError, ManagedBinding, Plan, Roots};
-use devices::vfio::iommu::DeviceSource;
+use devices::vfio::iommu::{DeviceSource, OwnedVfioDevice};
 use devices::vfio::vm::kvm::{KvmVmOps, SlotPool};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_ioctls::VmFd;
@@ -273,8 +273,8 @@ pub struct VmParts<'a> {
     pub pci: &'a Mutex<PciRoot>,
     /// Guest RAM (RAM slots `0..num_regions`).
     pub mem: &'a GuestMemoryMmap,
-    /// Guest RAM size (gives the BAR windows).
-    pub mem_size: u64,
+    /// The guest-physical map (gives the BAR windows).
+    pub layout: &'a MemoryLayout,
     /// vCPU count (the MP table).
     pub vcpus: u8,
 }
@@ -286,17 +286,53 @@ pub struct PassthroughVm {
     space: Option<Assignment>,
 }
 
-/// Opens the IOMMU space and attaches every planned device (no-op without devices).
+/// The VM's IOMMU space with every planned device opened in it, before guest memory
+/// exists: its IOVA ranges bound the guest-physical map ([`Opened::iova_end`]).
+pub struct Opened {
+    space: Assignment,
+    /// In plan order.
+    devices: Vec<Arc<OwnedVfioDevice>>,
+}
+
+impl Opened {
+    /// Where the IOMMU's usable IOVA range above 4 GiB ends, if the kernel says.
+    pub fn iova_end(&self) -> Option<u64> {
+        self.space.iova_end_above_4g()
+    }
+}
+
+/// Opens the IOMMU space and every planned device in it (`None` without devices).
+pub fn open(prepared: &Prepared, vm: &VmFd) -> Result<Option<Opened>, PassthroughSetupError> {
+    let Some(plan) = &prepared.plan else {
+        return Ok(None);
+    };
+    let space = Assignment::new(vm, plan.backend(), plan.iommufd_fd)
+        .map_err(PassthroughSetupError::Space)?;
+    let mut devices = Vec::with_capacity(plan.devices.len());
+    for d in &plan.devices {
+        let dev =
+            space
+                .open(&DeviceSource::from(d))
+                .map_err(|source| PassthroughSetupError::Device {
+                    given: d.given_as.clone(),
+                    source,
+                })?;
+        devices.push(dev);
+    }
+    Ok(Some(Opened { space, devices }))
+}
+
+/// Attaches every opened device (no-op without devices): guest RAM DMA-mapped, each
+/// device placed, its BARs in `parts.layout`'s windows.
 pub fn attach(
     prepared: &Prepared,
+    opened: Option<Opened>,
     parts: &VmParts<'_>,
 ) -> Result<PassthroughVm, PassthroughSetupError> {
-    let Some(plan) = &prepared.plan else {
+    let (Some(plan), Some(Opened { mut space, devices })) = (&prepared.plan, opened) else {
         return Ok(PassthroughVm::default());
     };
-    let layout = MemoryLayout::new(parts.mem_size)?;
-    let mut space = Assignment::new(parts.vm, plan.backend(), plan.iommufd_fd)
-        .map_err(PassthroughSetupError::Space)?;
+    let layout = parts.layout;
     let mut bars = BarAllocator::new(
         Some(Window {
             base: layout.mmio32.start,
@@ -307,7 +343,7 @@ pub fn attach(
             size: layout.mmio64.size,
         }),
         Some(IO_WINDOW),
-        DEFAULT_MMIO64_LIMIT,
+        layout.mmio64.start + layout.mmio64.size,
     );
     let first_slot = u32::try_from(parts.mem.num_regions()).unwrap_or(u32::MAX);
     let routing: Arc<dyn InterruptRouting> = parts.interrupts.clone();
@@ -328,7 +364,7 @@ pub fn attach(
         space: None,
     };
     let places = placements(&plan.devices)?;
-    for (d, placement) in plan.devices.iter().zip(places) {
+    for ((d, placement), dev) in plan.devices.iter().zip(places).zip(devices) {
         let name = d.id.clone().unwrap_or_else(|| d.name.clone());
         let device_err = |source| PassthroughSetupError::Device {
             given: d.given_as.clone(),
@@ -341,7 +377,7 @@ pub fn attach(
             placement: Some(placement),
         };
         let a = space
-            .attach(&req, parts.mem, &mut ctx, intx_gsi)
+            .attach_opened(dev, &req, parts.mem, &mut ctx, intx_gsi)
             .map_err(device_err)?;
         out.devices.push(a);
     }

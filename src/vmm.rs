@@ -284,9 +284,22 @@ impl Vm {
         vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
         let interrupts = Arc::new(Interrupts::new(vm.clone())?);
 
-        let mem = memory::create_guest_memory(cfg.memory.size, cfg.memory.hugepages)?;
+        // Devices first: the IOMMU space they open in bounds the guest-physical map.
+        let opened = passthrough::open(&prepared, &vm)?;
+        let host_bits = host_phys_bits(&kvm);
+        let iova_end = opened.as_ref().and_then(passthrough::Opened::iova_end);
+        let limit = memory::phys_limit(host_bits, iova_end);
+        log::info!(
+            "guest-physical limit {limit:#x}: host CPU {host_bits} bits{}",
+            match iova_end {
+                Some(e) => format!(", IOMMU IOVA range up to {e:#x}"),
+                None => String::new(),
+            }
+        );
+        let layout = memory::MemoryLayout::with_limit(cfg.memory.size, limit)?;
+        let mem = memory::create_guest_memory_in(&layout, cfg.memory.hugepages)?;
         register_memory(&vm, &mem)?;
-        let rsdp = acpi::write(&mem, &acpi_inputs(cfg)?)?;
+        let rsdp = acpi::write(&mem, &acpi_inputs(cfg, &layout))?;
         let boot_info = boot::load(
             &mem,
             &BootConfig {
@@ -312,6 +325,7 @@ impl Vm {
         )?;
         let passthrough = passthrough::attach(
             &prepared,
+            opened,
             &VmParts {
                 vm: &vm,
                 nr_memslots: kvm.get_nr_memslots(),
@@ -319,7 +333,7 @@ impl Vm {
                 buses: &buses,
                 pci: &pci,
                 mem: &mem,
-                mem_size: cfg.memory.size,
+                layout: &layout,
                 vcpus: cfg.vcpus,
             },
         )?;
@@ -504,12 +518,26 @@ fn add_legacy_devices(
     Ok(serial)
 }
 
+/// The host CPU's physical address width, as KVM reports it to guests (CPUID
+/// 0x80000008 EAX[7:0]); 36 bits, the architectural minimum, when it does not.
+fn host_phys_bits(kvm: &Kvm) -> u8 {
+    kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .ok()
+        .and_then(|c| {
+            c.as_slice()
+                .iter()
+                .find(|e| e.function == 0x8000_0008)
+                .map(|e| (e.eax & 0xff) as u8)
+        })
+        .filter(|b| *b >= 36)
+        .unwrap_or(36)
+}
+
 /// What the ACPI tables describe: the vCPUs, and the PCI windows of this VM's layout.
-fn acpi_inputs(cfg: &VmConfig) -> Result<acpi::AcpiInputs, VmError> {
-    let layout = memory::MemoryLayout::new(cfg.memory.size)?;
+fn acpi_inputs(cfg: &VmConfig, layout: &memory::MemoryLayout) -> acpi::AcpiInputs {
     let last = |start: u64, size: u64| start + size.saturating_sub(1);
     let io = passthrough::IO_WINDOW;
-    Ok(acpi::AcpiInputs {
+    acpi::AcpiInputs {
         vcpus: cfg.vcpus,
         // The MP table's choice: the id after the last vCPU.
         ioapic_id: cfg.vcpus,
@@ -526,7 +554,7 @@ fn acpi_inputs(cfg: &VmConfig) -> Result<acpi::AcpiInputs, VmError> {
             intx_gsi: passthrough::intx_gsi,
             ecam: (memory::ECAM_START, memory::ECAM_BUSES as u8),
         },
-    })
+    }
 }
 
 fn write_lock(bus: &RwLock<Bus>) -> std::sync::RwLockWriteGuard<'_, Bus> {

@@ -28,6 +28,8 @@ use super::device::{DeviceContext, DeviceError, RomImage, VfioPciDevice};
 use super::device_fd::VfioDeviceOps;
 use super::discovery::model::Backend;
 use super::discovery::model::ResolvedDevice;
+use super::iommu::handle::OwnedVfioDevice;
+use super::iommu::iova;
 use super::iommu::kvm_vfio::{create_kvm_vfio_device, KvmVfioError};
 use super::iommu::{DeviceSource, DmaReport, IommuError, IommuSpace};
 use super::naming::RomChoice;
@@ -251,6 +253,42 @@ impl Assignment {
     /// What the RAM mapping did, once it happened.
     pub fn dma_report(&self) -> Option<DmaReport> {
         self.dma
+    }
+
+    /// Opens a device in the VM's IOMMU space, before anything is attached: the VMM opens
+    /// them all first, as the space's IOVA ranges (which bound the guest-physical map)
+    /// are only known once a device is in it.
+    pub fn open(&self, src: &DeviceSource) -> Result<Arc<OwnedVfioDevice>, AssignError> {
+        Ok(Arc::new(self.space.open_device(src)?))
+    }
+
+    /// The end of the IOMMU's usable IOVA range that holds 4 GiB, where RAM above the
+    /// 32-bit hole starts (guest RAM is mapped IOVA = GPA); 4 GiB when no range holds it,
+    /// `None` when the kernel does not say (the RAM map checks again then).
+    pub fn iova_end_above_4g(&self) -> Option<u64> {
+        match self.space.iova_ranges() {
+            Ok(ranges) => iova::end_above_4g(&ranges),
+            Err(e) => {
+                log::warn!("VFIO: cannot read the IOMMU's IOVA ranges ({e})");
+                None
+            }
+        }
+    }
+
+    /// Maps guest RAM if this is the first device, and attaches the opened `dev`
+    /// ([`attach_device`]).
+    pub fn attach_opened<M: GuestMemoryBackend>(
+        &mut self,
+        dev: Arc<OwnedVfioDevice>,
+        req: &DeviceRequest<'_>,
+        mem: &M,
+        ctx: &mut AttachContext<'_>,
+        intx_gsi: impl Fn(u8) -> u32,
+    ) -> Result<AttachedDevice, AssignError> {
+        if self.dma.is_none() {
+            self.dma = Some(self.space.map_guest_memory(mem)?);
+        }
+        attach_device(req.name, dev, req.rom.clone(), req.placement, ctx, intx_gsi)
     }
 
     /// Opens the device, maps guest RAM if it is the first one, and attaches it

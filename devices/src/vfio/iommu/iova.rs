@@ -59,6 +59,21 @@ fn rd_u64(b: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
 }
 
+/// The end (last + 1) of the range that holds 4 GiB, where RAM above the 32-bit hole
+/// starts; 4 GiB when no range holds it; `None` when the kernel listed no ranges.
+pub fn end_above_4g(ranges: &[IovaRange]) -> Option<u64> {
+    const FOUR_GIB: u64 = 1 << 32;
+    if ranges.is_empty() {
+        return None;
+    }
+    Some(
+        ranges
+            .iter()
+            .find(|r| r.start <= FOUR_GIB && FOUR_GIB <= r.last)
+            .map_or(FOUR_GIB, |r| r.last.saturating_add(1)),
+    )
+}
+
 /// Parses the IOVA-range capability out of a `vfio_iommu_type1_info` buffer. Offsets
 /// come from the kernel but are still bounds- and loop-checked.
 pub fn parse_type1_info(buf: &[u8]) -> Vec<IovaRange> {
@@ -265,5 +280,23 @@ mod tests {
         let f = tempfile::tempfile().unwrap();
         assert!(type1_iova_ranges(&f).is_err());
         assert!(ioas_iova_ranges(&f, 1).is_err());
+    }
+
+    #[test]
+    fn the_range_above_4_gib_bounds_the_guest_map() {
+        let r = |start, last| IovaRange { start, last };
+        // virtio-iommu in the bed: everything but the MSI window, up to 2^39.
+        let bed = [r(0, 0xfedf_ffff), r(0xfef0_0000, (1 << 39) - 1)];
+        assert_eq!(end_above_4g(&bed), Some(1 << 39));
+        // A 48-bit IOMMU, one range.
+        assert_eq!(end_above_4g(&[r(0, (1 << 48) - 1)]), Some(1 << 48));
+        // Nothing above 4 GiB: the map stays below it.
+        assert_eq!(end_above_4g(&[r(0, 0xfedf_ffff)]), Some(1 << 32));
+        assert_eq!(end_above_4g(&[]), None, "the kernel did not say");
+        assert_eq!(
+            end_above_4g(&[r(0, u64::MAX)]),
+            Some(u64::MAX),
+            "no overflow"
+        );
     }
 }

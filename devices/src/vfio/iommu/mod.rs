@@ -27,7 +27,8 @@ use super::device_fd::VfioDeviceOps;
 use super::memlock::MemlockShortfall;
 use device_type::{check_device_flags, UnsupportedDeviceType};
 pub use dma::DmaReport;
-use handle::OwnedVfioDevice;
+pub use handle::OwnedVfioDevice;
+
 use iova::IovaRange;
 
 /// Where to open a device from (the discovery step fills this in).
