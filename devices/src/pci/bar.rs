@@ -165,8 +165,11 @@ impl Window {
 pub enum BarAllocError {
     /// No room left in any window that may hold this BAR.
     #[error(
-        "no room for a {size:#x}-byte {kind:?} BAR in the guest's {window} window; \
-         pass fewer devices or give the VM a larger {window} window"
+        "no room for a {} {kind:?} BAR (size {size:#x}, naturally aligned) in the guest's {window} \
+         window {}; pass fewer devices, or give the VM less RAM (the 64-bit window runs from \
+         above RAM to the guest-physical limit: the host CPU's address width or the IOMMU's)",
+        crate::size::human(*size),
+        match window_span { Some((b, e)) => format!("{b:#x}-{e:#x}"), None => "(none)".into() }
     )]
     NoSpace {
         /// Kind of BAR.
@@ -175,6 +178,8 @@ pub enum BarAllocError {
         size: u64,
         /// Name of the window that was full.
         window: &'static str,
+        /// The window's first and last usable byte, when it exists.
+        window_span: Option<(u64, u64)>,
     },
 }
 
@@ -197,6 +202,13 @@ impl Region {
             limit,
             used: Vec::new(),
         }
+    }
+
+    /// The usable part of the window: first and last byte.
+    fn span(&self) -> Option<(u64, u64)> {
+        let w = self.window?;
+        let end = w.end().min(self.limit);
+        (end > w.base).then(|| (w.base, end - 1))
     }
 
     fn allocate(&mut self, size: u64, align: u64) -> Option<u64> {
@@ -256,19 +268,29 @@ impl BarAllocator {
     /// full or absent; 32-bit BARs only fit below 4 GiB.
     pub fn allocate(&mut self, kind: BarKind, size: u64) -> Result<u64, BarAllocError> {
         let size = BarState::new(kind, size, 0).size;
-        let fail = |window| BarAllocError::NoSpace { kind, size, window };
+        let fail = |window, region: &Region| BarAllocError::NoSpace {
+            kind,
+            size,
+            window,
+            window_span: region.span(),
+        };
         match kind {
-            BarKind::Io => self.io.allocate(size, size.max(4)).ok_or(fail("I/O port")),
+            BarKind::Io => {
+                let e = fail("I/O port", &self.io);
+                self.io.allocate(size, size.max(4)).ok_or(e)
+            }
             BarKind::Mem32 { .. } => {
                 let align = size.max(PAGE_SIZE);
-                self.mmio32.allocate(size, align).ok_or(fail("32-bit MMIO"))
+                let e = fail("32-bit MMIO", &self.mmio32);
+                self.mmio32.allocate(size, align).ok_or(e)
             }
             BarKind::Mem64 { .. } => {
                 let align = size.max(PAGE_SIZE);
+                let e = fail("64-bit MMIO", &self.mmio64);
                 self.mmio64
                     .allocate(size, align)
                     .or_else(|| self.mmio32.allocate(size, align))
-                    .ok_or(fail("64-bit MMIO"))
+                    .ok_or(e)
             }
         }
     }
@@ -439,6 +461,28 @@ mod tests {
             Err(BarAllocError::NoSpace { .. })
         ));
         assert!(a.allocate(BarKind::Io, 4).is_err(), "no I/O window");
+    }
+
+    #[test]
+    fn a_bar_that_does_not_fit_names_its_size_and_the_window() {
+        let mut a = BarAllocator::new(
+            None,
+            Some(Window {
+                base: 1 << 36,
+                size: 1 << 36,
+            }),
+            None,
+            1 << 39,
+        );
+        let e = a
+            .allocate(BarKind::Mem64 { prefetchable: true }, 128 << 30)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("128 GiB") && e.contains("0x1000000000-0x1fffffffff"),
+            "{e}"
+        );
+        assert!(e.contains("guest-physical limit"), "{e}");
     }
 
     #[test]
