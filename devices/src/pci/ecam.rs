@@ -69,23 +69,8 @@ impl BusDevice for EcamWindow {
 mod tests {
     use super::*;
     use crate::pci::host_bridge::{HOST_BRIDGE_DEVICE, HOST_BRIDGE_VENDOR};
-    use crate::pci::PciDevice;
 
-    /// A function with 1024 writable dwords (a full PCIe config space).
-    struct Regs(Vec<u32>);
-    impl PciDevice for Regs {
-        fn read_config_register(&mut self, reg_idx: usize) -> u32 {
-            self.0.get(reg_idx).copied().unwrap_or(0)
-        }
-        fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]) {
-            let Some(r) = self.0.get_mut(reg_idx) else {
-                return;
-            };
-            let mut b = r.to_le_bytes();
-            b[offset as usize..offset as usize + data.len()].copy_from_slice(data);
-            *r = u32::from_le_bytes(b);
-        }
-    }
+    use crate::pci::testing::Regs;
 
     fn window() -> (EcamWindow, Arc<Mutex<PciRoot>>) {
         let root = Arc::new(Mutex::new(PciRoot::new()));
@@ -95,7 +80,7 @@ mod tests {
         regs[0xffc / 4] = 0xdead_beef;
         root.lock()
             .unwrap()
-            .add_device(3, Arc::new(Mutex::new(Regs(regs))))
+            .add_device(3, Arc::new(Mutex::new(Regs(regs.to_vec()))))
             .unwrap();
         (EcamWindow::new(root.clone()), root)
     }

@@ -259,21 +259,7 @@ impl BusDevice for PciRoot {
 mod tests {
     use super::*;
 
-    /// A function with 64 writable dwords, to check byte/word/dword placement.
-    struct Regs([u32; 64]);
-    impl PciDevice for Regs {
-        fn read_config_register(&mut self, reg_idx: usize) -> u32 {
-            self.0.get(reg_idx).copied().unwrap_or(0)
-        }
-        fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]) {
-            let Some(r) = self.0.get_mut(reg_idx) else {
-                return;
-            };
-            let mut b = r.to_le_bytes();
-            b[offset as usize..offset as usize + data.len()].copy_from_slice(data);
-            *r = u32::from_le_bytes(b);
-        }
-    }
+    use crate::pci::testing::Regs;
 
     fn select(root: &mut PciRoot, bus: u32, slot: u32, func: u32, reg: u32) {
         let addr = ENABLE | bus << 16 | slot << 11 | func << 8 | reg << 2;
@@ -335,7 +321,7 @@ mod tests {
     #[test]
     fn added_device_sees_byte_word_dword_writes_at_the_right_place() {
         let mut root = PciRoot::new();
-        let dev = Arc::new(Mutex::new(Regs([0; 64])));
+        let dev = Arc::new(Mutex::new(Regs::zeroed(64)));
         root.add_device(3, dev.clone()).unwrap();
         select(&mut root, 0, 3, 0, 4);
         root.write(PCI_CONFIG_BASE, 4, &0x1122_3344u32.to_le_bytes());
@@ -355,7 +341,7 @@ mod tests {
     #[test]
     fn slots_are_checked() {
         let mut root = PciRoot::new();
-        let d = || -> SharedPciDevice { Arc::new(Mutex::new(Regs([0; 64]))) };
+        let d = || -> SharedPciDevice { Arc::new(Mutex::new(Regs::zeroed(64))) };
         assert_eq!(root.add_device(0, d()), Err(PciRootError::SlotInUse(0)));
         assert_eq!(root.add_device(32, d()), Err(PciRootError::NoSuchSlot(32)));
         assert_eq!(root.add_device_any_slot(d()), Ok(1));
@@ -372,10 +358,10 @@ mod tests {
         let mut root = PciRoot::new();
         let mut regs = [0u32; 64];
         regs[0] = 0x1111_1af4;
-        root.add_function(5, 0, Arc::new(Mutex::new(Regs(regs))))
+        root.add_function(5, 0, Arc::new(Mutex::new(Regs(regs.to_vec()))))
             .unwrap();
         regs[0] = 0x2222_1af4;
-        root.add_function(5, 3, Arc::new(Mutex::new(Regs(regs))))
+        root.add_function(5, 3, Arc::new(Mutex::new(Regs(regs.to_vec()))))
             .unwrap();
         assert_eq!(root.config_read(0, 5, 0, 0), 0x1111_1af4);
         assert_eq!(root.config_read(0, 5, 3, 0), 0x2222_1af4);
@@ -388,7 +374,7 @@ mod tests {
             0x2222_1af4,
             "mechanism #1 reaches it too"
         );
-        let d = || -> SharedPciDevice { Arc::new(Mutex::new(Regs([0; 64]))) };
+        let d = || -> SharedPciDevice { Arc::new(Mutex::new(Regs::zeroed(64))) };
         assert_eq!(
             root.add_function(5, 3, d()),
             Err(PciRootError::FunctionInUse {

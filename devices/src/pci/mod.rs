@@ -9,6 +9,8 @@ pub mod ecam;
 pub mod host_bridge;
 pub mod kvm_routing;
 pub mod route_table;
+#[cfg(test)]
+mod testing;
 
 use vmm_sys_util::eventfd::EventFd;
 

@@ -1,0 +1,28 @@
+//! A config space of plain writable registers, for the bus and ECAM tests.
+
+use super::PciDevice;
+
+/// A function whose config registers are plain writable dwords (64 for a PCI header
+/// space, 1024 for a full PCIe space); reads past them give 0.
+pub(crate) struct Regs(pub(crate) Vec<u32>);
+
+impl Regs {
+    /// `n` zeroed registers.
+    pub(crate) fn zeroed(n: usize) -> Self {
+        Self(vec![0; n])
+    }
+}
+
+impl PciDevice for Regs {
+    fn read_config_register(&mut self, reg_idx: usize) -> u32 {
+        self.0.get(reg_idx).copied().unwrap_or(0)
+    }
+    fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]) {
+        let Some(r) = self.0.get_mut(reg_idx) else {
+            return;
+        };
+        let mut b = r.to_le_bytes();
+        b[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+        *r = u32::from_le_bytes(b);
+    }
+}
