@@ -172,17 +172,13 @@ impl Aml for Motherboard<'_> {
     fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
         let (base, buses) = self.0.ecam;
         let window = Memory32Fixed::new(false, base as u32, u32::from(buses) << 20);
-        let crs = ResourceTemplate::new(vec![&window]);
-        let hid = EISAName::new("PNP0C02");
-        Device::new(
-            "MBRD".into(),
-            vec![
-                &Name::new("_HID".into(), &hid),
-                &Name::new("_UID".into(), &0u8),
-                &Name::new("_CRS".into(), &crs),
-            ],
-        )
-        .to_aml_bytes(sink);
+        simple_device(
+            "MBRD",
+            "PNP0C02",
+            0,
+            &ResourceTemplate::new(vec![&window]),
+            sink,
+        );
     }
 }
 
@@ -194,16 +190,26 @@ impl Aml for Com1 {
         let base = COM1_BASE as u16;
         let ports = IO::new(base, base, 1, 8);
         let irq = Interrupt::new(true, true, false, false, COM1_IRQ);
-        let crs = ResourceTemplate::new(vec![&ports, &irq]);
-        let hid = EISAName::new("PNP0501");
-        Device::new(
-            "COM1".into(),
-            vec![
-                &Name::new("_HID".into(), &hid),
-                &Name::new("_UID".into(), &1u8),
-                &Name::new("_CRS".into(), &crs),
-            ],
-        )
-        .to_aml_bytes(sink);
+        simple_device(
+            "COM1",
+            "PNP0501",
+            1,
+            &ResourceTemplate::new(vec![&ports, &irq]),
+            sink,
+        );
     }
+}
+
+/// A device that is only its PNP id, unique id and current resources.
+fn simple_device(name: &str, hid: &str, uid: u8, crs: &ResourceTemplate, sink: &mut dyn AmlSink) {
+    let hid = EISAName::new(hid);
+    Device::new(
+        name.into(),
+        vec![
+            &Name::new("_HID".into(), &hid),
+            &Name::new("_UID".into(), &uid),
+            &Name::new("_CRS".into(), crs),
+        ],
+    )
+    .to_aml_bytes(sink);
 }
