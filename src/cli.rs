@@ -27,6 +27,10 @@ Examples:
     --device /sys/bus/mdev/devices/<uuid>      (a mediated device)
     --device path=0000:0a:03.1,id=disk0,managed=on
 
+  Where the guest sees it, and its expansion ROM (a GPU's VBIOS from a file):
+    --device 0000:0a:00.0,addr=05,romfile=/srv/vbios.rom --device 0000:0a:00.1
+    (functions of one host slot stay together: the audio function lands at 05.1)
+
   Check what a command line would do without starting the VM:
     passvm --kernel vmlinux --device 0000:0a:03.1 --dry-run
 
@@ -91,7 +95,8 @@ pub struct VmArgs {
     #[arg(long, value_name = "tty|file=PATH|null|off")]
     pub serial: Option<String>,
 
-    /// A device to pass through (repeatable): PATH or path=PATH[,id=NAME][,bdf=BDF][,managed=on] or fd=N.
+    /// A device to pass through (repeatable): PATH or path=PATH[,id=NAME][,bdf=BDF][,managed=on]
+    /// [,addr=SLOT[.FN]][,rombar=off][,romfile=PATH] or fd=N.
     #[arg(long, value_name = "DEVICE")]
     pub device: Vec<String>,
 
