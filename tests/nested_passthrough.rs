@@ -305,6 +305,28 @@ fn guest_reboot_leaves_the_device_usable_for_a_second_run() {
     );
 }
 
+/// 6b. The same through ACPI: L2's `poweroff -f` ends each passvm with 0 ("guest powered
+///     off") and the disk works again in the second run, so the device was reset and
+///     released on the way out as after a reboot.
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_passthrough -- --ignored"]
+fn guest_poweroff_leaves_the_device_usable_for_a_second_run() {
+    let out = pt_blk(
+        L1Kernel::Own,
+        &["d0"],
+        "passvm.pt.runs=2 passvm.pt.l2=passvm.end=poweroff",
+    );
+    assert_disks_work(&out, &["d0"], 2);
+    assert_eq!(out.markers("run"), vec!["1 rc=0", "2 rc=0"]);
+    assert_eq!(
+        out.vmm_lines()
+            .filter(|l| l.contains("guest powered off"))
+            .count(),
+        2,
+        "both runs ended by the guest's ACPI power-off"
+    );
+}
+
 fn median(mut v: Vec<u64>) -> Option<u64> {
     v.sort_unstable();
     v.get(v.len() / 2).copied()
