@@ -7,7 +7,9 @@
 //! signal-hook's iterator, so it also works in the bed's minimal L1 kernel.)
 //!
 //! SIGUSR1 travels the same way and asks every vCPU for a state report
-//! (`vcpu_state.rs`); it does not stop the VM.
+//! (`vcpu_state.rs`); it does not stop the VM. SIGPWR ("power failure", what init systems
+//! and UPS daemons send) presses the guest's ACPI power button, so the guest shuts down
+//! the way its userspace handles the button; the VM ends when the guest powers off.
 //!
 //! The kick is SIGRTMIN, left unblocked: its handler only sets `immediate_exit` in the
 //! current vCPU's `kvm_run` (see `vcpu.rs`), which makes an in-progress or imminent
@@ -19,6 +21,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use std::sync::Arc;
 
+use devices::power::PowerButton;
+
 use crate::exit::{ExitReason, VmExit};
 use crate::vcpu_state::StateRequests;
 
@@ -28,12 +32,17 @@ pub const TERMINATION_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SI
 /// The signal that asks for a state report of every vCPU.
 pub const REPORT_SIGNAL: i32 = libc::SIGUSR1;
 
-/// Every signal the signalfd takes (and blocks): the termination signals and the report.
-const SIGNALFD_SIGNALS: [i32; 4] = [
+/// The signal that presses the guest's power button.
+pub const POWER_BUTTON_SIGNAL: i32 = libc::SIGPWR;
+
+/// Every signal the signalfd takes (and blocks): the termination signals, the report and
+/// the power button.
+const SIGNALFD_SIGNALS: [i32; 5] = [
     TERMINATION_SIGNALS[0],
     TERMINATION_SIGNALS[1],
     TERMINATION_SIGNALS[2],
     REPORT_SIGNAL,
+    POWER_BUTTON_SIGNAL,
 ];
 
 /// A signalfd for [`TERMINATION_SIGNALS`] and [`REPORT_SIGNAL`], which it blocks for the
@@ -42,11 +51,16 @@ pub struct TerminationSignals {
     fd: OwnedFd,
     exit: Arc<VmExit>,
     reports: Arc<StateRequests>,
+    button: Arc<PowerButton>,
 }
 
 impl TerminationSignals {
     /// Blocks the signals and opens the signalfd. Call before spawning threads.
-    pub fn new(exit: Arc<VmExit>, reports: Arc<StateRequests>) -> io::Result<Self> {
+    pub fn new(
+        exit: Arc<VmExit>,
+        reports: Arc<StateRequests>,
+        button: Arc<PowerButton>,
+    ) -> io::Result<Self> {
         let set = vmm_sys_util::signal::create_sigset(&SIGNALFD_SIGNALS)
             .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
         // SAFETY: `set` is a valid sigset; the old mask is not needed.
@@ -64,6 +78,7 @@ impl TerminationSignals {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             exit,
             reports,
+            button,
         })
     }
 
@@ -95,13 +110,27 @@ impl MutEventSubscriber for TerminationSignals {
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         while let Some(sig) = self.read_signal() {
-            if sig == REPORT_SIGNAL {
-                // The main loop sees the new generation and kicks the vCPUs.
-                self.reports.request();
-                log::warn!("SIGUSR1: every vCPU reports its state");
-            } else {
-                self.exit.request(ExitReason::Signal(sig));
+            self.handle(sig);
+        }
+    }
+}
+
+impl TerminationSignals {
+    /// What one signal does: a report, a button press, or the VM's end.
+    fn handle(&self, sig: i32) {
+        if sig == REPORT_SIGNAL {
+            // The main loop sees the new generation and kicks the vCPUs.
+            self.reports.request();
+            log::warn!("SIGUSR1: every vCPU reports its state");
+        } else if sig == POWER_BUTTON_SIGNAL {
+            match self.button.press() {
+                Ok(()) => log::warn!(
+                    "SIGPWR: pressed the guest's power button; the VM ends when the guest powers off"
+                ),
+                Err(e) => log::error!("SIGPWR: cannot press the power button: {e}"),
             }
+        } else {
+            self.exit.request(ExitReason::Signal(sig));
         }
     }
 }
@@ -120,11 +149,22 @@ mod tests {
         let exit = Arc::new(VmExit::new().unwrap());
         // Block in this test thread only; the signal is directed at it with pthread_kill.
         let reports = Arc::new(StateRequests::default());
-        let sigs = TerminationSignals::new(exit.clone(), reports).unwrap();
+        let irq = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let probe = irq.try_clone().unwrap();
+        let button = Arc::new(PowerButton::new(irq));
+        let sigs = TerminationSignals::new(exit.clone(), reports, button).unwrap();
         // SAFETY: sending a blocked signal to the current thread.
         unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGTERM) };
         assert_eq!(sigs.read_signal(), Some(libc::SIGTERM));
         assert_eq!(sigs.read_signal(), None);
+        // SIGPWR presses the button (one write on its irqfd) and stops nothing.
+        // SAFETY: sending a blocked signal to the current thread.
+        unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGPWR) };
+        let sig = sigs.read_signal();
+        assert_eq!(sig, Some(libc::SIGPWR));
+        sigs.handle(libc::SIGPWR);
+        assert_eq!(probe.read().unwrap(), 1, "one press on the GED's irqfd");
+        assert_eq!(exit.reason(), None, "the VM goes on");
         // Unblock again so other tests on this thread are unaffected.
         let set = vmm_sys_util::signal::create_sigset(&SIGNALFD_SIGNALS).unwrap();
         // SAFETY: valid sigset.

@@ -31,7 +31,7 @@ use devices::legacy::{cmos, i8042, serial, Cmos, Serial, Sink, I8042};
 use devices::pci::ecam::EcamWindow;
 use devices::pci::host_bridge::{PciRoot, PCI_CONFIG_BASE, PCI_CONFIG_PORTS};
 use devices::pci::{InterruptRouting, RoutingError};
-use devices::power::{PowerControls, POWER_BASE, POWER_PORTS};
+use devices::power::{PowerButton, PowerControls, POWER_BASE, POWER_BUTTON_GSI, POWER_PORTS};
 use devices::vfio::discovery::ManagedBinding;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
@@ -314,6 +314,11 @@ impl Vm {
         let exit = Arc::new(VmExit::new().map_err(host_err("stop eventfd"))?);
         let buses = Buses::default();
         let serial = add_legacy_devices(cfg, &buses, &interrupts, &exit)?;
+        // The guest's ACPI power button (the DSDT's GED on POWER_BUTTON_GSI): SIGPWR
+        // presses it.
+        let button_irq = EventFd::new(EFD_NONBLOCK).map_err(host_err("power button irqfd"))?;
+        interrupts.register_irqfd(&button_irq, POWER_BUTTON_GSI)?;
+        let button = Arc::new(PowerButton::new(button_irq));
         // Bus 0: the host bridge, then the passthrough devices (src/passthrough.rs).
         let pci = Arc::new(Mutex::new(PciRoot::new()));
         write_lock(&buses.pio).insert(pci.clone(), PCI_CONFIG_BASE, PCI_CONFIG_PORTS)?;
@@ -360,8 +365,8 @@ impl Vm {
             _ => None,
         };
         // Signals are blocked here, before any thread exists, so every thread inherits it.
-        let signals =
-            TerminationSignals::new(exit.clone(), reports.clone()).map_err(host_err("signalfd"))?;
+        let signals = TerminationSignals::new(exit.clone(), reports.clone(), button.clone())
+            .map_err(host_err("signalfd"))?;
         vcpu::install_kick_handler().map_err(host_err("vCPU kick signal handler"))?;
         let raw_mode = match input {
             Some(_) => RawMode::enable_on_stdin().map_err(host_err("terminal raw mode"))?,
@@ -553,6 +558,7 @@ fn acpi_inputs(cfg: &VmConfig, layout: &memory::MemoryLayout) -> acpi::AcpiInput
             ),
             intx_gsi: passthrough::intx_gsi,
             ecam: (memory::ECAM_START, memory::ECAM_BUSES as u8),
+            power_button_gsi: POWER_BUTTON_GSI,
         },
     }
 }

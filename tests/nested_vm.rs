@@ -242,6 +242,37 @@ fn guest_poweroff_through_acpi_exits_0() {
     assert_acpi(&out);
 }
 
+/// SIGPWR presses L2's ACPI power button: the GED's interrupt reaches L2 (its count in
+/// /proc/interrupts), L2 powers off as a userspace acting on the button would, and passvm
+/// exits 0.
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_vm -- --ignored"]
+fn sigpwr_presses_the_power_button_and_the_guest_powers_off() {
+    let out = Scenario::new("vm-powerbtn").run();
+    out.assert_ok();
+    assert_eq!(
+        out.l2_marker("powerbtn_device"),
+        Some("Name=\"Power Button\""),
+        "L2's ACPI button driver found PWRB"
+    );
+    let irqs: u64 = out
+        .l2_marker("ged_irqs")
+        .and_then(|n| n.parse().ok())
+        .expect("L2 counted the GED's interrupts");
+    assert!(irqs >= 1, "{irqs}");
+    assert!(
+        out.vmm_lines()
+            .any(|l| l.contains("SIGPWR: pressed the guest's power button")),
+        "passvm pressed it"
+    );
+    assert_eq!(out.marker("powerbtn_rc"), Some("0"), "passvm's exit status");
+    assert_eq!(
+        out.marker("powerbtn_reason"),
+        Some("passvm: guest powered off"),
+        "the VM ended by the guest's own power-off"
+    );
+}
+
 /// With `reboot=acpi`, L2 resets through the FADT's reset register instead of the
 /// i8042, and passvm ends the VM as for any reboot.
 #[test]

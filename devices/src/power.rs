@@ -7,6 +7,11 @@
 //! value to the reset register (Linux's default reboot method when the FADT offers one).
 //! Only S5 exists: a write naming another sleep type (S1-S4 are not offered in the DSDT)
 //! is ignored, so the guest's call returns and it falls back to its next method.
+//!
+//! The other way round, the VMM asks the guest to shut down by pressing its power button
+//! ([`PowerButton`]): the DSDT's Generic Event Device (ACPI0013) takes an edge on
+//! [`POWER_BUTTON_GSI`] and notifies the button device (PNP0C0C), which Linux turns into a
+//! KEY_POWER input event for its userspace (systemd-logind, acpid) to act on.
 
 use std::fmt;
 
@@ -32,6 +37,29 @@ const SLP_EN: u8 = 1 << 5;
 /// `SLP_TYP`, bits 2-4.
 const SLP_TYP_SHIFT: u8 = 2;
 const SLP_TYP_MASK: u8 = 0b111 << SLP_TYP_SHIFT;
+
+/// The IOAPIC pin the Generic Event Device's interrupt comes in on (an ISA pin passvm
+/// leaves free: edge-triggered, active-high by default).
+pub const POWER_BUTTON_GSI: u32 = 5;
+
+/// The guest's power button, pressed from the VMM side (a signal, later an API).
+#[derive(Debug)]
+pub struct PowerButton {
+    irq: vmm_sys_util::eventfd::EventFd,
+}
+
+impl PowerButton {
+    /// The button whose presses go out through `irq`, a KVM irqfd on
+    /// [`POWER_BUTTON_GSI`].
+    pub fn new(irq: vmm_sys_util::eventfd::EventFd) -> Self {
+        Self { irq }
+    }
+
+    /// Presses the button once: one edge on the GED's interrupt.
+    pub fn press(&self) -> std::io::Result<()> {
+        self.irq.write(1)
+    }
+}
 
 /// Called when the guest powers off or resets.
 pub type PowerHandler = Box<dyn Fn() + Send>;

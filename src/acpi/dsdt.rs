@@ -7,6 +7,8 @@
 //!                  _OSC granting the OS native control of PCIe features
 //! \_SB.MBRD        a motherboard resource reserving the ECAM window
 //! \_SB.COM1        the 8250 at 0x3f8, IRQ 4
+//! \_SB.PWRB        the power button, notified by
+//! \_SB.GED_        the Generic Event Device on devices::power::POWER_BUTTON_GSI
 //! ```
 //!
 //! Built with rust-vmm's `acpi_tables::aml` rather than a compiled ASL blob, so the
@@ -14,8 +16,8 @@
 
 use acpi_tables::aml::{
     AddressSpace, AddressSpaceCacheable, Arg, CreateDWordField, Device, EISAName, Equal, If,
-    Interrupt, Memory32Fixed, Method, Name, Or, Package, Path, ResourceTemplate, Return, Scope,
-    Uuid, IO,
+    Interrupt, Memory32Fixed, Method, Name, Notify, Or, Package, Path, ResourceTemplate, Return,
+    Scope, Uuid, IO,
 };
 use acpi_tables::{Aml, AmlSink};
 
@@ -42,6 +44,8 @@ pub struct DsdtInputs {
     /// The ECAM window (base, bus count): the buses the bridge decodes, and a motherboard
     /// resource so the OS accepts the MCFG's window.
     pub ecam: (u64, u8),
+    /// The GSI the power button's Generic Event Device interrupts on.
+    pub power_button_gsi: u32,
 }
 
 /// The DSDT's AML body (the table header is the caller's).
@@ -52,7 +56,12 @@ pub fn aml(inputs: &DsdtInputs) -> Vec<u8> {
     Name::new("\\_S5_".into(), &s5).to_aml_bytes(&mut out);
     let pci0 = Pci0(inputs);
     let mbrd = Motherboard(inputs);
-    Scope::new("\\_SB_".into(), vec![&pci0, &mbrd, &Com1]).to_aml_bytes(&mut out);
+    let ged = Ged(inputs.power_button_gsi);
+    Scope::new(
+        "\\_SB_".into(),
+        vec![&pci0, &mbrd, &Com1, &PowerButtonDevice, &ged],
+    )
+    .to_aml_bytes(&mut out);
     out
 }
 
@@ -197,6 +206,50 @@ impl Aml for Com1 {
             &ResourceTemplate::new(vec![&ports, &irq]),
             sink,
         );
+    }
+}
+
+/// `\_SB.PWRB`, the power button (a control-method button: the FADT says there is no
+/// fixed-feature one).
+struct PowerButtonDevice;
+
+impl Aml for PowerButtonDevice {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        let hid = EISAName::new("PNP0C0C");
+        Device::new(
+            "PWRB".into(),
+            vec![
+                &Name::new("_HID".into(), &hid),
+                &Name::new("_UID".into(), &0u8),
+            ],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
+/// `\_SB.GED_`, the Generic Event Device (ACPI0013) of a reduced platform: an edge on its
+/// GSI runs `_EVT`, which notifies `\_SB.PWRB` with 0x80 ("button pressed").
+struct Ged(u32);
+
+impl Aml for Ged {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        let irq = Interrupt::new(true, true, false, false, self.0);
+        let crs = ResourceTemplate::new(vec![&irq]);
+        let pwrb = Path::new("\\_SB_.PWRB");
+        let notify = Notify::new(&pwrb, &0x80u8);
+        let ours = Equal::new(&Arg(0), &self.0);
+        let when_ours = If::new(&ours, vec![&notify]);
+        let evt = Method::new("_EVT".into(), 1, false, vec![&when_ours]);
+        Device::new(
+            "GED_".into(),
+            vec![
+                &Name::new("_HID".into(), &"ACPI0013"),
+                &Name::new("_UID".into(), &0u8),
+                &Name::new("_CRS".into(), &crs),
+                &evt,
+            ],
+        )
+        .to_aml_bytes(sink);
     }
 }
 

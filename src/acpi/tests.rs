@@ -10,6 +10,7 @@ fn inputs(vcpus: u8) -> AcpiInputs {
             mmio64: (0x40_0000_0000, 0x7f_ffff_ffff),
             intx_gsi: |slot| 16 + u32::from(slot) % 8,
             ecam: (0xf000_0000, 16),
+            power_button_gsi: 5,
         },
     }
 }
@@ -199,6 +200,13 @@ fn iasl_disassembles_the_dsdt_into_the_layouts_windows() {
         "Memory32Fixed (ReadOnly,\n                    0xF0000000,         // Address Base\n                    0x01000000,         // Address Length",
         "0x000F,             // Range Maximum",
         "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
+        "Device (PWRB)",
+        "EisaId (\"PNP0C0C\")",
+        "Device (GED)",
+        "Name (_HID, \"ACPI0013\" /* Generic Event Device */)",
+        "Method (_EVT, 1, NotSerialized)",
+        "If ((Arg0 == 0x05))",
+        "Notify (\\_SB.PWRB, 0x80)",
         "0x0001FFFF,",
         "0x001FFFFF,",
     ] {
