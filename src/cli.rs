@@ -39,10 +39,12 @@ Examples:
     passvm bind 0000:0a:03.1
 
 The console: with --serial tty on a terminal, the terminal is in raw mode and every key,
-Ctrl-C included, goes to the guest; end the VM from the guest (reboot) or with SIGTERM.
+Ctrl-C included, goes to the guest; end the VM from the guest (reboot, poweroff), with
+SIGTERM (at once), or with SIGPWR (presses the guest's ACPI power button: a clean shutdown
+if the guest's userspace handles it).
 
 Exit status of a VM run:
-    0    the guest rebooted (reboot, i8042 reset) or powered off
+    0    the guest rebooted (reboot: ACPI or i8042 reset) or powered off (ACPI S5)
     1    passvm failed (setup error, KVM entry failure, vCPU error)
     2    bad command line, or a --device that cannot be assigned (the message says why)
     3    the guest triple-faulted
