@@ -222,6 +222,11 @@ fn virtio_blk_over_intx_with_pci_nomsi() {
         !irqs.iter().any(|i| i.chip.starts_with("PCI-MSI")),
         "no MSI with pci=nomsi: {irqs:?}"
     );
+    assert!(
+        out.l2_lines()
+            .any(|l| l.contains("PCI: Using ACPI for IRQ routing")),
+        "L2 routes INTx by the DSDT's _PRT, not the MP table"
+    );
 }
 
 /// 4. Two disks in two IOMMU groups, one IOAS: both work in L2.
