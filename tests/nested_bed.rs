@@ -380,7 +380,7 @@ fn a_silent_run_is_stopped_and_retried() {
 /// The journal's slow-pass rules and line format (`bed.sh test` and `bed.sh soak`
 /// read these lines for their summaries).
 mod journal {
-    use super::bed::journal::{slow_against, slow_sign, End, Entry};
+    use super::bed::journal::{frozen_clock, slow_against, slow_sign, End, Entry};
     use std::time::Duration;
 
     #[test]
@@ -388,6 +388,31 @@ mod journal {
         let log = "L2| [  12.0] rcu: rcu_sched kthread timer wakeup didn't happen for 5249 jiffies! g-1 f0x0\nL2| ok\n";
         assert!(slow_sign(log).is_some_and(|l| l.contains("5249 jiffies")));
         assert_eq!(slow_sign("L2| all fine\n"), None);
+    }
+
+    #[test]
+    fn a_frozen_l2_clock_is_named_with_its_timestamp_and_length() {
+        let line = |ts: &str| format!("L2| [    {ts}] x86/fpu: something\n");
+        let mut log: String = (0..13).map(|_| line("0.000000")).collect();
+        log += &(0..7).map(|_| line("1.260308")).collect::<String>();
+        log += "VMM| interleaved\n";
+        assert_eq!(
+            frozen_clock(&log),
+            None,
+            "a good boot: 7 lines at the hand-over"
+        );
+        log += &(0..95).map(|_| line("1.801950")).collect::<String>();
+        log += &line("24.140796");
+        assert_eq!(
+            frozen_clock(&log).as_deref(),
+            Some("L2's clock stood still at 1.801950 s for 95 console lines")
+        );
+        let zeros: String = (0..60).map(|_| line("0.000000")).collect();
+        assert_eq!(
+            frozen_clock(&zeros),
+            None,
+            "the pre-clock 0.000000 lines do not count"
+        );
     }
 
     #[test]

@@ -109,6 +109,38 @@ pub fn slow_sign(log: &str) -> Option<&str> {
         .map(str::trim)
 }
 
+/// Consecutive L2 console lines with one timestamp that mark a frozen L2 clock: a good
+/// boot has 7 at the hand-over to the LAPIC timer, every stalled run of 2026-12-01/02
+/// had 80 or more (docs/test-bed.md, "The frozen L2 clock").
+const FROZEN_CLOCK_LINES: usize = 40;
+
+/// "L2's clock stood still at T s for N console lines" when the longest run of L2 lines
+/// sharing a (non-zero) printk timestamp reaches [`FROZEN_CLOCK_LINES`].
+pub fn frozen_clock(log: &str) -> Option<String> {
+    let stamp = |l: &str| -> Option<String> {
+        let rest = l.strip_prefix("L2| [")?;
+        let (ts, _) = rest.split_once(']')?;
+        let ts = ts.trim();
+        (ts != "0.000000").then(|| ts.to_owned())
+    };
+    let (mut best, mut best_len) = (String::new(), 0usize);
+    let (mut cur, mut cur_len) = (String::new(), 0usize);
+    for ts in log.lines().filter_map(stamp) {
+        if ts == cur {
+            cur_len += 1;
+        } else {
+            cur = ts;
+            cur_len = 1;
+        }
+        if cur_len > best_len {
+            best = cur.clone();
+            best_len = cur_len;
+        }
+    }
+    (best_len >= FROZEN_CLOCK_LINES)
+        .then(|| format!("L2's clock stood still at {best} s for {best_len} console lines"))
+}
+
 /// Whether `elapsed` is slow against earlier clean passes (`history`, seconds);
 /// `None` while there are fewer than three to compare with.
 pub fn slow_against(elapsed: Duration, history: &[f64]) -> Option<String> {

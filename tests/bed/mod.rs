@@ -356,10 +356,13 @@ impl Scenario {
                 outcome.hung_attempts = hung;
                 return outcome;
             }
-            let why = match outcome.cpu_crash() {
+            let mut why = match outcome.cpu_crash() {
                 Some(line) if outcome.stopped.is_none() => format!("the guest crashed: {line}"),
                 _ => outcome.summary(),
             };
+            if let Some(frozen) = journal::frozen_clock(&outcome.log) {
+                why.push_str(&format!("; {frozen}"));
+            }
             announce(&format!(
                 "[bed] scenario {} hung or crashed ({why}); its log stays in {}. Running it \
                  again: the nested emulation breaks a run now and then by itself \
@@ -393,6 +396,7 @@ impl Scenario {
             .then(|| {
                 journal::slow_sign(&outcome.log)
                     .map(str::to_owned)
+                    .or_else(|| journal::frozen_clock(&outcome.log))
                     .or_else(|| journal::slow_against(outcome.elapsed, &journal::history(&test)))
             })
             .flatten();
