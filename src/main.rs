@@ -12,6 +12,7 @@ mod memory;
 mod passthrough;
 mod signals;
 mod terminal;
+mod timings;
 mod vcpu;
 mod vcpu_state;
 mod vmm;

@@ -49,6 +49,7 @@ use crate::memory::{self, MemoryError};
 use crate::passthrough::{self, PassthroughSetupError, PassthroughVm, Prepared, VmParts};
 use crate::signals::TerminationSignals;
 use crate::terminal::RawMode;
+use crate::timings::StartTimings;
 use crate::vcpu::{self, Buses, Vcpu};
 use crate::vcpu_state::StateRequests;
 use devices::pci::kvm_routing::Interrupts;
@@ -260,6 +261,7 @@ impl Vm {
     pub fn build(cfg: &VmConfig, mut prepared: Prepared) -> Result<Self, VmError> {
         // Dropped after every local below on an error, i.e. after the devices.
         let managed = prepared.take_guards();
+        let mut timings = StartTimings::start();
         let kvm = open_kvm()?;
         check_capabilities(&kvm)?;
         let max = kvm.get_max_vcpus();
@@ -283,9 +285,11 @@ impl Vm {
         };
         vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
         let interrupts = Arc::new(Interrupts::new(vm.clone())?);
+        timings.mark("kvm");
 
         // Devices first: the IOMMU space they open in bounds the guest-physical map.
         let opened = passthrough::open(&prepared, &vm)?;
+        timings.mark("open devices");
         let host_bits = host_phys_bits(&kvm);
         let iova_end = opened.as_ref().and_then(passthrough::Opened::iova_end);
         let limit = memory::phys_limit(host_bits, iova_end);
@@ -299,6 +303,7 @@ impl Vm {
         let layout = memory::MemoryLayout::with_limit(cfg.memory.size, limit)?;
         let mem = memory::create_guest_memory_in(&layout, cfg.memory.hugepages)?;
         register_memory(&vm, &mem)?;
+        timings.mark("ram");
         let rsdp = acpi::write(&mem, &acpi_inputs(cfg, &layout))?;
         let boot_info = boot::load(
             &mem,
@@ -311,6 +316,7 @@ impl Vm {
             },
         )?;
 
+        timings.mark("acpi + kernel");
         let exit = Arc::new(VmExit::new().map_err(host_err("stop eventfd"))?);
         let buses = Buses::default();
         let serial = add_legacy_devices(cfg, &buses, &interrupts, &exit)?;
@@ -328,6 +334,7 @@ impl Vm {
             memory::ECAM_START,
             memory::ECAM_SIZE,
         )?;
+        timings.mark("platform devices");
         let passthrough = passthrough::attach(
             &prepared,
             opened,
@@ -343,6 +350,7 @@ impl Vm {
             },
         )?;
 
+        timings.mark("dma map + passthrough");
         let reports = Arc::new(StateRequests::with_memory(mem.clone()));
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
         for id in 0..cfg.vcpus {
@@ -358,6 +366,9 @@ impl Vm {
                 reports.clone(),
             ));
         }
+
+        timings.mark("vcpus");
+        log::info!("{timings}");
 
         // Input only from a terminal or pipe the user gave us, and only with --serial tty.
         let input = match (&cfg.serial, serial) {
