@@ -24,6 +24,7 @@
 #                        6.12 (VFIO groups only)                    [own]
 #   --device SPEC        repeatable; NAMEs are how scenarios find them (bed_bdf NAME):
 #                          blk:NAME        virtio-blk on the root bus, its own group, no reset
+#                          blk-rom:NAME    virtio-blk with an option ROM (WORKDIR/NAME.rom)
 #                          blk-rp:NAME     virtio-blk behind a PCIe root port (FLR/PM/bus reset)
 #                          blk-mf:NAME+NAME  two virtio-blk functions of one slot: one group
 #                          e1000e:NAME     e1000e NIC (QEMU user network: 10.0.2.2 answers ping)
@@ -241,7 +242,7 @@ cmd_launch() {
                 -object "filter-dump,id=dump-$names,netdev=net-$names,file=$workdir/$names.pcap"
                 -device "igb,netdev=net-$names,id=$names,bus=rp$port")
             ;;
-        *) bed_die "unknown device kind '$kind' in '$spec' (blk, blk-rp, blk-mf, e1000e, edu, nvme, ahci, serial, ivshmem, igb)" ;;
+        *) bed_die "unknown device kind '$kind' in '$spec' (blk, blk-rom, blk-rp, blk-mf, e1000e, edu, nvme, ahci, serial, ivshmem, igb)" ;;
         esac
     done
     local devmap
