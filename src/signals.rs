@@ -1,7 +1,7 @@
 //! Signals: termination requests through a signalfd, and the vCPU kick.
 //!
-//! SIGINT, SIGTERM and SIGHUP are blocked in the main thread before any other thread
-//! exists, so every thread inherits the mask and the signals queue on a signalfd that the
+//! SIGINT, SIGTERM and SIGHUP are blocked in the main thread first thing ([`block`]),
+//! before any other thread exists, so every thread inherits the mask and the signals queue on a signalfd that the
 //! event loop reads like any other event: no async-signal-safety concerns, and the normal
 //! teardown (terminal restore, device reset) runs. (signalfd needs no UNIX sockets, unlike
 //! signal-hook's iterator, so it also works in the bed's minimal L1 kernel.)
@@ -55,19 +55,13 @@ pub struct TerminationSignals {
 }
 
 impl TerminationSignals {
-    /// Blocks the signals and opens the signalfd. Call before spawning threads.
+    /// Blocks the signals ([`block`]) and opens the signalfd. Call before spawning threads.
     pub fn new(
         exit: Arc<VmExit>,
         reports: Arc<StateRequests>,
         button: Arc<PowerButton>,
     ) -> io::Result<Self> {
-        let set = vmm_sys_util::signal::create_sigset(&SIGNALFD_SIGNALS)
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-        // SAFETY: `set` is a valid sigset; the old mask is not needed.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
+        let set = block()?;
         // SAFETY: creating a new signalfd from a valid sigset; the result is checked.
         let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
         if fd < 0 {
@@ -133,6 +127,23 @@ impl TerminationSignals {
             self.exit.request(ExitReason::Signal(sig));
         }
     }
+}
+
+/// Blocks the signalfd's signals in the calling thread and returns their set.
+///
+/// The VMM calls this first, before building the VM: until the signals are blocked their
+/// default action applies, and for SIGUSR1 and SIGPWR that is to terminate the process, so
+/// a state report asked for during a long start-up (pinning a large guest) killed passvm.
+/// Blocked, they queue and the event loop reads them from the signalfd once it runs.
+pub fn block() -> io::Result<libc::sigset_t> {
+    let set = vmm_sys_util::signal::create_sigset(&SIGNALFD_SIGNALS)
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    // SAFETY: `set` is a valid sigset; the old mask is not needed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(set)
 }
 
 /// The signal that kicks a vCPU out of `KVM_RUN`.

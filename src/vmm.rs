@@ -150,6 +150,12 @@ pub fn run(args: VmArgs) -> ExitCode {
     if config.dry_run {
         return crate::dry_run::print_plan(&config);
     }
+    // Before anything slow (binding, pinning RAM) and before any thread: a SIGUSR1 or
+    // SIGPWR must queue for the event loop, not kill passvm with its default action.
+    if let Err(e) = crate::signals::block() {
+        eprintln!("passvm: cannot block the VMM's signals: {e}");
+        return ExitCode::from(EXIT_ERROR);
+    }
     let prepared = match passthrough::prepare(&config) {
         Ok(p) => p,
         Err(e) => {

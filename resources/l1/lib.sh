@@ -241,6 +241,15 @@ bed_passvm() {
     t1="$(cut -d' ' -f1 /proc/uptime)"
     wait "$p_out" "$p_err"
     rm -f "$pv_fifo.out" "$pv_fifo.err"
+    # Killed by a fault signal (SIGSEGV, SIGBUS, SIGILL...): L1's kernel logged
+    # the faulting thread, address, instruction pointer and the binary's load
+    # address (at KERN_INFO, below the console's level), the one record of
+    # where it died: `addr2line -e target/x86_64-unknown-linux-gnu/release/passvm
+    # $((ip - base))` names the function.
+    if [ "$pv_rc" -gt 128 ]; then
+        dmesg 2>/dev/null | grep -E 'segfault at|trap |general protection|Code: ' |
+            tail -n 6 | sed 's/^/FATAL /'
+    fi
     bed_report passvm_rc "$pv_rc"
     bed_report passvm_ms "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%d", (b - a) * 1000 }')"
     return "$pv_rc"
