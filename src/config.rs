@@ -45,6 +45,19 @@ pub struct MemoryConfig {
     pub size: u64,
     /// Back RAM with hugetlbfs pages.
     pub hugepages: bool,
+    /// When passthrough devices get guest RAM mapped in the IOMMU.
+    pub dma_map: DmaMapTiming,
+}
+
+/// When guest RAM is pinned and mapped for passthrough devices (`dma_map=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DmaMapTiming {
+    /// On a helper thread while the guest boots; a device's Bus Master Enable waits for
+    /// it (the default: a large guest starts without waiting for its pinning).
+    #[default]
+    Background,
+    /// Before the first vCPU runs, as other VMMs do (start-up includes the pinning).
+    BeforeBoot,
 }
 
 /// Where COM1 goes.
@@ -173,6 +186,7 @@ impl VmConfig {
             None => MemoryConfig {
                 size: DEFAULT_MEMORY,
                 hugepages: false,
+                dma_map: DmaMapTiming::default(),
             },
         };
         let serial = match &args.serial {
@@ -244,15 +258,29 @@ fn parse_cpus(s: &str) -> Result<u8, String> {
 }
 
 fn parse_memory(s: &str) -> Result<MemoryConfig, String> {
-    let opts = option_list::parse(s, &["size", "hugepages"])
-        .map_err(|e| format!("{e}; write size=SIZE[,hugepages=on]"))?;
+    let opts = option_list::parse(s, &["size", "hugepages", "dma_map"]).map_err(|e| {
+        format!("{e}; write size=SIZE[,hugepages=on][,dma_map=background|before-boot]")
+    })?;
     let mut cfg = MemoryConfig {
         size: DEFAULT_MEMORY,
         hugepages: false,
+        dma_map: DmaMapTiming::default(),
     };
     for (k, v) in opts {
         match k {
             "size" => cfg.size = parse_size(v).map_err(|e| e.to_string())?,
+            "dma_map" => {
+                cfg.dma_map = match v {
+                    "background" => DmaMapTiming::Background,
+                    "before-boot" => DmaMapTiming::BeforeBoot,
+                    _ => {
+                        return Err(format!(
+                            "dma_map: {v:?} is not a timing; use background (map while the \
+                             guest boots, the default) or before-boot"
+                        ))
+                    }
+                }
+            }
             _ => cfg.hugepages = parse_on_off(v).map_err(|e| format!("hugepages: {e}"))?,
         }
     }
@@ -319,7 +347,8 @@ mod tests {
             c.memory,
             MemoryConfig {
                 size: 512 << 20,
-                hugepages: false
+                hugepages: false,
+                dma_map: DmaMapTiming::Background,
             }
         );
         assert_eq!(c.serial, SerialConfig::Tty);
@@ -333,7 +362,7 @@ mod tests {
         let k = kernel_file();
         let mut a = args(k.path());
         a.cpus = Some("boot=2".into());
-        a.memory = Some("size=1G,hugepages=on".into());
+        a.memory = Some("size=1G,hugepages=on,dma_map=before-boot".into());
         a.serial = Some("file=/tmp/x.log".into());
         a.cmdline = Some(" console=ttyS0 panic=-1 ".into());
         a.vfio_backend = "group".into();
@@ -343,7 +372,8 @@ mod tests {
             c.memory,
             MemoryConfig {
                 size: 1 << 30,
-                hugepages: true
+                hugepages: true,
+                dma_map: DmaMapTiming::BeforeBoot,
             }
         );
         assert_eq!(c.serial, SerialConfig::File("/tmp/x.log".into()));
@@ -381,6 +411,11 @@ mod tests {
         assert!(e.contains("too large"), "{e}");
         let e = err_for(|a| a.memory = Some("size=1025M,hugepages=on".into()));
         assert!(e.contains("multiple of 2M"), "{e}");
+        let e = err_for(|a| a.memory = Some("size=1G,dma_map=later".into()));
+        assert!(
+            e.contains("\"later\" is not a timing") && e.contains("before-boot"),
+            "{e}"
+        );
         let e = err_for(|a| a.memory = Some("size=1G,hugepages=maybe".into()));
         assert!(e.contains("not on or off"), "{e}");
         let e = err_for(|a| a.memory = Some("size=1G,numa=on".into()));

@@ -40,7 +40,8 @@ use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::boot::mptable::{self, MpTableError, PciIntx, FIRST_PCI_IOAPIC_PIN};
-use crate::config::VmConfig;
+use crate::config::{DmaMapTiming, VmConfig};
+use crate::exit::{ExitReason, VmExit};
 use crate::memory::{MemoryError, MemoryLayout};
 use crate::vcpu::Buses;
 use devices::pci::kvm_routing::Interrupts;
@@ -277,6 +278,10 @@ pub struct VmParts<'a> {
     pub layout: &'a MemoryLayout,
     /// vCPU count (the MP table).
     pub vcpus: u8,
+    /// When guest RAM is mapped for the devices.
+    pub dma_map: DmaMapTiming,
+    /// The stop latch: a DMA map that fails beside the guest's boot stops the VM.
+    pub exit: &'a Arc<VmExit>,
 }
 
 /// The VM's passthrough devices. Drop order is field order: devices, then the IOMMU space.
@@ -358,7 +363,9 @@ pub fn attach(
         pci: parts.pci,
         routing,
         bars: &mut bars,
+        dma: None,
     };
+    start_dma_map(&mut space, plan, parts)?;
     let mut out = PassthroughVm {
         devices: Vec::with_capacity(plan.devices.len()),
         space: None,
@@ -385,6 +392,46 @@ pub fn attach(
     let intx = out.intx_lines();
     mptable::write(parts.mem, parts.vcpus, &intx)?;
     Ok(out)
+}
+
+/// Starts mapping guest RAM into the devices' IOMMU space, now or beside the guest's boot
+/// (`dma_map=`). Either way the checks come first, so a VM whose RAM cannot be mapped
+/// (IOVA ranges, RLIMIT_MEMLOCK) fails before it starts; a pinning failure in the
+/// background stops the running VM with the message it would have had at start-up.
+fn start_dma_map(
+    space: &mut Assignment,
+    plan: &Plan,
+    parts: &VmParts<'_>,
+) -> Result<(), PassthroughSetupError> {
+    // The mapping used to be the first device's step; its errors keep that device's name.
+    let given = plan
+        .devices
+        .first()
+        .map_or_else(String::new, |d| d.given_as.clone());
+    let device_err = {
+        let given = given.clone();
+        move |source| PassthroughSetupError::Device { given, source }
+    };
+    match parts.dma_map {
+        DmaMapTiming::BeforeBoot => {
+            space.map_guest_memory(parts.mem).map_err(device_err)?;
+        }
+        DmaMapTiming::Background => {
+            let exit = parts.exit.clone();
+            space
+                .map_guest_memory_in_background(parts.mem, move |e| {
+                    let message = PassthroughSetupError::Device {
+                        given,
+                        source: AssignError::Dma(e),
+                    }
+                    .to_string();
+                    exit.request(ExitReason::VmmError(message.clone()));
+                    message
+                })
+                .map_err(device_err)?;
+        }
+    }
+    Ok(())
 }
 
 impl PassthroughVm {

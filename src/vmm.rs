@@ -42,7 +42,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::acpi;
 use crate::boot::{self, BootConfig, BootError};
 use crate::cli::VmArgs;
-use crate::config::{SerialConfig, VmConfig};
+use crate::config::{DmaMapTiming, SerialConfig, VmConfig};
 use crate::console::{self, ConsoleInput, ConsoleOutput};
 use crate::exit::{ExitReason, VmExit, EXIT_ERROR, EXIT_USAGE};
 use crate::memory::{self, MemoryError};
@@ -353,10 +353,15 @@ impl Vm {
                 mem: &mem,
                 layout: &layout,
                 vcpus: cfg.vcpus,
+                dma_map: cfg.memory.dma_map,
+                exit: &exit,
             },
         )?;
 
-        timings.mark("dma map + passthrough");
+        timings.mark(match cfg.memory.dma_map {
+            DmaMapTiming::Background => "passthrough",
+            DmaMapTiming::BeforeBoot => "dma map + passthrough",
+        });
         let reports = Arc::new(StateRequests::with_memory(mem.clone()));
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
         for id in 0..cfg.vcpus {

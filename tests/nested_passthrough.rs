@@ -165,6 +165,41 @@ fn virtio_blk_over_iommufd_cdev() {
             .any(|l| l.contains("/dev/vfio/devices/vfio") && l.contains("backend iommufd")),
         "the plan line names the cdev and the backend"
     );
+    assert_dma_map(&out, DmaMapTiming::Background);
+}
+
+/// When passvm says it mapped guest RAM (`dma_map=`), which the disk checks above prove
+/// complete before L2's driver used it.
+#[derive(Clone, Copy, PartialEq)]
+enum DmaMapTiming {
+    Background,
+    BeforeBoot,
+}
+
+/// The start-up line (logged when the vCPUs are about to run) counts the DMA map in its
+/// phases only when it ran before the boot, and one "DMA-mapped" line reports it: before
+/// the start-up line when it ran first, anywhere otherwise (it ends beside the boot).
+fn assert_dma_map(out: &Outcome, timing: DmaMapTiming) {
+    let lines: Vec<&str> = out.vmm_lines().collect();
+    let startup = lines
+        .iter()
+        .position(|l| l.contains("start-up "))
+        .expect("passvm's start-up timings line");
+    let mapped: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("DMA-mapped "))
+        .collect();
+    assert_eq!(mapped.len(), 1, "one DMA map: {lines:#?}");
+    let phases = lines[startup];
+    match timing {
+        DmaMapTiming::Background => assert!(
+            phases.contains(" passthrough ") && !phases.contains("dma map"),
+            "the map is not a start-up phase: {phases}"
+        ),
+        DmaMapTiming::BeforeBoot => {
+            assert!(phases.contains("dma map + passthrough"), "{phases}");
+            assert!(mapped[0] < startup, "mapped before the vCPUs: {lines:#?}");
+        }
+    }
 }
 
 /// 1b. The launcher form: a privileged parent opens the cdev and /dev/iommu and passvm
@@ -193,7 +228,7 @@ fn virtio_blk_over_legacy_groups_on_debian() {
     let out = pt_blk(
         L1Kernel::Debian,
         &["d0"],
-        "passvm.pt.backend=group passvm.pt.name=bdf",
+        "passvm.pt.backend=group passvm.pt.name=bdf passvm.pt.memory=size=256M+dma_map=before-boot",
     );
     assert_disks_work(&out, &["d0"], 1);
     assert_msix(&out, 1, 1);
@@ -203,6 +238,7 @@ fn virtio_blk_over_legacy_groups_on_debian() {
         "Debian's L1 has no /dev/iommu"
     );
     assert!(out.vmm_lines().any(|l| l.contains("backend group")));
+    assert_dma_map(&out, DmaMapTiming::BeforeBoot);
 }
 
 /// 3. L2 booted pci=nomsi: the disk interrupts through INTx, a level-triggered IOAPIC

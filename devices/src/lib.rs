@@ -9,4 +9,5 @@ pub mod option_list;
 pub mod pci;
 pub mod power;
 pub mod size;
+pub mod thread;
 pub mod vfio;

@@ -24,6 +24,8 @@
 #   passvm.pt.l2=ARGS                     more L2 kernel arguments, comma-separated
 #   passvm.pt.devopts=OPTS                more --device options for every device,
 #                                         +-separated (e.g. rombar=off)
+#   passvm.pt.memory=OPTS                 --memory for L2, +-separated (default
+#                                         size=256M; e.g. size=256M+dma_map=before-boot)
 # The same script passes any kind of device (NVMe, AHCI, UART, ivshmem, VFs).
 # L2 runs resources/l2/checks/pt-blk.sh. Markers: passvm_rc/passvm_ms per run,
 # run="N rc=RC", after="BDF DRIVER" (the disk's L1 driver once passvm is gone),
@@ -38,6 +40,8 @@ check="$(bed_cmdline_arg passvm.pt.check || echo pt-blk)"
 vf="$(bed_cmdline_arg passvm.pt.vf || echo 0)"
 l2extra="$(bed_cmdline_arg passvm.pt.l2 | tr ',' ' ')"
 devopts="$(bed_cmdline_arg passvm.pt.devopts | tr '+' ',')"
+memory="$(bed_cmdline_arg passvm.pt.memory | tr '+' ',')"
+memory="${memory:-size=256M}"
 [ "$(bed_cmdline_arg passvm.pt.nomsi)" = 1 ] && l2extra="$l2extra pci=nomsi"
 bed_report_host
 
@@ -104,7 +108,7 @@ fi
 run=1
 while [ "$run" -le "$runs" ]; do
     echo "passvm run $run of $runs: backend $backend, devices: $*"
-    bed_passvm --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --memory size=256M \
+    bed_passvm --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --memory "$memory" \
         --vfio-backend "$backend" \
         --cmdline "$(bed_l2_cmdline "$check" "passvm.run=$run $l2extra")" "$@"
     rc=$?

@@ -18,6 +18,7 @@
 
 use std::os::unix::io::RawFd;
 use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
 
 use kvm_ioctls::VmFd;
 use vfio_ioctls::VfioDeviceFd;
@@ -31,7 +32,7 @@ use super::discovery::model::ResolvedDevice;
 use super::iommu::handle::OwnedVfioDevice;
 use super::iommu::iova;
 use super::iommu::kvm_vfio::{create_kvm_vfio_device, KvmVfioError};
-use super::iommu::{DeviceSource, DmaReport, IommuError, IommuSpace};
+use super::iommu::{DeviceSource, DmaGate, DmaReport, DmaState, IommuError, IommuSpace};
 use super::naming::RomChoice;
 use super::vm::kvm::{KvmVmOps, SlotPool};
 use super::vm::VmOpsError;
@@ -78,6 +79,11 @@ pub enum AssignError {
     /// An eventfd.
     #[error("cannot create an eventfd ({0}); raise the open-file limit (ulimit -n)")]
     EventFd(#[source] std::io::Error),
+    /// The DMA map's helper thread.
+    #[error(
+        "cannot start the DMA map thread ({0}); raise the process or thread limit (ulimit -u)"
+    )]
+    Thread(#[source] std::io::Error),
 }
 
 /// The VMM's pieces a device is attached to.
@@ -96,6 +102,9 @@ pub struct AttachContext<'a> {
     pub routing: Arc<dyn InterruptRouting>,
     /// The VM's BAR windows.
     pub bars: &'a mut BarAllocator,
+    /// The guest RAM map that the devices' Bus Master Enable waits for ([`DmaGate`]);
+    /// [`Assignment`]'s attach calls fill it in.
+    pub dma: Option<Arc<DmaGate>>,
 }
 
 /// A passthrough device on the VM's buses.
@@ -180,6 +189,7 @@ pub fn attach_device(
         routing: ctx.routing.clone(),
         bars: ctx.bars,
         intx_gsi: Some(gsi),
+        dma: ctx.dma.clone(),
     };
     let model = VfioPciDevice::new(name, dev, device_ctx)?;
     let ranges = model.trapped_ranges();
@@ -222,7 +232,13 @@ impl From<&ResolvedDevice> for DeviceSource {
 pub struct Assignment {
     space: IommuSpace,
     _kvm_vfio: Arc<VfioDeviceFd>,
-    dma: Option<DmaReport>,
+    dma: Option<DmaJob>,
+}
+
+/// The RAM map: its gate, and the helper thread when it runs beside the guest.
+struct DmaJob {
+    gate: Arc<DmaGate>,
+    helper: Option<JoinHandle<()>>,
 }
 
 impl Assignment {
@@ -250,9 +266,74 @@ impl Assignment {
         &self.space
     }
 
-    /// What the RAM mapping did, once it happened.
+    /// What the RAM mapping did, once it is complete.
     pub fn dma_report(&self) -> Option<DmaReport> {
-        self.dma
+        match self.dma.as_ref()?.gate.state() {
+            DmaState::Mapped(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The RAM map's gate, once the mapping was started.
+    pub fn dma_gate(&self) -> Option<Arc<DmaGate>> {
+        self.dma.as_ref().map(|j| j.gate.clone())
+    }
+
+    /// Maps guest RAM now, before the guest runs (once; later calls do nothing). The
+    /// devices have to be open: a type1 container gets its IOMMU with the first group.
+    pub fn map_guest_memory<M: GuestMemoryBackend>(
+        &mut self,
+        mem: &M,
+    ) -> Result<Arc<DmaGate>, AssignError> {
+        if let Some(j) = &self.dma {
+            return Ok(j.gate.clone());
+        }
+        let gate = Arc::new(DmaGate::open(self.space.map_guest_memory(mem)?));
+        self.dma = Some(DmaJob {
+            gate: gate.clone(),
+            helper: None,
+        });
+        Ok(gate)
+    }
+
+    /// Checks guest RAM against the IOMMU's ranges and RLIMIT_MEMLOCK now (so a VM that
+    /// cannot work still fails before it starts), then pins and maps it on a helper
+    /// thread while the guest boots; the devices' Bus Master Enable waits for it through
+    /// the returned gate. A failure calls `on_failure`, which stops the VM and returns the
+    /// message the gate reports. Once per VM; a second call returns the first gate.
+    pub fn map_guest_memory_in_background<M>(
+        &mut self,
+        mem: &M,
+        on_failure: impl FnOnce(IommuError) -> String + Send + 'static,
+    ) -> Result<Arc<DmaGate>, AssignError>
+    where
+        M: GuestMemoryBackend + Clone + Send + 'static,
+    {
+        if let Some(j) = &self.dma {
+            return Ok(j.gate.clone());
+        }
+        let ram = self.space.check_guest_memory(mem)?;
+        let gate = Arc::new(DmaGate::pending(ram.bytes()));
+        let (space, keep, g) = (self.space.clone(), mem.clone(), gate.clone());
+        let helper = crate::thread::spawn_without_signals("dma-map", move || {
+            // SAFETY: `keep` is a clone of the guest memory `ram` was read from; it holds
+            // the regions' mappings until this thread ends, and the regions are never
+            // unmapped while any clone lives. After this thread, the VM's own memory
+            // object keeps them for as long as the IOMMU space exists.
+            let outcome = unsafe { space.map_ram(&ram, Some(&g)) };
+            drop(keep);
+            g.finish(match outcome {
+                Ok(report) => Ok(report),
+                Err(IommuError::Cancelled) => Err(IommuError::Cancelled.to_string()),
+                Err(e) => Err(on_failure(e)),
+            });
+        })
+        .map_err(AssignError::Thread)?;
+        self.dma = Some(DmaJob {
+            gate: gate.clone(),
+            helper: Some(helper),
+        });
+        Ok(gate)
     }
 
     /// Opens a device in the VM's IOMMU space, before anything is attached: the VMM opens
@@ -275,8 +356,8 @@ impl Assignment {
         }
     }
 
-    /// Maps guest RAM if this is the first device, and attaches the opened `dev`
-    /// ([`attach_device`]).
+    /// Attaches the opened `dev` ([`attach_device`]), mapping guest RAM first if no
+    /// mapping was started ([`Assignment::map_guest_memory`]).
     pub fn attach_opened<M: GuestMemoryBackend>(
         &mut self,
         dev: Arc<OwnedVfioDevice>,
@@ -285,13 +366,11 @@ impl Assignment {
         ctx: &mut AttachContext<'_>,
         intx_gsi: impl Fn(u8) -> u32,
     ) -> Result<AttachedDevice, AssignError> {
-        if self.dma.is_none() {
-            self.dma = Some(self.space.map_guest_memory(mem)?);
-        }
+        ctx.dma = Some(self.map_guest_memory(mem)?);
         attach_device(req.name, dev, req.rom.clone(), req.placement, ctx, intx_gsi)
     }
 
-    /// Opens the device, maps guest RAM if it is the first one, and attaches it
+    /// Opens the device, maps guest RAM if no mapping was started, and attaches it
     /// ([`attach_device`]).
     pub fn attach<M: GuestMemoryBackend>(
         &mut self,
@@ -301,10 +380,24 @@ impl Assignment {
         intx_gsi: impl Fn(u8) -> u32,
     ) -> Result<AttachedDevice, AssignError> {
         let dev = Arc::new(self.space.open_device(&req.source)?);
-        if self.dma.is_none() {
-            self.dma = Some(self.space.map_guest_memory(mem)?);
-        }
+        ctx.dma = Some(self.map_guest_memory(mem)?);
         attach_device(req.name, dev, req.rom.clone(), req.placement, ctx, intx_gsi)
+    }
+}
+
+impl Drop for Assignment {
+    /// A mapping still running is cancelled and waited for: it must not outlive the VM.
+    fn drop(&mut self) {
+        if let Some(DmaJob {
+            gate,
+            helper: Some(helper),
+        }) = self.dma.take()
+        {
+            gate.cancel();
+            if helper.join().is_err() {
+                log::error!("VFIO: the DMA map thread panicked (a passvm bug)");
+            }
+        }
     }
 }
 
@@ -411,6 +504,7 @@ mod attach_tests {
             pci: &pci,
             routing: Arc::new(RecordingVm::new()),
             bars: &mut bars,
+            dma: None,
         };
         let a = attach_device(
             "mtty-like",

@@ -86,6 +86,7 @@ fn hw_probe() {
         routing: routing.clone(),
         bars: &mut bars,
         intx_gsi: Some(10),
+        dma: None,
     };
     let mut d = VfioPciDevice::new("probe", dev.clone(), ctx)
         .unwrap_or_else(|e| panic!("PROBE FAIL model: {e}"));
@@ -284,6 +285,7 @@ impl Rig {
             routing,
             bars: &mut bars,
             intx_gsi: Some(intx_gsi),
+            dma: None,
         };
         let device = VfioPciDevice::new("probe", dev.clone(), ctx).unwrap();
         Rig {

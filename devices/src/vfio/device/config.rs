@@ -3,7 +3,7 @@
 
 use super::VfioPciDevice;
 use crate::pci::bar::{BAR0_OFFSET, NUM_BARS, ROM_BAR_OFFSET};
-use crate::pci::config_space::{merge_write, write_lanes, COMMAND};
+use crate::pci::config_space::{merge_write, write_lanes, COMMAND, COMMAND_MASTER};
 use crate::vfio::device_fd::CONFIG_REGION;
 
 impl VfioPciDevice {
@@ -93,8 +93,22 @@ impl VfioPciDevice {
                 return; // table and PBA offsets are read-only
             }
         }
-        let new_command = (off == COMMAND && write_lanes(offset, data.len()) & 0xffff != 0)
+        let mut new_command = (off == COMMAND && write_lanes(offset, data.len()) & 0xffff != 0)
             .then(|| merge_write(self.command as u32, offset, data) as u16);
+        let mut bytes = [0u8; 4];
+        bytes[..data.len()].copy_from_slice(data);
+        let data = &mut bytes[..data.len()];
+        if let Some(new) = new_command.as_mut() {
+            if *new & COMMAND_MASTER != 0 && self.command & COMMAND_MASTER == 0 && !self.dma_ready()
+            {
+                // The mapping failed: the device must not master RAM it cannot reach (the VM
+                // is stopping with the mapping's error). The bit is in the register's low
+                // byte, which this write carries (it changed the bit).
+                *new &= !COMMAND_MASTER;
+                data[0] &= !(COMMAND_MASTER as u8);
+            }
+        }
+        let data = &*data;
         if let Some(new) = new_command {
             // Slots go before the device stops decoding and come after it starts: vfio-pci
             // revokes BAR mmaps while decode is off, and a guest access through a slot
@@ -108,6 +122,33 @@ impl VfioPciDevice {
         if let Some(new) = new_command {
             self.command = new;
             self.sync_bar_mappings();
+        }
+    }
+
+    /// Whether guest RAM is mapped for the device to master, waiting for the mapping
+    /// when it still runs ([`crate::vfio::iommu::DmaGate`]); logs how long the guest's write waited.
+    fn dma_ready(&self) -> bool {
+        let Some(gate) = self.dma.as_ref() else {
+            return true;
+        };
+        let (mapped, total) = gate.mapped();
+        let (outcome, waited) = gate.wait_timed();
+        match outcome {
+            Ok(_) if waited.as_millis() > 0 => {
+                log::info!(
+                    "{}: bus mastering waited {:.1} ms for the DMA map ({} of {} MiB were mapped)",
+                    self.name,
+                    waited.as_secs_f64() * 1000.0,
+                    mapped >> 20,
+                    total >> 20
+                );
+                true
+            }
+            Ok(_) => true,
+            Err(why) => {
+                log::error!("{}: bus mastering refused: {why}", self.name);
+                false
+            }
         }
     }
 }

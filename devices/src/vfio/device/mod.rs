@@ -37,6 +37,7 @@ mod vector;
 use std::sync::Arc;
 
 use super::device_fd::{IrqIndex, VfioDeviceOps, CONFIG_REGION};
+use super::iommu::DmaGate;
 use super::vm::VmOps;
 use crate::bus::BusDevice;
 use crate::pci::bar::{
@@ -132,6 +133,9 @@ pub struct DeviceContext<'a> {
     /// The IOAPIC pin for INTx (from the slot and the device's interrupt pin), or `None`
     /// to offer no INTx.
     pub intx_gsi: Option<u32>,
+    /// The guest RAM map, which the guest's Bus Master Enable waits for while it runs
+    /// beside the boot ([`DmaGate`]); `None` when nothing needs waiting for.
+    pub dma: Option<Arc<DmaGate>>,
 }
 
 /// A VFIO PCI function behind the guest's PCI bus.
@@ -150,6 +154,8 @@ pub struct VfioPciDevice {
     intx: Option<Intx>,
     /// The expansion ROM BAR, when the guest gets one.
     rom: Option<Rom>,
+    /// See [`DeviceContext::dma`].
+    dma: Option<Arc<DmaGate>>,
 }
 
 fn rd32(cfg: &[u8], off: usize) -> u32 {
@@ -384,6 +390,7 @@ impl VfioPciDevice {
             msix,
             intx,
             rom,
+            dma: ctx.dma,
         };
         // Whatever the host left enabled stays off until the guest's driver enables it.
         d.stop_decode_and_dma();

@@ -2,6 +2,7 @@ use super::*;
 use crate::pci::bar::{Window, DEFAULT_MMIO64_LIMIT};
 use crate::pci::MsiMessage;
 use crate::vfio::device_fd::{IrqInfo, MmapArea, RegionInfo};
+use crate::vfio::iommu::{DmaGate, DmaReport};
 use crate::vfio::testing::{DevCall, FakeDevice, RecordingVm, VmCall};
 use crate::vfio::vm::AddressSpace;
 
@@ -71,6 +72,13 @@ fn allocator() -> BarAllocator {
 }
 
 fn build(d: FakeDevice) -> (VfioPciDevice, Arc<FakeDevice>, Arc<RecordingVm>) {
+    build_with_dma(d, None)
+}
+
+fn build_with_dma(
+    d: FakeDevice,
+    dma: Option<Arc<DmaGate>>,
+) -> (VfioPciDevice, Arc<FakeDevice>, Arc<RecordingVm>) {
     let d = Arc::new(d);
     let vm = Arc::new(RecordingVm::new());
     let mut a = allocator();
@@ -81,6 +89,7 @@ fn build(d: FakeDevice) -> (VfioPciDevice, Arc<FakeDevice>, Arc<RecordingVm>) {
         routing: vm.clone(),
         bars: &mut a,
         intx_gsi: Some(10),
+        dma,
     };
     let dev = VfioPciDevice::new("test", d.clone(), ctx).unwrap();
     vm.insert_traps(&dev.trapped_ranges());
@@ -134,6 +143,7 @@ fn build_with_rom(rom: RomImage) -> (VfioPciDevice, Arc<RecordingVm>) {
         routing: vm.clone(),
         bars: &mut a,
         intx_gsi: Some(10),
+        dma: None,
     };
     let dev = VfioPciDevice::new("test", d, ctx).unwrap();
     vm.insert_traps(&dev.trapped_ranges());
@@ -647,6 +657,7 @@ fn bridges_and_missing_config_are_refused_with_reasons() {
         routing: vm.clone(),
         bars: &mut a,
         intx_gsi: None,
+        dma: None,
     };
     let e = VfioPciDevice::new("br", Arc::new(FakeDevice::new(cfg)), ctx)
         .err()
@@ -660,6 +671,7 @@ fn bridges_and_missing_config_are_refused_with_reasons() {
         routing: vm,
         bars: &mut tiny,
         intx_gsi: None,
+        dma: None,
     };
     let e = VfioPciDevice::new("nospace", Arc::new(fake()), ctx)
         .err()
@@ -717,4 +729,56 @@ fn intx_fallback_exposes_the_eoi_fd() {
     assert_eq!(d.calls(), vec![DevCall::UnmaskIntx]);
     let (dev, _d, _vm) = build(fake());
     assert!(dev.intx_eoi_fd().is_none());
+}
+
+/// Bus Master Enable is the one write that needs guest RAM mapped: it waits for a mapping
+/// still running beside the boot, reaches the device once it completes, and never
+/// reaches it when the mapping failed (memory decode, which needs no RAM, goes through).
+#[test]
+fn bus_mastering_waits_for_the_dma_map_and_is_refused_when_the_map_failed() {
+    let gate = Arc::new(DmaGate::pending(1 << 20));
+    let (mut dev, d, _vm) = build_with_dma(fake(), Some(gate.clone()));
+    dev.write_config(COMMAND, 0, &[0x02]);
+    assert_eq!(d.config_command() & 0x7, 0x2, "memory decode does not wait");
+    let guest = std::thread::spawn(move || {
+        dev.write_config(COMMAND, 0, &[0x06]);
+        dev
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(!guest.is_finished(), "the write waits for the mapping");
+    assert_eq!(
+        d.config_command() & 0x4,
+        0,
+        "no bus mastering before RAM is mapped"
+    );
+    gate.finish(Ok(DmaReport {
+        regions: 1,
+        bytes: 1 << 20,
+        elapsed: std::time::Duration::from_millis(50),
+    }));
+    let mut dev = guest.join().unwrap();
+    assert_eq!(d.config_command() & 0x7, 0x6, "then it reaches the device");
+    dev.write_config(COMMAND, 0, &[0x02]);
+    dev.write_config(COMMAND, 0, &[0x06]);
+    assert_eq!(
+        d.config_command() & 0x7,
+        0x6,
+        "a mapped gate does not block"
+    );
+
+    let failed = Arc::new(DmaGate::pending(1 << 20));
+    failed.finish(Err("pinning failed".into()));
+    let (mut dev, d, _vm) = build_with_dma(fake(), Some(failed));
+    // A word write (command and status) as Linux's pci_set_master does it.
+    dev.write_config(COMMAND, 0, &[0x06, 0x00]);
+    assert_eq!(
+        d.config_command() & 0x7,
+        0x2,
+        "decode on, bus mastering refused"
+    );
+    assert_eq!(
+        dev.read_config(COMMAND) & 0x4,
+        0,
+        "the guest reads it clear"
+    );
 }

@@ -52,21 +52,52 @@ fn map_hint(e: &vfio_ioctls::VfioError) -> &'static str {
         ""
     }
 }
+/// Guest RAM checked for mapping: each region as (guest address, length, host address).
+/// Host addresses are plain numbers so a helper thread can take the list; whoever maps
+/// it keeps the memory they point into alive (see [`IommuSpace::map_ram`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RamMap {
+    regions: Vec<(u64, usize, usize)>,
+    bytes: u64,
+}
+
+impl RamMap {
+    /// Bytes to map.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// Pinning is done in chunks of at most this much, so a cancelled mapping (the VM stopped
+/// while it ran) ends within one chunk's time; 1 GiB keeps huge IOMMU pages possible.
+const MAP_CHUNK: usize = 1 << 30;
+
 impl IommuSpace {
-    /// Identity-maps every region of `mem` (IOVA = GPA), after the checks above.
-    /// Call once, after the first device is attached.
+    /// Identity-maps every region of `mem` (IOVA = GPA), after the checks of
+    /// [`IommuSpace::check_guest_memory`]. Call once, after the first device is attached.
     pub fn map_guest_memory<M: GuestMemoryBackend>(
         &self,
         mem: &M,
     ) -> Result<DmaReport, IommuError> {
-        let mut ram = Vec::new();
+        let ram = self.check_guest_memory(mem)?;
+        // SAFETY: `mem` is borrowed for the whole call, so its regions stay mapped.
+        unsafe { self.map_ram(&ram, None) }
+    }
+
+    /// The checks before pinning: every RAM range inside the IOVA ranges the kernel
+    /// reports, and the total within RLIMIT_MEMLOCK. Cheap: the VMM runs them before the
+    /// guest starts even when the mapping itself runs beside the guest's boot.
+    pub fn check_guest_memory<M: GuestMemoryBackend>(&self, mem: &M) -> Result<RamMap, IommuError> {
+        let mut regions = Vec::new();
         for r in mem.iter() {
             let host = r
                 .get_host_address(MemoryRegionAddress(0))
                 .map_err(|_| IommuError::NoHostAddress(r.start_addr().0))?;
-            ram.push((r.start_addr().0, r.len(), host));
+            let len = usize::try_from(r.len())
+                .map_err(|_| IommuError::NoHostAddress(r.start_addr().0))?;
+            regions.push((r.start_addr().0, len, host as usize));
         }
-        let spans: Vec<(u64, u64)> = ram.iter().map(|&(g, l, _)| (g, l)).collect();
+        let spans: Vec<(u64, u64)> = regions.iter().map(|&(g, l, _)| (g, l as u64)).collect();
         match self.iova_ranges() {
             Ok(ranges) => check_iova(&ranges, &spans)?,
             Err(e) => {
@@ -75,30 +106,58 @@ impl IommuSpace {
         }
         let bytes: u64 = spans.iter().map(|s| s.1).sum();
         HostLimits::current().check(bytes)?;
+        Ok(RamMap { regions, bytes })
+    }
+
+    /// Pins and maps `ram` chunk by chunk, counting progress on `gate` and stopping with
+    /// [`IommuError::Cancelled`] between chunks once it is cancelled.
+    ///
+    /// # Safety
+    /// Every host range in `ram` must stay mapped in this process, as the guest RAM it
+    /// was checked from, for as long as the IOMMU space exists (the caller keeps the
+    /// guest memory object alive: the VM does, and a helper thread holds a clone).
+    pub unsafe fn map_ram(
+        &self,
+        ram: &RamMap,
+        gate: Option<&super::dma_gate::DmaGate>,
+    ) -> Result<DmaReport, IommuError> {
         let ops = self.ops();
         let start = Instant::now();
-        for &(gpa, size, host) in &ram {
-            let len = usize::try_from(size).map_err(|_| IommuError::NoHostAddress(gpa))?;
-            // SAFETY: `host..host+len` is guest RAM owned by `mem`, which the VMM keeps alive
-            // for the VM's lifetime (longer than the mapping, which dies with the container or
-            // IOAS). While mapped it is only accessed by the guest, the device, and the VMM's
-            // volatile guest-memory accessors, never through Rust references.
-            unsafe { ops.vfio_dma_map(gpa, len, host) }.map_err(|source| IommuError::Map {
-                gpa,
-                size,
-                hint: map_hint(&source),
-                source,
-            })?;
+        for &(gpa, len, host) in &ram.regions {
+            let mut done = 0usize;
+            while done < len {
+                if gate.is_some_and(|g| g.is_cancelled()) {
+                    return Err(IommuError::Cancelled);
+                }
+                let n = (len - done).min(MAP_CHUNK);
+                let at = gpa + done as u64;
+                // SAFETY: `host + done .. + n` lies inside guest RAM that the caller keeps
+                // mapped for the life of the mapping (this function's contract); while
+                // mapped it is only accessed by the guest, the device, and the VMM's
+                // volatile guest-memory accessors, never through Rust references.
+                unsafe { ops.vfio_dma_map(at, n, (host + done) as *mut u8) }.map_err(|source| {
+                    IommuError::Map {
+                        gpa: at,
+                        size: n as u64,
+                        hint: map_hint(&source),
+                        source,
+                    }
+                })?;
+                done += n;
+                if let Some(g) = gate {
+                    g.progress(n as u64);
+                }
+            }
         }
         let report = DmaReport {
-            regions: ram.len(),
-            bytes,
+            regions: ram.regions.len(),
+            bytes: ram.bytes,
             elapsed: start.elapsed(),
         };
         log::info!(
             "VFIO ({}): DMA-mapped {} MiB of guest RAM in {} region(s) in {:.1} ms",
             self.name(),
-            bytes >> 20,
+            ram.bytes >> 20,
             report.regions,
             report.elapsed.as_secs_f64() * 1000.0
         );

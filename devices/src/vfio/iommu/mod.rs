@@ -1,6 +1,6 @@
 //! The VM's one IOMMU address space: a type1 container with its groups ([`group`]) or an
 //! iommufd IOAS with its device cdevs ([`iommufd`]), the identity map of guest RAM into it
-//! ([`dma`]) and the checks before pinning ([`iova`], RLIMIT_MEMLOCK).
+//! ([`dma`], run beside the guest's boot behind a [`DmaGate`]) and the checks before pinning ([`iova`], RLIMIT_MEMLOCK).
 //!
 //! One per VM, shared by every device, so RAM is pinned and accounted once. The types
 //! every file here shares live in this file, so the backends and the RAM map import it and
@@ -11,6 +11,7 @@
 
 pub(crate) mod device_type;
 pub(crate) mod dma;
+pub mod dma_gate;
 pub(crate) mod group;
 pub(crate) mod handle;
 pub(crate) mod iommufd;
@@ -26,7 +27,8 @@ use vfio_ioctls::{VfioContainer, VfioIommufd, VfioOps};
 use super::device_fd::VfioDeviceOps;
 use super::memlock::MemlockShortfall;
 use device_type::{check_device_flags, UnsupportedDeviceType};
-pub use dma::DmaReport;
+pub use dma::{DmaReport, RamMap};
+pub use dma_gate::{DmaGate, DmaState};
 pub use handle::OwnedVfioDevice;
 
 use iova::IovaRange;
@@ -105,6 +107,9 @@ pub enum IommuError {
         #[source]
         source: vfio_ioctls::VfioError,
     },
+    /// The VM stopped while its RAM was being mapped.
+    #[error("the DMA map of guest RAM was cancelled: the VM stopped while it ran")]
+    Cancelled,
     /// A guest memory region has no host mapping.
     #[error("guest RAM region at {0:#x} has no host mapping to DMA-map")]
     NoHostAddress(u64),

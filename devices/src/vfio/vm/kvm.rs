@@ -450,6 +450,7 @@ mod glue_tests {
             routing,
             bars: &mut alloc,
             intx_gsi: Some(11),
+            dma: None,
         };
         let dev = VfioPciDevice::new("glue", Arc::new(f), ctx).unwrap();
         let ranges = dev.trapped_ranges();
