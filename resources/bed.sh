@@ -7,8 +7,10 @@
 #   bed.sh run ...     prepare, then launch
 #   bed.sh demo        setup + run the demo scenario (passvm passes a disk to L2)
 #   bed.sh test        setup + fmt + clippy + unit tests + every nested scenario
-#   bed.sh bench       setup + the nested benchmarks (boot time and RSS, DMA map
-#                      time, disk throughput): figures printed, nothing asserted
+#   bed.sh bench [--peers [--ch-source DIR --micro-http-source DIR]]
+#                      setup + the nested benchmarks (boot time and RSS, DMA map
+#                      time, disk throughput): figures printed, nothing asserted;
+#                      --peers: only passvm against QEMU and Cloud Hypervisor
 #   bed.sh soak [--runs N] [--qemu LIST] BINARY::TEST...
 #                      setup + each nested test N times [20] with each L0 QEMU in
 #                      LIST [built,packaged], interleaved, without retries; prints
@@ -20,8 +22,9 @@
 #
 # launch/run options:
 #   --scenario NAME      resources/scenarios/NAME.sh (required)
-#   --l1 own|debian      L1 kernel: the bed kernel (iommufd + cdev) or Debian's
-#                        6.12 (VFIO groups only)                    [own]
+#   --l1 own|debian|peers  L1 kernel: the bed kernel (iommufd + cdev) or Debian's
+#                        6.12 (VFIO groups only); peers: the bed kernel with QEMU
+#                        and Cloud Hypervisor in L1 (bench --peers builds it) [own]
 #   --device SPEC        repeatable; NAMEs are how scenarios find them (bed_bdf NAME):
 #                          blk:NAME        virtio-blk on the root bus, its own group, no reset
 #                          blk-rom:NAME    virtio-blk with an option ROM (WORKDIR/NAME.rom)
@@ -119,7 +122,12 @@ cmd_launch() {
     case "$l1" in
     own) kernel="$BED_KERNEL" initrd="$BED_L1_OWN_INITRD" ;;
     debian) kernel="$BED_DEBIAN_KERNEL" initrd="$BED_L1_DEBIAN_INITRD" ;;
-    *) bed_die "--l1 must be own or debian, not '$l1'" ;;
+    peers)
+        # The bed kernel with QEMU and Cloud Hypervisor beside passvm (bench --peers).
+        kernel="$BED_KERNEL" initrd="${PASSVM_BED_PEERS_INITRD:-}"
+        [ -f "$initrd" ] || bed_die "--l1 peers needs the peers' image: run $0 bench --peers"
+        ;;
+    *) bed_die "--l1 must be own, debian or peers, not '$l1'" ;;
     esac
     [ -n "$workdir" ] || workdir="$(mktemp -d -t passvm-bed.XXXXXX)"
     mkdir -p "$workdir"
@@ -439,11 +447,39 @@ cmd_soak() {
 
 # The benchmarks: each prints its figures (--nocapture) and fails only if the
 # scenario itself fails.
+#
+# bench --peers [--ch-source DIR --micro-http-source DIR]: only the side-by-side
+# benchmark (tests/nested_peers.rs): passvm, this host's QEMU and, when both sources
+# are given (git checkouts or bare git directories), Cloud Hypervisor built from them
+# (resources/peers/cloud-hypervisor.sh; cached by their commits), in one L1.
 cmd_bench() {
+    local peers=0 ch_src="" mh_src=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+        --peers) peers=1; shift ;;
+        --ch-source) ch_src="$2"; shift 2 ;;
+        --micro-http-source) mh_src="$2"; shift 2 ;;
+        *) bed_die "unknown bench option '$1' (--peers, --ch-source DIR, --micro-http-source DIR)" ;;
+        esac
+    done
     cmd_setup
     cd "$BED_REPO"
     cmd_prepare_quiet
-    cargo test --workspace --no-fail-fast --test 'nested_*' -- --ignored --test-threads=1 --nocapture bench_
+    if [ "$peers" = 0 ]; then
+        cargo test --workspace --no-fail-fast --test 'nested_*' -- --ignored --test-threads=1 --nocapture bench_ --skip bench_peers
+        return
+    fi
+    local ch="" image
+    if [ -n "$ch_src$mh_src" ]; then
+        [ -n "$ch_src" ] && [ -n "$mh_src" ] || bed_die "--ch-source and --micro-http-source go together"
+        ch="$("$BED_RESOURCES/peers/cloud-hypervisor.sh" "$ch_src" "$mh_src")" || bed_die "the Cloud Hypervisor build failed"
+    else
+        bed_log "no --ch-source/--micro-http-source: Cloud Hypervisor is left out"
+    fi
+    . "$ENV_FILE"
+    image="$("$BED_RESOURCES/peers/image.sh" "$BED_L1_OWN_INITRD" $ch)" || bed_die "building the peers' image failed"
+    PASSVM_BED_PEERS_INITRD="${image#BED_L1_PEERS_INITRD=}" \
+        cargo test --test nested_peers -- --ignored --nocapture bench_peers
 }
 
 cmd_prepare_quiet() { (cmd_prepare >/dev/null); }

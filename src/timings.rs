@@ -4,7 +4,8 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// The phases of `Vm::build`, timed back to back.
+/// The phases from passvm's start to its first vCPU (configuration, discovery, then
+/// `Vm::build`'s), timed back to back.
 #[derive(Debug)]
 pub struct StartTimings {
     last: Instant,

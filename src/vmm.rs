@@ -140,6 +140,7 @@ fn host_err(what: &'static str) -> impl FnOnce(io::Error) -> VmError {
 
 /// Runs the VM described by `args` and returns the process exit code.
 pub fn run(args: VmArgs) -> ExitCode {
+    let mut timings = StartTimings::start();
     let config = match VmConfig::from_args(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -156,6 +157,7 @@ pub fn run(args: VmArgs) -> ExitCode {
         eprintln!("passvm: cannot block the VMM's signals: {e}");
         return ExitCode::from(EXIT_ERROR);
     }
+    timings.mark("config");
     let prepared = match passthrough::prepare(&config) {
         Ok(p) => p,
         Err(e) => {
@@ -163,7 +165,8 @@ pub fn run(args: VmArgs) -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
-    match Vm::build(&config, prepared).and_then(Vm::run) {
+    timings.mark("discovery");
+    match Vm::build(&config, prepared, timings).and_then(Vm::run) {
         Ok(reason) => {
             eprintln!("passvm: {reason}");
             ExitCode::from(reason.code())
@@ -264,10 +267,15 @@ fn serial_output(cfg: &SerialConfig) -> Result<Option<Box<dyn io::Write + Send>>
 
 impl Vm {
     /// Creates the VM, loads the guest and configures the vCPUs, without running anything.
-    pub fn build(cfg: &VmConfig, mut prepared: Prepared) -> Result<Self, VmError> {
+    /// `timings` holds the phases before (configuration, discovery); the build adds its own
+    /// and logs the line.
+    pub fn build(
+        cfg: &VmConfig,
+        mut prepared: Prepared,
+        mut timings: StartTimings,
+    ) -> Result<Self, VmError> {
         // Dropped after every local below on an error, i.e. after the devices.
         let managed = prepared.take_guards();
-        let mut timings = StartTimings::start();
         let kvm = open_kvm()?;
         check_capabilities(&kvm)?;
         let max = kvm.get_max_vcpus();

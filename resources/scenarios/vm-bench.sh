@@ -4,7 +4,8 @@
 #   bench=<kernel> cpus=<n> run=<i> init_ms=<passvm start -> L2 init's first line>
 #         total_ms=<passvm start -> passvm exit> rss_kib=<passvm's peak RSS> rc=<exit status>
 # Times come from L1's /proc/uptime (10 ms resolution); the peak RSS is the kernel's
-# ru_maxrss of the passvm process (busybox time -v), which includes the guest RAM L2 touched.
+# ru_maxrss of the passvm process (busybox time -v, corrected: bed_time_rss_kib), which
+# includes the guest RAM L2 touched.
 runs="$(bed_cmdline_arg passvm.bench_runs || echo 3)"
 mem="$(bed_cmdline_arg passvm.l2mem || echo 256M)"
 cmdline="$(bed_l2_cmdline "") quiet"
@@ -30,7 +31,7 @@ for kernel_name in vmlinux bzImage; do
             t1="$(uptime_ms)"
             init_ms=-1
             [ -f /tmp/.init_ms ] && init_ms=$(($(cat /tmp/.init_ms) - t0))
-            rss="$(sed -n 's/.*Maximum resident set size (kbytes): //p' /tmp/.time)"
+            rss="$(bed_time_rss_kib /tmp/.time)"
             bed_report bench "$kernel_name cpus=$cpus run=$i init_ms=$init_ms total_ms=$((t1 - t0)) rss_kib=${rss:-?} rc=$(cat /tmp/.rc)"
             [ "$(cat /tmp/.rc)" = 0 ] || sed 's/^/VMM| /' /tmp/.vmm
             i=$((i + 1))

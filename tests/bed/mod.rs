@@ -122,6 +122,9 @@ pub enum L1Kernel {
     Own,
     /// Debian's packaged 6.12 with its modules: VFIO groups only (no iommufd).
     Debian,
+    /// The bed's own kernel, its image with QEMU and Cloud Hypervisor beside passvm
+    /// (`bed.sh bench --peers` builds it and names it in `PASSVM_BED_PEERS_INITRD`).
+    Peers,
 }
 
 impl L1Kernel {
@@ -129,6 +132,7 @@ impl L1Kernel {
         match self {
             L1Kernel::Own => "own",
             L1Kernel::Debian => "debian",
+            L1Kernel::Peers => "peers",
         }
     }
 }
