@@ -182,6 +182,108 @@ fn markers_parse_and_the_table_takes_medians_and_the_best_peer() {
     );
 }
 
+/// One read measurement, from a `read` marker: `peer=P kind=K run=I ms=N`.
+fn parse_read(marker: &str) -> Option<(String, String, u64)> {
+    let kv: BTreeMap<&str, &str> = marker
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .collect();
+    Some((
+        kv.get("peer")?.to_string(),
+        kv.get("kind")?.to_string(),
+        kv.get("ms")?.parse().ok()?,
+    ))
+}
+
+/// MiB read per measurement of each kind (resources/lib/read-bench.sh).
+fn read_mib(kind: &str) -> f64 {
+    match kind {
+        "read4k_ms" => 16.0,
+        _ => 128.0,
+    }
+}
+
+/// The reads table: per kind, each reader's median time and throughput, passvm's time
+/// over the best peer's, and passvm's throughput against L1 reading the disk itself.
+fn read_table(reads: &[(String, String, u64)]) -> String {
+    let mut readers: Vec<&str> = Vec::new();
+    let mut kinds: Vec<&str> = Vec::new();
+    for (p, k, _) in reads {
+        if !readers.contains(&p.as_str()) {
+            readers.push(p);
+        }
+        if !kinds.contains(&k.as_str()) {
+            kinds.push(k);
+        }
+    }
+    let mut out = format!(
+        "| reads | {} | passvm / best peer | passvm / L1 |\n",
+        readers.join(" | ")
+    );
+    out.push_str(&format!("|{}\n", "---|".repeat(readers.len() + 3)));
+    for kind in &kinds {
+        let med: Vec<Option<u64>> = readers
+            .iter()
+            .map(|r| {
+                median(
+                    reads
+                        .iter()
+                        .filter(|(p, k, _)| p == r && k == kind)
+                        .map(|x| x.2)
+                        .collect(),
+                )
+            })
+            .collect();
+        let at = |name: &str| readers.iter().position(|r| *r == name).and_then(|i| med[i]);
+        let peers: Vec<Option<u64>> = readers
+            .iter()
+            .zip(&med)
+            .filter(|(r, _)| !matches!(**r, "passvm" | "L1"))
+            .map(|(_, m)| *m)
+            .collect();
+        let cells: Vec<String> = med
+            .iter()
+            .map(|m| match m {
+                Some(ms) => format!(
+                    "{ms} ms ({:.0} MiB/s)",
+                    read_mib(kind) * 1000.0 / (*ms).max(1) as f64
+                ),
+                None => "-".into(),
+            })
+            .collect();
+        let label = match *kind {
+            "read4k_ms" => "4096 x 4 KiB",
+            _ => "128 x 1 MiB",
+        };
+        out.push_str(&format!(
+            "| {label} | {} | {} | {} |\n",
+            cells.join(" | "),
+            ratio(at("passvm"), &peers),
+            ratio(at("passvm"), &[at("L1")])
+        ));
+    }
+    out
+}
+
+#[test]
+fn the_read_table_compares_passvm_with_the_peers_and_with_l1() {
+    let reads: Vec<_> = [
+        "peer=L1 kind=read4k_ms run=0 ms=2000",
+        "peer=passvm kind=read4k_ms run=1 ms=1000",
+        "peer=qemu kind=read4k_ms run=1 ms=1600",
+        "peer=ch kind=read4k_ms run=1 ms=1250",
+    ]
+    .iter()
+    .map(|m| parse_read(m).unwrap())
+    .collect();
+    let t = read_table(&reads);
+    assert!(
+        t.contains("| 4096 x 4 KiB | 2000 ms (8 MiB/s) | 1000 ms (16 MiB/s) | 1600 ms (10 MiB/s) | 1250 ms (13 MiB/s) | 0.80x | 0.50x |"),
+        "{t}"
+    );
+    assert_eq!(parse_read("peer=L1 kind=read_ms run=0 ms=?"), None);
+}
+
 /// Benchmark (prints the table; asserts that every run happened and exited 0).
 #[test]
 #[ignore = "nested bed benchmark against QEMU and Cloud Hypervisor: resources/bed.sh bench --peers"]
@@ -189,6 +291,7 @@ fn bench_peers() {
     let out = Scenario::new("peers-bench")
         .l1(L1Kernel::Peers)
         .device(Device::blk("d0"))
+        .device(Device::blk("d1"))
         .timeout(Duration::from_secs(3600))
         .run();
     out.assert_ok();
@@ -203,6 +306,14 @@ fn bench_peers() {
         println!("  {r}");
     }
     println!("{}", table(&runs));
+    let reads: Vec<_> = out
+        .markers("read")
+        .iter()
+        .filter_map(|m| parse_read(m))
+        .collect();
+    if !reads.is_empty() {
+        println!("{}", read_table(&reads));
+    }
     assert!(!runs.is_empty(), "no benchmark runs reported");
     let failed: Vec<&Run> = runs.iter().filter(|r| r.rc != "0").collect();
     assert!(failed.is_empty(), "runs that did not exit 0: {failed:#?}");

@@ -3,19 +3,25 @@
 # passvm, QEMU (this image's /bed/peers/qemu-system-x86_64: the bed host's own, see
 # resources/peers/image.sh) and Cloud Hypervisor (/bed/peers/cloud-hypervisor, when the
 # image has it), interleaved run by run so every VMM sees the same machine state.
-# Cases: none (256 MiB, no device), blk (256 MiB, the disk d0 passed through),
-# big (1536 MiB with d0: every byte pinned). L2 powers off through ACPI at the end.
+# Cases: none (256 MiB, no device), blk (256 MiB, the disk d0 passed through), blk2
+# (256 MiB, disks d0 and d1), big (1536 MiB with d0: every byte pinned), read (256 MiB
+# with d0: L2 reads it, resources/l2/checks/peers-read.sh, after L1 read it the same way
+# before passing it on). L2 powers off through ACPI at the end.
 # L1 arguments: passvm.bench_runs=N (default 3), passvm.bench_cases=LIST (comma-separated,
-# default none,blk,big), passvm.bench_vmms=LIST (default every VMM the image has).
+# default none,blk,blk2,big,read), passvm.bench_vmms=LIST (default every VMM the image
+# has).
 # One marker per run:
 #   peer=<vmm> case=<case> run=<i> init_ms=<VMM start -> L2 init's first line>
 #        total_ms=<VMM start -> VMM exit> l2_init_s=<L2's own uptime at init>
 #        rss_kib=<the VMM's peak RSS> mem_mib=<guest RAM> rc=<exit status>
+# and per read measurement (L1's own reads as peer=L1):
+#   read=peer=<vmm> kind=<read_ms: 128 MiB in 1 MiB reads | read4k_ms: 4096 reads of
+#        4 KiB> run=<i> ms=<milliseconds>
 # Times come from L1's /proc/uptime (10 ms resolution); the peak RSS is the kernel's
 # ru_maxrss (busybox time -v, corrected: bed_time_rss_kib), which includes the guest RAM
 # the guest touched or the VMM pinned.
 runs="$(bed_cmdline_arg passvm.bench_runs || echo 3)"
-cases="$(bed_cmdline_arg passvm.bench_cases || echo none,blk,big)"
+cases="$(bed_cmdline_arg passvm.bench_cases || echo none,blk,blk2,big,read)"
 vmms="$(bed_cmdline_arg passvm.bench_vmms || true)"
 QEMU=/bed/peers/qemu-system-x86_64
 CH=/bed/peers/cloud-hypervisor
@@ -25,21 +31,43 @@ if [ -z "$vmms" ]; then
     [ -x "$CH" ] && vmms="$vmms,ch"
 fi
 bed_report vmms "$vmms"
+CR="$(printf '\r')"
 uptime_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
-bdf="$(bed_bdf d0)"
-[ -n "$bdf" ] || bed_fail "no disk d0 (Scenario::device(Device::blk(\"d0\")))"
-bed_bind_vfio "$bdf"
-group="$(basename "$(readlink "/sys/bus/pci/devices/$bdf/iommu_group")")"
-bed_report device "$bdf group=$group"
+bdf="$(bed_bdf d0)" bdf1="$(bed_bdf d1)"
+[ -n "$bdf" ] && [ -n "$bdf1" ] || bed_fail "no disks d0 and d1 (Scenario::device(Device::blk(..)))"
+# L1 reads d0 on its own virtio-blk driver first: the reference for L2's reads.
+case ",$cases," in
+*,read,*)
+    dev=""
+    for b in /sys/bus/pci/devices/"$bdf"/virtio*/block/*; do [ -e "$b" ] && dev="${b##*/}"; done
+    [ -n "$dev" ] || bed_fail "d0 has no block device in L1 (driver $(bed_driver "$bdf"))"
+    for kind in read_ms read4k_ms; do
+        rm -f /tmp/.l1read
+        case "$kind" in
+        read_ms) bed_read_bench "$dev" ms >/tmp/.l1read ;;
+        *) bed_read4k_bench "$dev" ms >/tmp/.l1read ;;
+        esac
+        sed -n 's/^BED ms=//p' /tmp/.l1read | while read -r ms; do
+            bed_report read "peer=L1 kind=$kind run=0 ms=$ms"
+        done
+    done
+    ;;
+esac
+for b in "$bdf" "$bdf1"; do
+    bed_bind_vfio "$b"
+    bed_report device "$b group=$(basename "$(readlink "/sys/bus/pci/devices/$b/iommu_group")")"
+done
 
 # run_vmm VMM CASE: one boot of L2; sets rc, init_ms, total_ms, l2_init, rss.
 run_vmm() {
-    local vmm="$1" case="$2" mem=256 check=boot dev=0
+    local vmm="$1" case="$2" mem=256 check=boot devs="" d
     case "$case" in
     none) ;;
-    blk) check=disk dev=1 ;;
-    big) check=disk dev=1 mem=1536 ;;
-    *) bed_fail "unknown bench case '$case' (none, blk, big)" ;;
+    blk) check=disk devs="$bdf" ;;
+    blk2) check=disk devs="$bdf $bdf1" ;;
+    big) check=disk devs="$bdf" mem=1536 ;;
+    read) check=peers-read devs="$bdf" ;;
+    *) bed_fail "unknown bench case '$case' (none, blk, blk2, big, read)" ;;
     esac
     local cmd="console=ttyS0 reboot=k panic=-1 quiet passvm.check=$check passvm.end=poweroff"
     set --
@@ -47,33 +75,36 @@ run_vmm() {
     passvm)
         set -- env RUST_LOG=info "$PASSVM" --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --cmdline "$cmd" \
             --cpus boot=1 --memory "size=${mem}M"
-        [ "$dev" = 1 ] && set -- "$@" --device "$bdf"
+        for d in $devs; do set -- "$@" --device "$d"; done
         ;;
     qemu)
         set -- "$QEMU" -M q35 -accel kvm -cpu host -smp 1 -m "${mem}M" -nodefaults \
             -display none -serial stdio -no-reboot \
             -kernel "$L2_VMLINUX" -initrd "$L2_INITRD" -append "$cmd"
-        [ "$dev" = 1 ] && set -- "$@" -device "vfio-pci,host=$bdf"
+        for d in $devs; do set -- "$@" -device "vfio-pci,host=$d"; done
         ;;
     ch)
         # max_phys_bits=39: its 64-bit BARs stay inside the virtio-iommu's input range.
         set -- "$CH" --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --cmdline "$cmd" \
             --cpus boot=1,max_phys_bits=39 --memory "size=${mem}M" --serial tty --console off
-        [ "$dev" = 1 ] && set -- "$@" --device "path=/sys/bus/pci/devices/$bdf"
+        for d in $devs; do set -- "$@" --device "path=/sys/bus/pci/devices/$d"; done
         ;;
     *) bed_fail "unknown VMM '$vmm' (passvm, qemu, ch)" ;;
     esac
-    rm -f /tmp/.init_ms /tmp/.init_up /tmp/.rc /tmp/.time
+    rm -f /tmp/.init_ms /tmp/.init_up /tmp/.rc /tmp/.time /tmp/.l2bed /tmp/.console
     local t0 t1
     t0="$(uptime_ms)"
     {
         busybox time -v -o /tmp/.time "$@" </dev/null 2>/tmp/.vmm
         echo "PASSVM-BENCH-RC $?"
     } | while IFS= read -r line; do
+        line="${line%"$CR"}"
+        echo "$line" >>/tmp/.console
         case "$line" in
         *"PASSVM-L2: init up"*)
             [ -f /tmp/.init_ms ] || { uptime_ms >/tmp/.init_ms; echo "$line" >/tmp/.init_up; } ;;
         *"PASSVM-L2-RESULT"*) echo "L2| $line" ;;
+        "BED read_ms="* | "BED read4k_ms="*) echo "${line#BED }" >>/tmp/.l2bed ;;
         "PASSVM-BENCH-RC "*) echo "${line#PASSVM-BENCH-RC }" >/tmp/.rc ;;
         esac
     done
@@ -86,8 +117,17 @@ run_vmm() {
     total_ms=$((t1 - t0))
     bed_report bench "peer=$vmm case=$case run=$run init_ms=$init_ms total_ms=$total_ms l2_init_s=${l2_init:--} rss_kib=${rss:-?} mem_mib=$mem rc=$rc"
     [ "$rc" = 0 ] || sed 's/^/VMM| /' /tmp/.vmm
+    [ ! -f /tmp/.l2bed ] || while IFS== read -r kind ms; do
+        bed_report read "peer=$vmm kind=$kind run=$run ms=$ms"
+    done </tmp/.l2bed
     # passvm's own account of its start-up (info level: one line per phase).
-    [ "$vmm" != passvm ] || grep -E "start-up|DMA-mapped|bus mastering|vfio: pinning" /tmp/.vmm | sed 's/^/VMM| /'
+    [ "$vmm" != passvm ] || grep -E "start-up|prefault|DMA-mapped|bus mastering|vfio: pinning" /tmp/.vmm | sed 's/^/VMM| /'
+    # A run whose guest took 10 s longer after its init than the check needs is a stall
+    # to explain (test-bed.md, "Known hangs"): its console's end shows where L2 was.
+    if [ "$init_ms" -ge 0 ] && [ $((total_ms - init_ms)) -gt 10000 ] && [ "$case" != read ]; then
+        echo "slow run: $vmm $case $run: $((total_ms - init_ms)) ms from L2's init to the exit; its console's end:"
+        tail -n 15 /tmp/.console | sed 's/^/L2| /'
+    fi
 }
 
 for case in $(echo "$cases" | tr ',' ' '); do
