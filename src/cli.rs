@@ -86,11 +86,12 @@ pub struct VmArgs {
     #[arg(long, value_name = "boot=N")]
     pub cpus: Option<String>,
 
-    /// Guest RAM: size=SIZE[,hugepages=on|off][,dma_map=background|before-boot], SIZE in
-    /// bytes or with a K, M, G or T suffix (512M, 2G); a bare SIZE is accepted too
+    /// Guest RAM: size=SIZE[,hugepages=on|off][,dma_map=auto|background|before-boot], SIZE
+    /// in bytes or with a K, M, G or T suffix (512M, 2G); a bare SIZE is accepted too
     /// [default: size=512M]. With passthrough devices, RAM is pinned and mapped for them
     /// while the guest boots (dma_map=background: a device's bus mastering waits for it)
-    /// or before the guest starts (dma_map=before-boot).
+    /// or before the guest starts (dma_map=before-boot); auto (the default) maps in the
+    /// background when the host has a core to spare beyond the vCPUs and the VMM.
     #[arg(long, value_name = "size=SIZE[,hugepages=on][,dma_map=...]")]
     pub memory: Option<String>,
 

@@ -52,12 +52,29 @@ pub struct MemoryConfig {
 /// When guest RAM is pinned and mapped for passthrough devices (`dma_map=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DmaMapTiming {
-    /// On a helper thread while the guest boots; a device's Bus Master Enable waits for
-    /// it (the default: a large guest starts without waiting for its pinning).
+    /// [`DmaMapTiming::Background`] when the host has a core to spare beyond the guest's
+    /// vCPUs and the VMM's own thread, else [`DmaMapTiming::BeforeBoot`]: pinning beside
+    /// the boot only hides its time when it does not take the guest's CPU (in the nested
+    /// bed, 2 cores and a 1-vCPU, 1.5 GiB guest reached init after 6.7 s in the
+    /// background against 3.9 s before the boot).
     #[default]
+    Auto,
+    /// On a helper thread while the guest boots; a device's Bus Master Enable waits for
+    /// it (a large guest starts without waiting for its pinning).
     Background,
     /// Before the first vCPU runs, as other VMMs do (start-up includes the pinning).
     BeforeBoot,
+}
+
+impl DmaMapTiming {
+    /// The timing for a guest of `vcpus` vCPUs on a host with `cores` cores.
+    pub fn resolve(self, vcpus: u8, cores: usize) -> DmaMapTiming {
+        match self {
+            DmaMapTiming::Auto if cores > usize::from(vcpus) + 1 => DmaMapTiming::Background,
+            DmaMapTiming::Auto => DmaMapTiming::BeforeBoot,
+            chosen => chosen,
+        }
+    }
 }
 
 /// Where COM1 goes.
@@ -259,7 +276,7 @@ fn parse_cpus(s: &str) -> Result<u8, String> {
 
 fn parse_memory(s: &str) -> Result<MemoryConfig, String> {
     let opts = option_list::parse(s, &["size", "hugepages", "dma_map"]).map_err(|e| {
-        format!("{e}; write size=SIZE[,hugepages=on][,dma_map=background|before-boot]")
+        format!("{e}; write size=SIZE[,hugepages=on][,dma_map=auto|background|before-boot]")
     })?;
     let mut cfg = MemoryConfig {
         size: DEFAULT_MEMORY,
@@ -271,12 +288,13 @@ fn parse_memory(s: &str) -> Result<MemoryConfig, String> {
             "size" => cfg.size = parse_size(v).map_err(|e| e.to_string())?,
             "dma_map" => {
                 cfg.dma_map = match v {
+                    "auto" => DmaMapTiming::Auto,
                     "background" => DmaMapTiming::Background,
                     "before-boot" => DmaMapTiming::BeforeBoot,
                     _ => {
                         return Err(format!(
-                            "dma_map: {v:?} is not a timing; use background (map while the \
-                             guest boots, the default) or before-boot"
+                            "dma_map: {v:?} is not a timing; use auto (the default), \
+                             background (map while the guest boots) or before-boot"
                         ))
                     }
                 }
@@ -348,7 +366,7 @@ mod tests {
             MemoryConfig {
                 size: 512 << 20,
                 hugepages: false,
-                dma_map: DmaMapTiming::Background,
+                dma_map: DmaMapTiming::Auto,
             }
         );
         assert_eq!(c.serial, SerialConfig::Tty);
@@ -411,6 +429,23 @@ mod tests {
         assert!(e.contains("too large"), "{e}");
         let e = err_for(|a| a.memory = Some("size=1025M,hugepages=on".into()));
         assert!(e.contains("multiple of 2M"), "{e}");
+        for (vcpus, cores, want) in [
+            (1, 2, DmaMapTiming::BeforeBoot),
+            (1, 3, DmaMapTiming::Background),
+            (8, 64, DmaMapTiming::Background),
+            (4, 5, DmaMapTiming::BeforeBoot),
+        ] {
+            assert_eq!(
+                DmaMapTiming::Auto.resolve(vcpus, cores),
+                want,
+                "{vcpus} on {cores}"
+            );
+        }
+        assert_eq!(
+            DmaMapTiming::Background.resolve(1, 1),
+            DmaMapTiming::Background,
+            "an explicit choice stays"
+        );
         let e = err_for(|a| a.memory = Some("size=1G,dma_map=later".into()));
         assert!(
             e.contains("\"later\" is not a timing") && e.contains("before-boot"),

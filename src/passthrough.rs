@@ -33,7 +33,7 @@ use devices::vfio::assignment::{
 use devices::vfio::device::VfioPciDevice;
 use devices::vfio::discovery::ResolvedDevice;
 use devices::vfio::discovery::{self, DiscoveryError, ManagedBinding, Plan, Roots};
-use devices::vfio::iommu::{DeviceSource, OwnedVfioDevice};
+use devices::vfio::iommu::{all_cores, DeviceSource, OwnedVfioDevice};
 use devices::vfio::vm::kvm::{KvmVmOps, SlotPool};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_ioctls::VmFd;
@@ -278,7 +278,8 @@ pub struct VmParts<'a> {
     pub layout: &'a MemoryLayout,
     /// vCPU count (the MP table).
     pub vcpus: u8,
-    /// When guest RAM is mapped for the devices.
+    /// When guest RAM is mapped for the devices (resolved: never `Auto`, which would
+    /// map before the boot).
     pub dma_map: DmaMapTiming,
     /// The stop latch: a DMA map that fails beside the guest's boot stops the VM.
     pub exit: &'a Arc<VmExit>,
@@ -413,13 +414,15 @@ fn start_dma_map(
         move |source| PassthroughSetupError::Device { given, source }
     };
     match parts.dma_map {
-        DmaMapTiming::BeforeBoot => {
+        DmaMapTiming::BeforeBoot | DmaMapTiming::Auto => {
             space.map_guest_memory(parts.mem).map_err(device_err)?;
         }
         DmaMapTiming::Background => {
+            // The guest runs meanwhile: its vCPUs keep their cores.
+            let threads = all_cores().saturating_sub(usize::from(parts.vcpus)).max(1);
             let exit = parts.exit.clone();
             space
-                .map_guest_memory_in_background(parts.mem, move |e| {
+                .map_guest_memory_in_background(parts.mem, threads, move |e| {
                     let message = PassthroughSetupError::Device {
                         given,
                         source: AssignError::Dma(e),

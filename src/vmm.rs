@@ -349,6 +349,21 @@ impl Vm {
             memory::ECAM_SIZE,
         )?;
         timings.mark("platform devices");
+        let dma_map = cfg
+            .memory
+            .dma_map
+            .resolve(cfg.vcpus, devices::vfio::iommu::all_cores());
+        if !cfg.devices.is_empty() && cfg.memory.dma_map == DmaMapTiming::Auto {
+            log::info!(
+                "DMA map {} (dma_map=auto: {} host cores for {} vCPU(s) and the VMM)",
+                match dma_map {
+                    DmaMapTiming::Background => "beside the boot",
+                    _ => "before the boot",
+                },
+                devices::vfio::iommu::all_cores(),
+                cfg.vcpus
+            );
+        }
         let passthrough = passthrough::attach(
             &prepared,
             opened,
@@ -361,14 +376,14 @@ impl Vm {
                 mem: &mem,
                 layout: &layout,
                 vcpus: cfg.vcpus,
-                dma_map: cfg.memory.dma_map,
+                dma_map,
                 exit: &exit,
             },
         )?;
 
-        timings.mark(match cfg.memory.dma_map {
+        timings.mark(match dma_map {
             DmaMapTiming::Background => "passthrough",
-            DmaMapTiming::BeforeBoot => "dma map + passthrough",
+            DmaMapTiming::BeforeBoot | DmaMapTiming::Auto => "dma map + passthrough",
         });
         let reports = Arc::new(StateRequests::with_memory(mem.clone()));
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));

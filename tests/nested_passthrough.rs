@@ -155,7 +155,7 @@ fn virtio_blk_over_iommufd_cdev() {
     let out = pt_blk(
         L1Kernel::Own,
         &["d0"],
-        "passvm.pt.backend=iommufd passvm.pt.name=cdev",
+        "passvm.pt.backend=iommufd passvm.pt.name=cdev passvm.pt.memory=size=256M+dma_map=background",
     );
     assert_disks_work(&out, &["d0"], 1);
     assert_msix(&out, 1, 1);
@@ -214,6 +214,14 @@ fn virtio_blk_from_launcher_fds() {
     );
     assert_disks_work(&out, &["d0"], 1);
     assert_msix(&out, 1, 1);
+    // The default (dma_map=auto) on L1's 2 cores with a 1-vCPU L2: no core to spare.
+    assert!(
+        out.vmm_lines().any(
+            |l| l.contains("DMA map before the boot (dma_map=auto: 2 host cores for 1 vCPU(s)")
+        ),
+        "auto's choice is logged"
+    );
+    assert_dma_map(&out, DmaMapTiming::BeforeBoot);
     assert!(
         out.vmm_lines()
             .any(|l| l.contains("fd=7") && l.contains("backend iommufd")),

@@ -9,7 +9,8 @@
 # before passing it on). L2 powers off through ACPI at the end.
 # L1 arguments: passvm.bench_runs=N (default 3), passvm.bench_cases=LIST (comma-separated,
 # default none,blk,blk2,big,read), passvm.bench_vmms=LIST (default every VMM the image
-# has).
+# has; passvm-bg and passvm-bb are passvm with dma_map=background and before-boot, never
+# a default).
 # One marker per run:
 #   peer=<vmm> case=<case> run=<i> init_ms=<VMM start -> L2 init's first line>
 #        total_ms=<VMM start -> VMM exit> l2_init_s=<L2's own uptime at init>
@@ -72,9 +73,14 @@ run_vmm() {
     local cmd="console=ttyS0 reboot=k panic=-1 quiet passvm.check=$check passvm.end=poweroff"
     set --
     case "$vmm" in
-    passvm)
+    passvm | passvm-bg | passvm-bb)
+        # passvm's DMA map timings side by side (dma_map=): passvm is the default (auto),
+        # passvm-bg pins beside the boot, passvm-bb before it.
+        local timing=auto
+        [ "$vmm" = passvm-bg ] && timing=background
+        [ "$vmm" = passvm-bb ] && timing=before-boot
         set -- env RUST_LOG=info "$PASSVM" --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --cmdline "$cmd" \
-            --cpus boot=1 --memory "size=${mem}M"
+            --cpus boot=1 --memory "size=${mem}M,dma_map=$timing"
         for d in $devs; do set -- "$@" --device "$d"; done
         ;;
     qemu)
@@ -89,13 +95,16 @@ run_vmm() {
             --cpus boot=1,max_phys_bits=39 --memory "size=${mem}M" --serial tty --console off
         for d in $devs; do set -- "$@" --device "path=/sys/bus/pci/devices/$d"; done
         ;;
-    *) bed_fail "unknown VMM '$vmm' (passvm, qemu, ch)" ;;
+    *) bed_fail "unknown VMM '$vmm' (passvm, passvm-bg, passvm-bb, qemu, ch)" ;;
     esac
     rm -f /tmp/.init_ms /tmp/.init_up /tmp/.rc /tmp/.time /tmp/.l2bed /tmp/.console
     local t0 t1
     t0="$(uptime_ms)"
     {
-        busybox time -v -o /tmp/.time "$@" </dev/null 2>/tmp/.vmm
+        # A run that takes over 80 s is stuck (a run takes 3-15 s): killed (rc 137), its
+        # console's end printed below, and the benchmark goes on within the bed's 90 s
+        # silence limit.
+        busybox time -v -o /tmp/.time busybox timeout -s KILL 80 "$@" </dev/null 2>/tmp/.vmm
         echo "PASSVM-BENCH-RC $?"
     } | while IFS= read -r line; do
         line="${line%"$CR"}"
@@ -121,11 +130,13 @@ run_vmm() {
         bed_report read "peer=$vmm kind=$kind run=$run ms=$ms"
     done </tmp/.l2bed
     # passvm's own account of its start-up (info level: one line per phase).
-    [ "$vmm" != passvm ] || grep -E "start-up|prefault|DMA-mapped|bus mastering|vfio: pinning" /tmp/.vmm | sed 's/^/VMM| /'
-    # A run whose guest took 10 s longer after its init than the check needs is a stall
-    # to explain (test-bed.md, "Known hangs"): its console's end shows where L2 was.
-    if [ "$init_ms" -ge 0 ] && [ $((total_ms - init_ms)) -gt 10000 ] && [ "$case" != read ]; then
-        echo "slow run: $vmm $case $run: $((total_ms - init_ms)) ms from L2's init to the exit; its console's end:"
+    case "$vmm" in passvm*) grep -E "start-up|prefault|DMA-mapped|DMA map |bus mastering|vfio: pinning" /tmp/.vmm | sed 's/^/VMM| /' ;; esac
+    # A failed run, or one whose guest took 10 s longer after its init than the check
+    # needs (a stall to explain: test-bed.md, "Known hangs"): its console's end shows
+    # where L2 was.
+    if [ "$rc" != 0 ] ||
+        { [ "$init_ms" -ge 0 ] && [ $((total_ms - init_ms)) -gt 10000 ] && [ "$case" != read ]; }; then
+        echo "slow or failed run: $vmm $case $run: rc=$rc, init at $init_ms ms, exit at $total_ms ms; its console's end:"
         tail -n 15 /tmp/.console | sed 's/^/L2| /'
     fi
 }

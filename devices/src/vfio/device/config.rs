@@ -131,15 +131,14 @@ impl VfioPciDevice {
         let Some(gate) = self.dma.as_ref() else {
             return true;
         };
-        let (mapped, total) = gate.mapped();
+        let total = gate.mapped().1;
         let (outcome, waited) = gate.wait_timed();
         match outcome {
             Ok(_) if waited.as_millis() > 0 => {
                 log::info!(
-                    "{}: bus mastering waited {:.1} ms for the DMA map ({} of {} MiB were mapped)",
+                    "{}: bus mastering waited {:.1} ms for the DMA map of {} MiB",
                     self.name,
                     waited.as_secs_f64() * 1000.0,
-                    mapped >> 20,
                     total >> 20
                 );
                 true

@@ -131,6 +131,11 @@ impl RamMap {
     }
 }
 
+/// The host's cores (1 when unknown): the prefault's threads when nothing else runs.
+pub fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Pinning is done in chunks of at most this much, so a cancelled mapping (the VM stopped
 /// while it ran) ends within one chunk's time; 1 GiB keeps huge IOMMU pages possible.
 const MAP_CHUNK: usize = 1 << 30;
@@ -144,7 +149,7 @@ impl IommuSpace {
     ) -> Result<DmaReport, IommuError> {
         let ram = self.check_guest_memory(mem)?;
         // SAFETY: `mem` is borrowed for the whole call, so its regions stay mapped.
-        unsafe { self.map_ram(&ram, None) }
+        unsafe { self.map_ram(&ram, None, all_cores()) }
     }
 
     /// The checks before pinning: every RAM range inside the IOVA ranges the kernel
@@ -172,7 +177,7 @@ impl IommuSpace {
         Ok(RamMap { regions, bytes })
     }
 
-    /// Faults `ram` in on every core ([`RamMap::prefault`]), then pins and maps it chunk
+    /// Faults `ram` in on `threads` threads ([`RamMap::prefault`]), then pins and maps it chunk
     /// by chunk, counting progress on `gate` and stopping with [`IommuError::Cancelled`]
     /// between chunks once it is cancelled. The report's time covers both.
     ///
@@ -184,10 +189,10 @@ impl IommuSpace {
         &self,
         ram: &RamMap,
         gate: Option<&super::dma_gate::DmaGate>,
+        threads: usize,
     ) -> Result<DmaReport, IommuError> {
         let ops = self.ops();
         let start = Instant::now();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         if let Some(t) = ram.prefault(threads) {
             log::info!(
                 "VFIO: prefaulted {} MiB of guest RAM on {threads} thread(s) in {:.1} ms",

@@ -27,7 +27,7 @@ use vfio_ioctls::{VfioContainer, VfioIommufd, VfioOps};
 use super::device_fd::VfioDeviceOps;
 use super::memlock::MemlockShortfall;
 use device_type::{check_device_flags, UnsupportedDeviceType};
-pub use dma::{DmaReport, RamMap};
+pub use dma::{all_cores, DmaReport, RamMap};
 pub use dma_gate::{DmaGate, DmaState};
 pub use handle::OwnedVfioDevice;
 
