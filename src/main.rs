@@ -10,6 +10,7 @@ mod dry_run;
 mod exit;
 mod memory;
 mod passthrough;
+mod placement;
 mod signals;
 mod terminal;
 mod timings;

@@ -128,13 +128,8 @@ impl InterruptRouting for Interrupts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pci::testing::MSG;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
-
-    const MSG: MsiMessage = MsiMessage {
-        address_lo: 0xfee0_0000,
-        address_hi: 0,
-        data: 0x4031,
-    };
 
     /// The KVM half, on this machine's /dev/kvm (ioctls work even where guests cannot run).
     #[test]

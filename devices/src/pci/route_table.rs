@@ -165,12 +165,7 @@ fn irqchip_entry(gsi: u32, irqchip: u32, pin: u32) -> kvm_irq_routing_entry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const MSG: MsiMessage = MsiMessage {
-        address_lo: 0xfee0_0000,
-        address_hi: 0,
-        data: 0x4031,
-    };
+    use crate::pci::testing::MSG;
 
     #[test]
     fn defaults_match_kvms_own_table() {

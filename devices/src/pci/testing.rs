@@ -1,6 +1,14 @@
-//! A config space of plain writable registers, for the bus and ECAM tests.
+//! Test fixtures of the PCI layer: a config space of plain writable registers (the bus
+//! and ECAM tests) and one MSI message (the routing tests).
 
-use super::PciDevice;
+use super::{MsiMessage, PciDevice};
+
+/// An MSI to the local APIC of CPU 0, vector 0x31: what the routing tests program.
+pub(crate) const MSG: MsiMessage = MsiMessage {
+    address_lo: 0xfee0_0000,
+    address_hi: 0,
+    data: 0x4031,
+};
 
 /// A function whose config registers are plain writable dwords (64 for a PCI header
 /// space, 1024 for a full PCIe space); reads past them give 0.
