@@ -4,18 +4,26 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// The phases from passvm's start to its first vCPU (configuration, discovery, then
-/// `Vm::build`'s), timed back to back.
+/// Phases timed back to back: from passvm's start to its first vCPU (configuration,
+/// discovery, then `Vm::build`'s: the "start-up" line), or from the stop to the end of
+/// the teardown (the "tear-down" line).
 #[derive(Debug)]
 pub struct StartTimings {
+    label: &'static str,
     last: Instant,
     phases: Vec<(&'static str, Duration)>,
 }
 
 impl StartTimings {
-    /// Starts the clock.
+    /// Starts the start-up clock.
     pub fn start() -> Self {
+        Self::named("start-up")
+    }
+
+    /// Starts a clock whose line begins with `label`.
+    pub fn named(label: &'static str) -> Self {
         Self {
+            label,
             last: Instant::now(),
             phases: Vec::new(),
         }
@@ -36,7 +44,7 @@ impl StartTimings {
 impl fmt::Display for StartTimings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        write!(f, "start-up {:.1} ms:", ms(self.total()))?;
+        write!(f, "{} {:.1} ms:", self.label, ms(self.total()))?;
         for (i, (name, d)) in self.phases.iter().enumerate() {
             let sep = if i == 0 { " " } else { ", " };
             write!(f, "{sep}{name} {:.1} ms", ms(*d))?;
@@ -63,6 +71,9 @@ mod tests {
         );
         t.mark("vcpus");
         assert_eq!(t.phases.len(), 4);
+        let mut down = StartTimings::named("tear-down");
+        down.phases = vec![("vcpus", Duration::from_millis(2))];
+        assert_eq!(down.to_string(), "tear-down 2.0 ms: vcpus 2.0 ms");
         assert!(t.to_string().contains(", vcpus "));
         assert!(t.total() >= Duration::from_micros(21_500));
     }

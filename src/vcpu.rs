@@ -163,8 +163,24 @@ impl Vcpu {
             }
             VcpuExit::Intr => {}
             VcpuExit::Shutdown => {
-                // Where it died is the first question about any triple fault.
-                log::error!("triple fault: {}", self.reports.report(id, &self.fd));
+                // Where it died is the first question about any triple fault. On AMD hosts
+                // KVM re-initialises the vCPU before it reports the shutdown (the VMCB is
+                // undefined after one), so the state may be the reset state, not the crash.
+                let reset = self
+                    .fd
+                    .get_regs()
+                    .is_ok_and(|r| r.rip == 0xfff0 && r.rsp == 0 && r.rflags == 0x2);
+                log::error!(
+                    "triple fault: {}{}",
+                    self.reports.report(id, &self.fd),
+                    if reset {
+                        " (the reset state: this host's KVM re-initialised the vCPU before \
+                         reporting the triple fault, as it does on AMD, so where the guest \
+                         died is lost; the guest's own log is the only witness)"
+                    } else {
+                        ""
+                    }
+                );
                 return Step::Stop(ExitReason::TripleFault { vcpu: id });
             }
             VcpuExit::SystemEvent(kind, _) => {

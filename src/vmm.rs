@@ -492,12 +492,14 @@ impl Vm {
                 vcpu::kick(&threads);
             }
         }
+        let mut down = StartTimings::named("tear-down");
         vcpu::kick(&threads);
         for t in threads {
             if t.join().is_err() {
                 log::error!("a vCPU thread panicked");
             }
         }
+        down.mark("vcpus");
         drop(raw_mode);
         let reason = exit.reason().unwrap_or_else(|| {
             ExitReason::VmmError("stopped without a reason (a passvm bug)".into())
@@ -511,7 +513,17 @@ impl Vm {
         drop(_buses);
         drop(_pci);
         drop(passthrough);
+        down.mark("devices");
         drop(managed);
+        down.mark("managed bindings");
+        // The last holders of the VM fd and guest RAM: the munmap of a large guest's RAM
+        // is part of the exit's time too.
+        drop(reports);
+        drop(_interrupts);
+        drop(_vm);
+        drop(_mem);
+        down.mark("vm + ram");
+        log::info!("{down}");
         Ok(reason)
     }
 }

@@ -9,8 +9,8 @@
 # before passing it on). L2 powers off through ACPI at the end.
 # L1 arguments: passvm.bench_runs=N (default 3), passvm.bench_cases=LIST (comma-separated,
 # default none,blk,blk2,big,read), passvm.bench_vmms=LIST (default every VMM the image
-# has; passvm-bg and passvm-bb are passvm with dma_map=background and before-boot, never
-# a default).
+# has; passvm-bg and passvm-bb are passvm with dma_map=background and before-boot,
+# passvm-group with --vfio-backend group: never a default).
 # One marker per run:
 #   peer=<vmm> case=<case> run=<i> init_ms=<VMM start -> L2 init's first line>
 #        total_ms=<VMM start -> VMM exit> l2_init_s=<L2's own uptime at init>
@@ -18,6 +18,8 @@
 # and per read measurement (L1's own reads as peer=L1):
 #   read=peer=<vmm> kind=<read_ms: 128 MiB in 1 MiB reads | read4k_ms: 4096 reads of
 #        4 KiB> run=<i> ms=<milliseconds>
+# and per run, when L1 has tracefs, the exits to the VMM by reason:
+#   uexits=peer=<vmm> case=<case> run=<i> total=<n> KVM_EXIT_IO=<n> KVM_EXIT_MMIO=<n> ...
 # Times come from L1's /proc/uptime (10 ms resolution); the peak RSS is the kernel's
 # ru_maxrss (busybox time -v, corrected: bed_time_rss_kib), which includes the guest RAM
 # the guest touched or the VMM pinned.
@@ -33,6 +35,11 @@ if [ -z "$vmms" ]; then
 fi
 bed_report vmms "$vmms"
 CR="$(printf '\r')"
+# tracefs for the exit counts (none: no counts).
+TRACE=/sys/kernel/tracing
+[ -d "$TRACE/events/kvm" ] || mount -t tracefs tracefs "$TRACE" 2>/dev/null
+[ -e "$TRACE/events/kvm/kvm_userspace_exit/enable" ] || TRACE=""
+[ -z "$TRACE" ] || echo 16384 >"$TRACE/buffer_size_kb"
 uptime_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
 bdf="$(bed_bdf d0)" bdf1="$(bed_bdf d1)"
 [ -n "$bdf" ] && [ -n "$bdf1" ] || bed_fail "no disks d0 and d1 (Scenario::device(Device::blk(..)))"
@@ -73,14 +80,16 @@ run_vmm() {
     local cmd="console=ttyS0 reboot=k panic=-1 quiet passvm.check=$check passvm.end=poweroff"
     set --
     case "$vmm" in
-    passvm | passvm-bg | passvm-bb)
-        # passvm's DMA map timings side by side (dma_map=): passvm is the default (auto),
-        # passvm-bg pins beside the boot, passvm-bb before it.
-        local timing=auto
+    passvm | passvm-bg | passvm-bb | passvm-group)
+        # passvm's variants side by side: passvm is the default (dma_map=auto, the
+        # iommufd backend here), passvm-bg pins beside the boot, passvm-bb before it,
+        # passvm-group uses the legacy VFIO container (the peers' backend).
+        local timing=auto backend=auto
         [ "$vmm" = passvm-bg ] && timing=background
         [ "$vmm" = passvm-bb ] && timing=before-boot
+        [ "$vmm" = passvm-group ] && backend=group
         set -- env RUST_LOG=info "$PASSVM" --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --cmdline "$cmd" \
-            --cpus boot=1 --memory "size=${mem}M,dma_map=$timing"
+            --cpus boot=1 --memory "size=${mem}M,dma_map=$timing" --vfio-backend "$backend"
         for d in $devs; do set -- "$@" --device "$d"; done
         ;;
     qemu)
@@ -95,9 +104,17 @@ run_vmm() {
             --cpus boot=1,max_phys_bits=39 --memory "size=${mem}M" --serial tty --console off
         for d in $devs; do set -- "$@" --device "path=/sys/bus/pci/devices/$d"; done
         ;;
-    *) bed_fail "unknown VMM '$vmm' (passvm, passvm-bg, passvm-bb, qemu, ch)" ;;
+    *) bed_fail "unknown VMM '$vmm' (passvm, passvm-bg, passvm-bb, passvm-group, qemu, ch)" ;;
     esac
     rm -f /tmp/.init_ms /tmp/.init_up /tmp/.rc /tmp/.time /tmp/.l2bed /tmp/.console
+    # Every exit to the VMM during the run (KVM's kvm_userspace_exit tracepoint), to
+    # compare what each VMM handles itself per boot and per read.
+    if [ -n "$TRACE" ]; then
+        echo 0 >"$TRACE/tracing_on"
+        echo >"$TRACE/trace"
+        echo 1 >"$TRACE/events/kvm/kvm_userspace_exit/enable"
+        echo 1 >"$TRACE/tracing_on"
+    fi
     local t0 t1
     t0="$(uptime_ms)"
     {
@@ -105,7 +122,10 @@ run_vmm() {
         # console's end printed below, and the benchmark goes on within the bed's 90 s
         # silence limit.
         busybox time -v -o /tmp/.time busybox timeout -s KILL 80 "$@" </dev/null 2>/tmp/.vmm
-        echo "PASSVM-BENCH-RC $?"
+        # A new line first: the guest's last line may have no end (a crash mid-line).
+        rc=$?
+        echo
+        echo "PASSVM-BENCH-RC $rc"
     } | while IFS= read -r line; do
         line="${line%"$CR"}"
         echo "$line" >>/tmp/.console
@@ -118,6 +138,11 @@ run_vmm() {
         esac
     done
     t1="$(uptime_ms)"
+    if [ -n "$TRACE" ]; then
+        echo 0 >"$TRACE/tracing_on"
+        bed_report uexits "peer=$vmm case=$case run=$run total=$(grep -c kvm_userspace_exit "$TRACE/trace")$(
+            grep -o 'reason [A-Z_]*' "$TRACE/trace" | sort | uniq -c | awk '{ printf " %s=%s", $3, $1 }')"
+    fi
     init_ms=-1
     [ -f /tmp/.init_ms ] && init_ms=$(($(cat /tmp/.init_ms) - t0))
     l2_init="$(sed -n 's/.*, uptime \([0-9.]*\).*/\1/p' /tmp/.init_up 2>/dev/null)"
