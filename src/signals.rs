@@ -1,9 +1,10 @@
 //! Signals: termination requests through a signalfd, and the vCPU kick.
 //!
 //! SIGINT, SIGTERM and SIGHUP are blocked in the main thread first thing ([`block`]),
-//! before any other thread exists, so every thread inherits the mask and the signals queue on a signalfd that the
-//! event loop reads like any other event: no async-signal-safety concerns, and the normal
-//! teardown (terminal restore, device reset) runs. (signalfd needs no UNIX sockets, unlike
+//! before any other thread exists, so every thread inherits the mask and the signals
+//! queue on a signalfd that the event loop reads like any other event: no
+//! async-signal-safety concerns, and the normal teardown (terminal restore, device
+//! reset) runs. (signalfd needs no UNIX sockets, unlike
 //! signal-hook's iterator, so it also works in the bed's minimal L1 kernel.)
 //!
 //! SIGUSR1 travels the same way and asks every vCPU for a state report
