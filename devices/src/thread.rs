@@ -9,7 +9,8 @@
 use std::io;
 use std::thread::JoinHandle;
 
-/// Spawns `f` on a thread named `name` with every blockable signal blocked.
+/// Spawns `f` on a thread named `name` with every asynchronous signal blocked (faults
+/// such as SIGSEGV stay deliverable).
 pub fn spawn_without_signals<F>(name: &str, f: F) -> io::Result<JoinHandle<()>>
 where
     F: FnOnce() + Send + 'static,
@@ -18,6 +19,12 @@ where
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `all` is a valid sigset_t to fill.
     unsafe { libc::sigfillset(&mut all) };
+    // Faults stay deliverable: blocked, the kernel would still kill the process for one,
+    // but without the handlers (Rust's stack-overflow report) running first.
+    for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP] {
+        // SAFETY: `all` is a valid, initialised sigset_t.
+        unsafe { libc::sigdelset(&mut all, sig) };
+    }
     // SAFETY: as above, filled by pthread_sigmask.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: both sets are valid; this changes only the calling thread's mask, restored
@@ -51,6 +58,7 @@ mod tests {
         let t = spawn_without_signals("t", || {
             assert!(blocked(libc::SIGUSR1) && blocked(libc::SIGTERM));
             assert!(blocked(libc::SIGRTMIN()));
+            assert!(!blocked(libc::SIGSEGV), "faults are not blocked");
         })
         .unwrap();
         t.join().unwrap();
