@@ -304,7 +304,7 @@ impl Vm {
         // Devices first: the IOMMU space they open in bounds the guest-physical map.
         let opened = passthrough::open(&prepared, &vm)?;
         timings.mark("open devices");
-        let host_bits = host_phys_bits(&kvm);
+        let host_bits = crate::boot::cpuid::host_phys_bits(&kvm);
         let iova_end = opened.as_ref().and_then(passthrough::Opened::iova_end);
         let limit = memory::phys_limit(host_bits, iova_end);
         log::info!(
@@ -318,7 +318,7 @@ impl Vm {
         let mem = memory::create_guest_memory_in(&layout, cfg.memory.hugepages)?;
         register_memory(&vm, &mem)?;
         timings.mark("ram");
-        let rsdp = acpi::write(&mem, &acpi_inputs(cfg, &layout))?;
+        let rsdp = acpi::write(&mem, &acpi::inputs(cfg, &layout))?;
         let boot_info = boot::load(
             &mem,
             &BootConfig {
@@ -578,46 +578,6 @@ fn add_legacy_devices(
     );
     pio.insert(Arc::new(Mutex::new(power)), POWER_BASE, POWER_PORTS)?;
     Ok(serial)
-}
-
-/// The host CPU's physical address width, as KVM reports it to guests (CPUID
-/// 0x80000008 EAX[7:0]); 36 bits, the architectural minimum, when it does not.
-fn host_phys_bits(kvm: &Kvm) -> u8 {
-    kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .ok()
-        .and_then(|c| {
-            c.as_slice()
-                .iter()
-                .find(|e| e.function == 0x8000_0008)
-                .map(|e| (e.eax & 0xff) as u8)
-        })
-        .filter(|b| *b >= 36)
-        .unwrap_or(36)
-}
-
-/// What the ACPI tables describe: the vCPUs, and the PCI windows of this VM's layout.
-fn acpi_inputs(cfg: &VmConfig, layout: &memory::MemoryLayout) -> acpi::AcpiInputs {
-    let last = |start: u64, size: u64| start + size.saturating_sub(1);
-    let io = passthrough::IO_WINDOW;
-    acpi::AcpiInputs {
-        vcpus: cfg.vcpus,
-        // The MP table's choice: the id after the last vCPU.
-        ioapic_id: cfg.vcpus,
-        dsdt: acpi::DsdtInputs {
-            io_window: (io.base as u16, last(io.base, io.size) as u16),
-            mmio32: (
-                layout.mmio32.start as u32,
-                last(layout.mmio32.start, layout.mmio32.size) as u32,
-            ),
-            mmio64: (
-                layout.mmio64.start,
-                last(layout.mmio64.start, layout.mmio64.size),
-            ),
-            intx_gsi: passthrough::intx_gsi,
-            ecam: (memory::ECAM_START, memory::ECAM_BUSES as u8),
-            power_button_gsi: POWER_BUTTON_GSI,
-        },
-    }
 }
 
 fn write_lock(bus: &RwLock<Bus>) -> std::sync::RwLockWriteGuard<'_, Bus> {

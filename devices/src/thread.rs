@@ -21,7 +21,13 @@ where
     unsafe { libc::sigfillset(&mut all) };
     // Faults stay deliverable: blocked, the kernel would still kill the process for one,
     // but without the handlers (Rust's stack-overflow report) running first.
-    for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP] {
+    for sig in [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGTRAP,
+    ] {
         // SAFETY: `all` is a valid, initialised sigset_t.
         unsafe { libc::sigdelset(&mut all, sig) };
     }

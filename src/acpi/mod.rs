@@ -44,7 +44,9 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
-use devices::power::{POWER_BASE, RESET, RESET_VALUE, SLEEP_CONTROL, SLEEP_STATUS};
+use devices::power::{
+    POWER_BASE, POWER_BUTTON_GSI, RESET, RESET_VALUE, SLEEP_CONTROL, SLEEP_STATUS,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::memory::{IOAPIC_START, LAPIC_START};
@@ -146,6 +148,31 @@ pub fn write(mem: &GuestMemoryMmap, inputs: &AcpiInputs) -> Result<u64, AcpiErro
         mem.write_slice(&bytes, GuestAddress(at))?;
     }
     Ok(RSDP_START)
+}
+
+/// What the ACPI tables describe: the vCPUs, and the PCI windows of this VM's layout.
+pub fn inputs(cfg: &crate::config::VmConfig, layout: &crate::memory::MemoryLayout) -> AcpiInputs {
+    let last = |start: u64, size: u64| start + size.saturating_sub(1);
+    let io = crate::passthrough::IO_WINDOW;
+    AcpiInputs {
+        vcpus: cfg.vcpus,
+        // The MP table's choice: the id after the last vCPU.
+        ioapic_id: cfg.vcpus,
+        dsdt: DsdtInputs {
+            io_window: (io.base as u16, last(io.base, io.size) as u16),
+            mmio32: (
+                layout.mmio32.start as u32,
+                last(layout.mmio32.start, layout.mmio32.size) as u32,
+            ),
+            mmio64: (
+                layout.mmio64.start,
+                last(layout.mmio64.start, layout.mmio64.size),
+            ),
+            intx_gsi: crate::passthrough::intx_gsi,
+            ecam: (crate::memory::ECAM_START, crate::memory::ECAM_BUSES as u8),
+            power_button_gsi: POWER_BUTTON_GSI,
+        },
+    }
 }
 
 fn fadt(dsdt_at: u64) -> impl Aml {

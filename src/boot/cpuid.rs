@@ -141,6 +141,21 @@ fn topology_level(
     }
 }
 
+/// The host CPU's physical address width, as KVM reports it to guests (CPUID
+/// 0x80000008 EAX[7:0]); 36 bits, the architectural minimum, when it does not.
+pub fn host_phys_bits(kvm: &kvm_ioctls::Kvm) -> u8 {
+    kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .ok()
+        .and_then(|c| {
+            c.as_slice()
+                .iter()
+                .find(|e| e.function == LEAF_AMD_SIZE)
+                .map(|e| (e.eax & 0xff) as u8)
+        })
+        .filter(|b| *b >= 36)
+        .unwrap_or(36)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
