@@ -299,6 +299,19 @@ PASSVM-BED-RESULT scenario=demo rc=3
         "retried like a hang"
     );
     assert_eq!(crashed.l0_crash(), None, "QEMU exited by itself");
+    // L1's kernel dying in an exception handler (ci4 of 2026-12-02), and L2's doing the
+    // same, which is the guest's business and shows through passvm instead.
+    crashed.log = "L2| [    3.16] igb: Intel(R) Gigabit Ethernet Network Driver\n\
+                   [    7.185035] BUG: TASK stack guard page was hit at 000000008ee0be28\n\
+                   [    7.193075] Oops: stack guard page: 0000 [#1] SMP\n\
+                   [    7.197018] Kernel panic - not syncing: Fatal exception in interrupt\n"
+        .into();
+    assert_eq!(
+        crashed.cpu_crash(),
+        Some("[    7.185035] BUG: TASK stack guard page was hit at 000000008ee0be28")
+    );
+    crashed.log = "L2| [    1.0] Oops: general protection fault\n".into();
+    assert_eq!(crashed.cpu_crash(), None, "L2's oops is not L1's");
 
     // The two L0 crashes of the 2026-12-01 CI run, as their logs ended.
     let mut l0 = crashed;

@@ -10,7 +10,9 @@
 # L1 arguments: passvm.bench_runs=N (default 3), passvm.bench_cases=LIST (comma-separated,
 # default none,blk,blk2,big,read), passvm.bench_vmms=LIST (default every VMM the image
 # has; passvm-bg and passvm-bb are passvm with dma_map=background and before-boot,
-# passvm-group with --vfio-backend group: never a default).
+# passvm-group with --vfio-backend group, passvm-huge with hugepages=on: never a
+# default. passvm-huge reserves 1536 MiB of L1's 3 GiB as huge pages for the whole
+# run, which leaves the peers too little for the big case: run it with passvm alone).
 # One marker per run:
 #   peer=<vmm> case=<case> run=<i> init_ms=<VMM start -> L2 init's first line>
 #        total_ms=<VMM start -> VMM exit> l2_init_s=<L2's own uptime at init>
@@ -34,6 +36,12 @@ if [ -z "$vmms" ]; then
     [ -x "$CH" ] && vmms="$vmms,ch"
 fi
 bed_report vmms "$vmms"
+case ",$vmms," in
+*,passvm-huge,*)
+    echo 768 >/proc/sys/vm/nr_hugepages
+    bed_report hugepages "$(cat /proc/sys/vm/nr_hugepages)"
+    ;;
+esac
 CR="$(printf '\r')"
 # tracefs for the exit counts (none: no counts).
 TRACE=/sys/kernel/tracing
@@ -80,7 +88,7 @@ run_vmm() {
     local cmd="console=ttyS0 reboot=k panic=-1 quiet passvm.check=$check passvm.end=poweroff"
     set --
     case "$vmm" in
-    passvm | passvm-bg | passvm-bb | passvm-group)
+    passvm | passvm-bg | passvm-bb | passvm-group | passvm-huge)
         # passvm's variants side by side: passvm is the default (dma_map=auto, the
         # iommufd backend here), passvm-bg pins beside the boot, passvm-bb before it,
         # passvm-group uses the legacy VFIO container (the peers' backend).
@@ -88,8 +96,10 @@ run_vmm() {
         [ "$vmm" = passvm-bg ] && timing=background
         [ "$vmm" = passvm-bb ] && timing=before-boot
         [ "$vmm" = passvm-group ] && backend=group
+        local pages=""
+        [ "$vmm" = passvm-huge ] && pages=",hugepages=on"
         set -- env RUST_LOG=info "$PASSVM" --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --cmdline "$cmd" \
-            --cpus boot=1 --memory "size=${mem}M,dma_map=$timing" --vfio-backend "$backend"
+            --cpus boot=1 --memory "size=${mem}M,dma_map=$timing$pages" --vfio-backend "$backend"
         for d in $devs; do set -- "$@" --device "$d"; done
         ;;
     qemu)
@@ -104,7 +114,7 @@ run_vmm() {
             --cpus boot=1,max_phys_bits=39 --memory "size=${mem}M" --serial tty --console off
         for d in $devs; do set -- "$@" --device "path=/sys/bus/pci/devices/$d"; done
         ;;
-    *) bed_fail "unknown VMM '$vmm' (passvm, passvm-bg, passvm-bb, passvm-group, qemu, ch)" ;;
+    *) bed_fail "unknown VMM '$vmm' (passvm, passvm-bg, passvm-bb, passvm-group, passvm-huge, qemu, ch)" ;;
     esac
     rm -f /tmp/.init_ms /tmp/.init_up /tmp/.rc /tmp/.time /tmp/.l2bed /tmp/.console
     # Every exit to the VMM during the run (KVM's kvm_userspace_exit tracepoint), to

@@ -361,7 +361,7 @@ impl Scenario {
                 return outcome;
             }
             let mut why = match outcome.cpu_crash() {
-                Some(line) if outcome.stopped.is_none() => format!("the guest crashed: {line}"),
+                Some(line) if outcome.stopped.is_none() => format!("a CPU-level crash: {line}"),
                 _ => outcome.summary(),
             };
             if let Some(frozen) = journal::frozen_clock(&outcome.log) {
@@ -643,13 +643,27 @@ impl Outcome {
         self.prefixed("L2| ")
     }
 
-    /// passvm's line saying the guest died at the CPU level (a triple fault, a KVM
-    /// internal error), if there is one: how the nested emulation's state corruption
-    /// shows when it does not hang (docs/test-bed.md, "Known hangs"). No scenario
-    /// expects one, so such a run is retried like a hung one.
+    /// The line saying a CPU-level death, if there is one: passvm's report that the guest
+    /// died (a triple fault, a KVM internal error), or L1's own kernel oopsing in an
+    /// exception handler (its console lines carry no prefix; seen once, 2026-12-02: a
+    /// page fault on `iret` whose handler faulted again on a zero per-CPU base until the
+    /// stack guard page, in a vCPU thread, i.e. L1's kernel state broken after a world
+    /// switch). How the nested emulation's state corruption shows when it does not hang
+    /// (docs/test-bed.md, "Known hangs"). No scenario expects one, so such a run is
+    /// retried like a hung one.
     pub fn cpu_crash(&self) -> Option<&str> {
         self.vmm_lines()
             .find(|l| l.contains("guest triple-faulted") || l.contains("KVM internal error"))
+            .or_else(|| {
+                self.log.lines().find(|l| {
+                    !l.starts_with("L1| ")
+                        && !l.starts_with("L2| ")
+                        && !l.starts_with("VMM| ")
+                        && (l.contains("BUG: TASK stack guard page was hit")
+                            || l.contains("BUG: kernel NULL pointer dereference")
+                            || l.contains("Oops: "))
+                })
+            })
     }
 
     /// How L0's QEMU crashed, if it did: killed by a fault signal (SIGSEGV, SIGABRT from
