@@ -12,7 +12,8 @@
 # has; passvm-bg and passvm-bb are passvm with dma_map=background and before-boot,
 # passvm-group with --vfio-backend group, passvm-huge with hugepages=on: never a
 # default. passvm-huge reserves 1536 MiB of L1's 3 GiB as huge pages for the whole
-# run, which leaves the peers too little for the big case: run it with passvm alone).
+# run, which leaves any other VMM too little for the big case (OOM-killed, rc 9): run
+# passvm-huge alone).
 # One marker per run:
 #   peer=<vmm> case=<case> run=<i> init_ms=<VMM start -> L2 init's first line>
 #        total_ms=<VMM start -> VMM exit> l2_init_s=<L2's own uptime at init>
