@@ -274,11 +274,6 @@ impl Assignment {
         }
     }
 
-    /// The RAM map's gate, once the mapping was started.
-    pub fn dma_gate(&self) -> Option<Arc<DmaGate>> {
-        self.dma.as_ref().map(|j| j.gate.clone())
-    }
-
     /// Maps guest RAM now, before the guest runs (once; later calls do nothing). The
     /// devices have to be open: a type1 container gets its IOMMU with the first group.
     pub fn map_guest_memory<M: GuestMemoryBackend>(

@@ -125,13 +125,12 @@ impl VfioPciDevice {
         }
     }
 
-    /// Whether guest RAM is mapped for the device to master, waiting for the mapping
-    /// when it still runs ([`crate::vfio::iommu::DmaGate`]); logs how long the guest's write waited.
+    /// Whether guest RAM is mapped for the device to master, waiting for the mapping when
+    /// it still runs ([`crate::vfio::iommu::DmaGate`]); logs how long the write waited.
     fn dma_ready(&self) -> bool {
         let Some(gate) = self.dma.as_ref() else {
             return true;
         };
-        let total = gate.mapped().1;
         let (outcome, waited) = gate.wait_timed();
         match outcome {
             Ok(_) if waited.as_millis() > 0 => {
@@ -139,7 +138,7 @@ impl VfioPciDevice {
                     "{}: bus mastering waited {:.1} ms for the DMA map of {} MiB",
                     self.name,
                     waited.as_secs_f64() * 1000.0,
-                    total >> 20
+                    gate.total() >> 20
                 );
                 true
             }

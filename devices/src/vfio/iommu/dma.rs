@@ -61,18 +61,16 @@ pub struct RamMap {
     bytes: u64,
 }
 
-impl RamMap {
-    /// Bytes to map.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-}
-
 /// The unit in which [`RamMap::prefault`] splits RAM between its threads: a whole number
 /// of huge pages, so no transparent huge page is faulted by two threads.
 const PREFAULT_CHUNK: usize = 64 << 20;
 
 impl RamMap {
+    /// Bytes to map.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Faults every page of the RAM in (`MADV_POPULATE_WRITE`) with up to `threads`
     /// threads, so the pinning that follows finds the pages present: page allocation and
     /// zeroing, most of a pin's cost, then runs on every core instead of in the one
@@ -177,9 +175,9 @@ impl IommuSpace {
         Ok(RamMap { regions, bytes })
     }
 
-    /// Faults `ram` in on `threads` threads ([`RamMap::prefault`]), then pins and maps it chunk
-    /// by chunk, counting progress on `gate` and stopping with [`IommuError::Cancelled`]
-    /// between chunks once it is cancelled. The report's time covers both.
+    /// Faults `ram` in on `threads` threads ([`RamMap::prefault`]), then pins and maps it
+    /// chunk by chunk, stopping with [`IommuError::Cancelled`] between chunks once `gate`
+    /// is cancelled. The report's time covers both.
     ///
     /// # Safety
     /// Every host range in `ram` must stay mapped in this process, as the guest RAM it
@@ -221,9 +219,6 @@ impl IommuSpace {
                     }
                 })?;
                 done += n;
-                if let Some(g) = gate {
-                    g.progress(n as u64);
-                }
             }
         }
         let report = DmaReport {
@@ -261,6 +256,7 @@ impl IommuSpace {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     /// Pages of `host..host+len` that are resident (mincore).
@@ -313,7 +309,6 @@ mod tests {
         );
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x2000)).unwrap(), 0);
     }
-    use super::*;
 
     #[test]
     fn iova_check_names_the_range_and_the_limits() {

@@ -13,7 +13,7 @@
 //! The gate is also the mapping's stop switch: [`DmaGate::cancel`] makes the helper stop
 //! between two chunks, so a VM stopped during the mapping does not first pin the rest.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,9 +36,7 @@ pub struct DmaGate {
     state: Mutex<DmaState>,
     done: Condvar,
     cancelled: AtomicBool,
-    /// Bytes mapped so far, for the progress in a waiting device's log line.
-    mapped: AtomicU64,
-    /// Bytes to map in all.
+    /// Bytes to map in all, for a waiting device's log line.
     total: u64,
 }
 
@@ -49,7 +47,6 @@ impl DmaGate {
             state: Mutex::new(DmaState::Mapping),
             done: Condvar::new(),
             cancelled: AtomicBool::new(false),
-            mapped: AtomicU64::new(0),
             total,
         }
     }
@@ -57,7 +54,6 @@ impl DmaGate {
     /// A gate that is already open: RAM was mapped before the guest started.
     pub fn open(report: DmaReport) -> Self {
         let gate = Self::pending(report.bytes);
-        gate.mapped.store(report.bytes, Ordering::Relaxed);
         gate.finish(Ok(report));
         gate
     }
@@ -111,14 +107,9 @@ impl DmaGate {
         self.cancelled.load(Ordering::SeqCst)
     }
 
-    /// Adds `bytes` to the progress.
-    pub fn progress(&self, bytes: u64) {
-        self.mapped.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    /// (bytes mapped so far, bytes in all).
-    pub fn mapped(&self) -> (u64, u64) {
-        (self.mapped.load(Ordering::Relaxed), self.total)
+    /// Bytes the mapping covers.
+    pub fn total(&self) -> u64 {
+        self.total
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, DmaState> {
@@ -171,10 +162,10 @@ mod tests {
     }
 
     #[test]
-    fn an_open_gate_does_not_block_and_counts_everything_mapped() {
+    fn an_open_gate_does_not_block_and_covers_the_report() {
         let gate = DmaGate::open(report());
         assert_eq!(gate.wait(), Ok(report()));
-        assert_eq!(gate.mapped(), (4096, 4096));
+        assert_eq!(gate.total(), 4096);
         assert!(!gate.is_cancelled());
         gate.cancel();
         assert!(gate.is_cancelled());
