@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 /// discovery, then `Vm::build`'s: the "start-up" line), or from the stop to the end of
 /// the teardown (the "tear-down" line).
 #[derive(Debug)]
-pub struct StartTimings {
+pub struct PhaseTimings {
     label: &'static str,
     last: Instant,
     phases: Vec<(&'static str, Duration)>,
 }
 
-impl StartTimings {
+impl PhaseTimings {
     /// Starts the start-up clock.
     pub fn start() -> Self {
         Self::named("start-up")
@@ -41,7 +41,7 @@ impl StartTimings {
     }
 }
 
-impl fmt::Display for StartTimings {
+impl fmt::Display for PhaseTimings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         write!(f, "{} {:.1} ms:", self.label, ms(self.total()))?;
@@ -59,7 +59,7 @@ mod tests {
 
     #[test]
     fn phases_add_up_to_the_total_in_order() {
-        let mut t = StartTimings::start();
+        let mut t = PhaseTimings::start();
         t.phases = vec![
             ("kvm", Duration::from_micros(1200)),
             ("ram", Duration::from_micros(300)),
@@ -71,7 +71,7 @@ mod tests {
         );
         t.mark("vcpus");
         assert_eq!(t.phases.len(), 4);
-        let mut down = StartTimings::named("tear-down");
+        let mut down = PhaseTimings::named("tear-down");
         down.phases = vec![("vcpus", Duration::from_millis(2))];
         assert_eq!(down.to_string(), "tear-down 2.0 ms: vcpus 2.0 ms");
         assert!(t.to_string().contains(", vcpus "));

@@ -49,7 +49,7 @@ use crate::memory::{self, MemoryError};
 use crate::passthrough::{self, PassthroughSetupError, PassthroughVm, Prepared, VmParts};
 use crate::signals::TerminationSignals;
 use crate::terminal::RawMode;
-use crate::timings::StartTimings;
+use crate::timings::PhaseTimings;
 use crate::vcpu::{self, Buses, Vcpu};
 use crate::vcpu_state::StateRequests;
 use devices::pci::kvm_routing::Interrupts;
@@ -140,7 +140,7 @@ fn host_err(what: &'static str) -> impl FnOnce(io::Error) -> VmError {
 
 /// Runs the VM described by `args` and returns the process exit code.
 pub fn run(args: VmArgs) -> ExitCode {
-    let mut timings = StartTimings::start();
+    let mut timings = PhaseTimings::start();
     let config = match VmConfig::from_args(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -272,7 +272,7 @@ impl Vm {
     pub fn build(
         cfg: &VmConfig,
         mut prepared: Prepared,
-        mut timings: StartTimings,
+        mut timings: PhaseTimings,
     ) -> Result<Self, VmError> {
         // Dropped after every local below on an error, i.e. after the devices.
         let managed = prepared.take_guards();
@@ -492,7 +492,7 @@ impl Vm {
                 vcpu::kick(&threads);
             }
         }
-        let mut down = StartTimings::named("tear-down");
+        let mut down = PhaseTimings::named("tear-down");
         vcpu::kick(&threads);
         for t in threads {
             if t.join().is_err() {
