@@ -44,6 +44,14 @@ bed_driver() {
     [ -e "/sys/bus/pci/devices/$1/driver" ] && basename "$(readlink "/sys/bus/pci/devices/$1/driver")"
     return 0
 }
+
+# Sets BED_BLK_DEV to the block device L1's virtio-blk driver made of the disk at
+# BDF ("vda"), or fails the scenario saying which driver holds it instead.
+bed_virtio_blk_dev() {
+    BED_BLK_DEV=""
+    for vb in /sys/bus/pci/devices/"$1"/virtio*/block/*; do [ -e "$vb" ] && BED_BLK_DEV="${vb##*/}"; done
+    [ -n "$BED_BLK_DEV" ] || bed_fail "$1 has no block device in L1 (driver $(bed_driver "$1"))"
+}
 bed_iommu_group() { basename "$(readlink "/sys/bus/pci/devices/$1/iommu_group")"; }
 
 # Bind a PCI device to vfio-pci the way an administrator does: unbind its

@@ -55,9 +55,8 @@ bdf="$(bed_bdf d0)" bdf1="$(bed_bdf d1)"
 # L1 reads d0 on its own virtio-blk driver first: the reference for L2's reads.
 case ",$cases," in
 *,read,*)
-    dev=""
-    for b in /sys/bus/pci/devices/"$bdf"/virtio*/block/*; do [ -e "$b" ] && dev="${b##*/}"; done
-    [ -n "$dev" ] || bed_fail "d0 has no block device in L1 (driver $(bed_driver "$bdf"))"
+    bed_virtio_blk_dev "$bdf"
+    dev="$BED_BLK_DEV"
     for kind in read_ms read4k_ms; do
         rm -f /tmp/.l1read
         case "$kind" in

@@ -7,9 +7,8 @@
 #    reports read_ms the same way for the passed-through disk.
 export RUST_LOG=info
 bdf="$(bed_bdf d0)"
-dev=""
-for b in /sys/bus/pci/devices/"$bdf"/virtio*/block/*; do [ -e "$b" ] && dev="${b##*/}"; done
-[ -n "$dev" ] || bed_fail "d0 has no block device in L1 (driver $(bed_driver "$bdf"))"
+bed_virtio_blk_dev "$bdf"
+dev="$BED_BLK_DEV"
 bed_read_bench "$dev" l1_read_ms
 bed_bind_vfio "$bdf"
 echo 300 >/proc/sys/vm/nr_hugepages
