@@ -23,6 +23,15 @@
 #        4 KiB> run=<i> ms=<milliseconds>
 # and per run, when L1 has tracefs, the exits to the VMM by reason:
 #   uexits=peer=<vmm> case=<case> run=<i> total=<n> KVM_EXIT_IO=<n> KVM_EXIT_MMIO=<n> ...
+# and the guest's port accesses that exited to L1's KVM (in-kernel devices included), the
+# busiest ten by port and direction:
+#   pio=peer=<vmm> case=<case> run=<i> total=<n> 0x3fd:r=<n> 0x3f8:w=<n> ...
+# and, for a run with a device, the IOMMU mappings L1 made while it ran (the iommu:map and
+# iommu:unmap tracepoints: every backend ends in iommu_map), from the first to the last:
+#   dmamap=peer=<vmm> case=<case> run=<i> maps=<n> map_mib=<MiB> map_ms=<first -> last>
+#          unmaps=<n> unmap_mib=<MiB> unmap_ms=<first -> last>
+# The map span includes whatever the VMM does between its map calls (the peers fault the
+# RAM in inside them; passvm before them, in its "prefault" line).
 # Times come from L1's /proc/uptime (10 ms resolution); the peak RSS is the kernel's
 # ru_maxrss (busybox time -v, corrected: bed_time_rss_kib), which includes the guest RAM
 # the guest touched or the VMM pinned.
@@ -37,6 +46,9 @@ if [ -z "$vmms" ]; then
     [ -x "$CH" ] && vmms="$vmms,ch"
 fi
 bed_report vmms "$vmms"
+# L1's KVM halt polling (kvm.halt_poll_ns on L1's command line changes it): how long a
+# halted L2 vCPU spins before it sleeps, which shapes the interrupt path the reads time.
+bed_report halt_poll_ns "$(cat /sys/module/kvm/parameters/halt_poll_ns 2>/dev/null || echo '?')"
 case ",$vmms," in
 *,passvm-huge,*)
     echo 768 >/proc/sys/vm/nr_hugepages
@@ -48,7 +60,12 @@ CR="$(printf '\r')"
 TRACE=/sys/kernel/tracing
 [ -d "$TRACE/events/kvm" ] || mount -t tracefs tracefs "$TRACE" 2>/dev/null
 [ -e "$TRACE/events/kvm/kvm_userspace_exit/enable" ] || TRACE=""
-[ -z "$TRACE" ] || echo 16384 >"$TRACE/buffer_size_kb"
+[ -z "$TRACE" ] || {
+    echo 16384 >"$TRACE/buffer_size_kb"
+    # One clock for every CPU: the default (local) one differs between L1's vCPUs by
+    # seconds under TCG, which would make spans across CPUs meaningless.
+    echo mono >"$TRACE/trace_clock" 2>/dev/null || echo global >"$TRACE/trace_clock"
+}
 uptime_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
 bdf="$(bed_bdf d0)" bdf1="$(bed_bdf d1)"
 [ -n "$bdf" ] && [ -n "$bdf1" ] || bed_fail "no disks d0 and d1 (Scenario::device(Device::blk(..)))"
@@ -73,6 +90,30 @@ for b in "$bdf" "$bdf1"; do
     bed_bind_vfio "$b"
     bed_report device "$b group=$(basename "$(readlink "/sys/bus/pci/devices/$b/iommu_group")")"
 done
+
+# dma_spans TRACE: "maps=N map_mib=M map_ms=T unmaps=N unmap_mib=M unmap_ms=T" from the
+# iommu:map ("... 123.456789: map: IOMMU: iova=0x.. - 0x.. paddr=0x.. size=4096") and
+# iommu:unmap ("... unmap: IOMMU: iova=.. - .. size=.. unmapped_size=..") lines.
+dma_spans() {
+    awk '
+    / map: IOMMU: / || / unmap: IOMMU: / {
+        k = ($0 ~ / unmap: IOMMU: /) ? "unmap" : "map"
+        for (i = 1; i <= NF; i++) {
+            if ($i ~ /^[0-9]+\.[0-9]+:$/) t = substr($i, 1, length($i) - 1) + 0
+            if (k == "map" && $i ~ /^size=/) b = substr($i, 6) + 0
+            if (k == "unmap" && $i ~ /^unmapped_size=/) b = substr($i, 15) + 0
+        }
+        if (!(k in n)) first[k] = t
+        n[k]++; last[k] = t; bytes[k] += b
+    }
+    END {
+        for (j = 1; j <= 2; j++) {
+            k = (j == 1) ? "map" : "unmap"
+            if (k in n) printf "%ss=%d %s_mib=%d %s_ms=%d ", k, n[k], k, bytes[k] / 1048576, k, (last[k] - first[k]) * 1000
+            else printf "%ss=0 %s_mib=0 %s_ms=0 ", k, k, k
+        }
+    }' "$1"
+}
 
 # run_vmm VMM CASE: one boot of L2; sets rc, init_ms, total_ms, l2_init, rss.
 run_vmm() {
@@ -123,6 +164,11 @@ run_vmm() {
         echo 0 >"$TRACE/tracing_on"
         echo >"$TRACE/trace"
         echo 1 >"$TRACE/events/kvm/kvm_userspace_exit/enable"
+        echo 1 >"$TRACE/events/kvm/kvm_pio/enable"
+        [ ! -e "$TRACE/events/iommu/map/enable" ] || {
+            echo 1 >"$TRACE/events/iommu/map/enable"
+            echo 1 >"$TRACE/events/iommu/unmap/enable"
+        }
         echo 1 >"$TRACE/tracing_on"
     fi
     local t0 t1
@@ -152,6 +198,11 @@ run_vmm() {
         echo 0 >"$TRACE/tracing_on"
         bed_report uexits "peer=$vmm case=$case run=$run total=$(grep -c kvm_userspace_exit "$TRACE/trace")$(
             grep -o 'reason [A-Z_]*' "$TRACE/trace" | sort | uniq -c | awk '{ printf " %s=%s", $3, $1 }')"
+        # "kvm_pio: pio_read at 0x3fd size 1 count 1 val 0x60"
+        bed_report pio "peer=$vmm case=$case run=$run total=$(grep -c 'kvm_pio:' "$TRACE/trace")$(
+            sed -n 's/.*kvm_pio: pio_\([rw]\)[a-z]* at \(0x[0-9a-f]*\).*/\2:\1/p' "$TRACE/trace" |
+                sort | uniq -c | sort -rn | head -n 10 | awk '{ printf " %s=%s", $2, $1 }')"
+        [ -z "$devs" ] || bed_report dmamap "peer=$vmm case=$case run=$run $(dma_spans "$TRACE/trace")"
     fi
     init_ms=-1
     [ -f /tmp/.init_ms ] && init_ms=$(($(cat /tmp/.init_ms) - t0))
