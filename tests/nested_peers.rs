@@ -289,6 +289,70 @@ fn the_read_table_compares_passvm_with_the_peers_and_with_l1() {
     assert_eq!(parse_read("peer=L1 kind=read_ms run=0 ms=?"), None);
 }
 
+/// One run's IOMMU work, from a `dmamap` marker: (VMM, map ms per GiB, unmap ms per GiB).
+/// passvm's map time is its own `vmm_ms` (prefault, pin and map: it faults the RAM in
+/// before its first map call, where the trace's span does not see it); a peer's is the
+/// span of its map calls, inside which it faults the RAM in.
+fn parse_dma(marker: &str) -> Option<(String, Option<u64>, Option<u64>)> {
+    let kv: BTreeMap<&str, &str> = marker
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .collect();
+    let num = |k: &str| kv.get(k).and_then(|v| v.parse::<u64>().ok());
+    let per_gib = |ms: Option<u64>, mib: Option<u64>| match (ms, mib) {
+        (Some(ms), Some(mib)) if mib > 0 => Some(ms * 1024 / mib),
+        _ => None,
+    };
+    let map_ms = num("vmm_ms").or_else(|| num("map_ms"));
+    Some((
+        kv.get("peer")?.to_string(),
+        per_gib(map_ms, num("map_mib")),
+        per_gib(num("unmap_ms"), num("unmap_mib")),
+    ))
+}
+
+/// The DMA table: per VMM (its backend), the median map and unmap time per GiB.
+fn dma_table(runs: &[(String, Option<u64>, Option<u64>)]) -> String {
+    let mut vmms: Vec<&str> = Vec::new();
+    for (v, _, _) in runs {
+        if !vmms.contains(&v.as_str()) {
+            vmms.push(v);
+        }
+    }
+    let mut out = String::from("| DMA, ms per GiB (medians) | map | unmap |\n|---|---|---|\n");
+    for v in vmms {
+        let col = |f: &dyn Fn(&(String, Option<u64>, Option<u64>)) -> Option<u64>| {
+            show(median(
+                runs.iter().filter(|r| r.0 == v).filter_map(f).collect(),
+            ))
+        };
+        out.push_str(&format!(
+            "| {v} | {} | {} |\n",
+            col(&|r| r.1),
+            col(&|r| r.2)
+        ));
+    }
+    out
+}
+
+#[test]
+fn the_dma_table_takes_passvm_s_own_time_and_the_peers_spans_per_gib() {
+    let runs: Vec<_> = [
+        "peer=passvm case=big run=1 maps=204 map_mib=1536 map_at=5000 map_ms=6 unmaps=2 unmap_mib=1536 unmap_at=6000 unmap_ms=27 vmm_ms=3000",
+        "peer=ch case=big run=1 maps=384 map_mib=1536 map_at=100 map_ms=4500 unmaps=386 unmap_mib=1536 unmap_at=6000 unmap_ms=600",
+        "peer=ch case=blk run=1 maps=80 map_mib=256 map_at=100 map_ms=1000 unmaps=80 unmap_mib=256 unmap_at=3000 unmap_ms=100",
+        "peer=qemu case=blk run=1 maps=0 map_mib=0 map_at=- map_ms=- unmaps=0 unmap_mib=0 unmap_at=- unmap_ms=-",
+    ]
+    .iter()
+    .map(|m| parse_dma(m).unwrap())
+    .collect();
+    let t = dma_table(&runs);
+    assert!(t.contains("| passvm | 2000 | 18 |"), "{t}");
+    // ch: 3000 and 4000 ms/GiB map, 400 and 400 unmap: the lower middle of two.
+    assert!(t.contains("| ch | 3000 | 400 |"), "{t}");
+    assert!(t.contains("| qemu | - | - |"), "{t}");
+}
+
 /// Benchmark (prints the table; asserts that every run happened and exited 0).
 #[test]
 #[ignore = "nested bed benchmark against QEMU and Cloud Hypervisor: resources/bed.sh bench --peers"]
@@ -318,6 +382,17 @@ fn bench_peers() {
         .collect();
     if !reads.is_empty() {
         println!("{}", read_table(&reads));
+    }
+    let dma: Vec<_> = out
+        .markers("dmamap")
+        .iter()
+        .filter_map(|m| parse_dma(m))
+        .collect();
+    if !dma.is_empty() {
+        for m in out.markers("dmamap") {
+            println!("  {m}");
+        }
+        println!("{}", dma_table(&dma));
     }
     assert!(!runs.is_empty(), "no benchmark runs reported");
     let failed: Vec<&Run> = runs.iter().filter(|r| r.rc != "0").collect();

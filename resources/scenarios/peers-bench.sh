@@ -28,10 +28,11 @@
 #   pio=peer=<vmm> case=<case> run=<i> total=<n> 0x3fd:r=<n> 0x3f8:w=<n> ...
 # and, for a run with a device, the IOMMU mappings L1 made while it ran (the iommu:map and
 # iommu:unmap tracepoints: every backend ends in iommu_map), from the first to the last:
-#   dmamap=peer=<vmm> case=<case> run=<i> maps=<n> map_mib=<MiB> map_ms=<first -> last>
-#          unmaps=<n> unmap_mib=<MiB> unmap_ms=<first -> last>
+#   dmamap=peer=<vmm> case=<case> run=<i> maps=<n> map_mib=<MiB> map_at=<ms after start>
+#          map_ms=<first -> last> unmaps=<n> unmap_mib=<MiB> unmap_at=.. unmap_ms=..
+#          [vmm_ms=<passvm's own "DMA-mapped" time: the prefault, the pin and the map>]
 # The map span includes whatever the VMM does between its map calls (the peers fault the
-# RAM in inside them; passvm before them, in its "prefault" line).
+# RAM in inside them; passvm before them, which only vmm_ms counts).
 # Times come from L1's /proc/uptime (10 ms resolution); the peak RSS is the kernel's
 # ru_maxrss (busybox time -v, corrected: bed_time_rss_kib), which includes the guest RAM
 # the guest touched or the VMM pinned.
@@ -91,15 +92,17 @@ for b in "$bdf" "$bdf1"; do
     bed_report device "$b group=$(basename "$(readlink "/sys/bus/pci/devices/$b/iommu_group")")"
 done
 
-# dma_spans TRACE: "maps=N map_mib=M map_ms=T unmaps=N unmap_mib=M unmap_ms=T" from the
-# iommu:map ("... 123.456789: map: IOMMU: iova=0x.. - 0x.. paddr=0x.. size=4096") and
-# iommu:unmap ("... unmap: IOMMU: iova=.. - .. size=.. unmapped_size=..") lines.
+# dma_spans TRACE T0_MS: "maps=N map_mib=M map_at=A map_ms=T unmaps=... unmap_at=A
+# unmap_ms=T" from the iommu:map ("... 123.456789: map: IOMMU: iova=0x.. - 0x.. paddr=0x..
+# size=4096") and iommu:unmap ("... unmap: IOMMU: iova=.. - .. size=.. unmapped_size=..")
+# lines: how many, how much, when the first came (ms after T0, the VMM's start, both on
+# CLOCK_MONOTONIC: the trace clock is mono) and the span to the last.
 dma_spans() {
-    awk '
+    awk -v t0="$2" '
     / map: IOMMU: / || / unmap: IOMMU: / {
         k = ($0 ~ / unmap: IOMMU: /) ? "unmap" : "map"
         for (i = 1; i <= NF; i++) {
-            if ($i ~ /^[0-9]+\.[0-9]+:$/) t = substr($i, 1, length($i) - 1) + 0
+            if ($i ~ /^[0-9]+\.[0-9]+:$/) t = substr($i, 1, length($i) - 1) * 1000
             if (k == "map" && $i ~ /^size=/) b = substr($i, 6) + 0
             if (k == "unmap" && $i ~ /^unmapped_size=/) b = substr($i, 15) + 0
         }
@@ -109,10 +112,15 @@ dma_spans() {
     END {
         for (j = 1; j <= 2; j++) {
             k = (j == 1) ? "map" : "unmap"
-            if (k in n) printf "%ss=%d %s_mib=%d %s_ms=%d ", k, n[k], k, bytes[k] / 1048576, k, (last[k] - first[k]) * 1000
-            else printf "%ss=0 %s_mib=0 %s_ms=0 ", k, k, k
+            if (k in n) printf "%ss=%d %s_mib=%d %s_at=%d %s_ms=%d ", k, n[k], k, bytes[k] / 1048576, k, first[k] - t0, k, last[k] - first[k]
+            else printf "%ss=0 %s_mib=0 %s_at=- %s_ms=- ", k, k, k, k
         }
     }' "$1"
+}
+
+# dma_vmm_ms: " vmm_ms=N" from passvm's "DMA-mapped ... in N ms" line in /tmp/.vmm, if any.
+dma_vmm_ms() {
+    sed -n 's/.*DMA-mapped .* in \([0-9]*\)\.[0-9]* ms.*/ vmm_ms=\1/p' /tmp/.vmm 2>/dev/null | head -n 1
 }
 
 # run_vmm VMM CASE: one boot of L2; sets rc, init_ms, total_ms, l2_init, rss.
@@ -202,7 +210,7 @@ run_vmm() {
         bed_report pio "peer=$vmm case=$case run=$run total=$(grep -c 'kvm_pio:' "$TRACE/trace")$(
             sed -n 's/.*kvm_pio: pio_\([rw]\)[a-z]* at \(0x[0-9a-f]*\).*/\2:\1/p' "$TRACE/trace" |
                 sort | uniq -c | sort -rn | head -n 10 | awk '{ printf " %s=%s", $2, $1 }')"
-        [ -z "$devs" ] || bed_report dmamap "peer=$vmm case=$case run=$run $(dma_spans "$TRACE/trace")"
+        [ -z "$devs" ] || bed_report dmamap "peer=$vmm case=$case run=$run $(dma_spans "$TRACE/trace" "$t0")$(dma_vmm_ms)"
     fi
     init_ms=-1
     [ -f /tmp/.init_ms ] && init_ms=$(($(cat /tmp/.init_ms) - t0))
