@@ -289,11 +289,14 @@ fn the_read_table_compares_passvm_with_the_peers_and_with_l1() {
     assert_eq!(parse_read("peer=L1 kind=read_ms run=0 ms=?"), None);
 }
 
+/// One run's IOMMU work: (VMM, map ms per GiB, unmap ms per GiB).
+type DmaRun = (String, Option<u64>, Option<u64>);
+
 /// One run's IOMMU work, from a `dmamap` marker: (VMM, map ms per GiB, unmap ms per GiB).
 /// passvm's map time is its own `vmm_ms` (prefault, pin and map: it faults the RAM in
 /// before its first map call, where the trace's span does not see it); a peer's is the
 /// span of its map calls, inside which it faults the RAM in.
-fn parse_dma(marker: &str) -> Option<(String, Option<u64>, Option<u64>)> {
+fn parse_dma(marker: &str) -> Option<DmaRun> {
     let kv: BTreeMap<&str, &str> = marker
         .split_whitespace()
         .filter_map(|w| w.split_once('='))
@@ -312,7 +315,7 @@ fn parse_dma(marker: &str) -> Option<(String, Option<u64>, Option<u64>)> {
 }
 
 /// The DMA table: per VMM (its backend), the median map and unmap time per GiB.
-fn dma_table(runs: &[(String, Option<u64>, Option<u64>)]) -> String {
+fn dma_table(runs: &[DmaRun]) -> String {
     let mut vmms: Vec<&str> = Vec::new();
     for (v, _, _) in runs {
         if !vmms.contains(&v.as_str()) {
@@ -321,7 +324,7 @@ fn dma_table(runs: &[(String, Option<u64>, Option<u64>)]) -> String {
     }
     let mut out = String::from("| DMA, ms per GiB (medians) | map | unmap |\n|---|---|---|\n");
     for v in vmms {
-        let col = |f: &dyn Fn(&(String, Option<u64>, Option<u64>)) -> Option<u64>| {
+        let col = |f: &dyn Fn(&DmaRun) -> Option<u64>| {
             show(median(
                 runs.iter().filter(|r| r.0 == v).filter_map(f).collect(),
             ))
