@@ -135,6 +135,10 @@ pub enum Command {
     Bind {
         /// PCI address (DDDD:BB:DD.F or BB:DD.F).
         bdf: String,
+        /// Bind even while the host uses the device (a mounted filesystem on it, an up
+        /// network interface with addresses, the boot VGA, a console).
+        #[arg(long)]
+        force: bool,
     },
     /// Return a PCI device to the driver it had before `passvm bind`.
     Unbind {

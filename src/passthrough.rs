@@ -32,7 +32,7 @@ use devices::vfio::assignment::{
 use devices::vfio::device::VfioPciDevice;
 use devices::vfio::discovery::{self, DiscoveryError, ManagedBinding, Plan, Roots};
 use devices::vfio::iommu::{all_cores, DeviceSource, OwnedVfioDevice};
-use devices::vfio::vm::kvm::{KvmVmOps, SlotPool};
+use devices::vfio::vm::kvm::SlotPool;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
@@ -329,11 +329,7 @@ impl PassthroughVm {
     /// The event-loop hooks, or `None` without devices.
     pub fn subscriber(&self) -> Option<PassthroughEvents> {
         (!self.devices.is_empty()).then(|| PassthroughEvents {
-            devices: self
-                .devices
-                .iter()
-                .map(|a| (a.ops.clone(), a.device.clone()))
-                .collect(),
+            devices: self.devices.iter().map(|a| a.device.clone()).collect(),
         })
     }
 
@@ -347,34 +343,24 @@ impl PassthroughVm {
     }
 }
 
-/// Event-loop hooks of the passthrough devices. Event data: `2 * index` for a device's
-/// queued bus changes, `2 * index + 1` for its INTx EOI.
+/// Event-loop hooks of the passthrough devices: the INTx EOIs passvm forwards itself
+/// (event data: the device's index). BAR moves need none: they take effect inside the
+/// guest's write ([`devices::bus::SharedBus`]).
 pub struct PassthroughEvents {
-    devices: Vec<(Arc<KvmVmOps>, Arc<Mutex<VfioPciDevice>>)>,
+    devices: Vec<Arc<Mutex<VfioPciDevice>>>,
 }
 
 impl MutEventSubscriber for PassthroughEvents {
     fn init(&mut self, ops: &mut EventOps) {
-        for (i, (vm_ops, dev)) in self.devices.iter().enumerate() {
+        for (i, dev) in self.devices.iter().enumerate() {
             let Ok(i) = u32::try_from(i) else { break };
-            if let Err(e) = ops.add(Events::with_data(
-                vm_ops.pending_event(),
-                2 * i,
-                EventSet::IN,
-            )) {
-                log::error!("VFIO: cannot watch a device's bus changes: {e:?}");
-            }
             let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(fd) = dev.intx_eoi_fd() {
                 log::info!(
                     "{}: INTx EOIs forwarded by passvm (no kernel unmask)",
                     dev.name()
                 );
-                if let Err(e) = ops.add(Events::with_data_raw(
-                    fd.as_raw_fd(),
-                    2 * i + 1,
-                    EventSet::IN,
-                )) {
+                if let Err(e) = ops.add(Events::with_data_raw(fd.as_raw_fd(), i, EventSet::IN)) {
                     log::error!("{}: cannot watch INTx EOIs: {e:?}", dev.name());
                 }
             }
@@ -382,18 +368,11 @@ impl MutEventSubscriber for PassthroughEvents {
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let (i, eoi) = ((events.data() / 2) as usize, events.data() % 2 == 1);
-        let Some((vm_ops, dev)) = self.devices.get(i) else {
-            return;
-        };
-        if eoi {
+        if let Some(dev) = self.devices.get(events.data() as usize) {
             // Reads the eventfd (so the level-triggered watch calms down) and unmasks.
             dev.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .handle_intx_eoi();
-        } else {
-            // No device lock is held here, as apply_pending requires.
-            vm_ops.apply_pending();
         }
     }
 }

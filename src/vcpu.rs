@@ -11,10 +11,10 @@
 //!   guest is interrupted. The loop checks the latch after every exit.
 
 use std::cell::Cell;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use devices::bus::Bus;
+use devices::bus::{Bus, SharedBus};
 use kvm_bindings::{
     kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
@@ -50,9 +50,9 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 #[derive(Clone, Default)]
 pub struct Buses {
     /// Port I/O.
-    pub pio: Arc<RwLock<Bus>>,
+    pub pio: Arc<SharedBus>,
     /// Memory-mapped I/O.
-    pub mmio: Arc<RwLock<Bus>>,
+    pub mmio: Arc<SharedBus>,
 }
 
 /// A vCPU ready to run.
@@ -146,18 +146,18 @@ impl Vcpu {
             // A string instruction (rep ins/outs) arrives as one exit of `count` accesses of
             // `size` bytes each, all to the same port; kvm-ioctls joins them in one slice.
             VcpuExit::IoIn(port, data) => {
-                port_in(&read_lock(&self.buses.pio), port, data, io_access_size(run), id)
+                port_in(&self.buses.pio.snapshot(), port, data, io_access_size(run), id)
             }
             VcpuExit::IoOut(port, data) => {
-                port_out(&read_lock(&self.buses.pio), port, data, io_access_size(run), id)
+                port_out(&self.buses.pio.snapshot(), port, data, io_access_size(run), id)
             }
             VcpuExit::MmioRead(addr, data) => {
-                if !read_lock(&self.buses.mmio).read(addr, data) {
+                if !self.buses.mmio.read(addr, data) {
                     log::debug!("vcpu{id}: unhandled MMIO read {addr:#x} ({} bytes)", data.len());
                 }
             }
             VcpuExit::MmioWrite(addr, data) => {
-                if !read_lock(&self.buses.mmio).write(addr, data) {
+                if !self.buses.mmio.write(addr, data) {
                     log::debug!("vcpu{id}: unhandled MMIO write {addr:#x} = {data:02x?}");
                 }
             }
@@ -268,10 +268,6 @@ fn internal_error_name(sub: u32) -> &'static str {
     }
 }
 
-fn read_lock(bus: &RwLock<Bus>) -> std::sync::RwLockReadGuard<'_, Bus> {
-    bus.read().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Interrupts every vCPU thread so it notices the stop latch.
 pub fn kick(threads: &[JoinHandle<()>]) {
     for t in threads {
@@ -287,6 +283,7 @@ pub fn kick(threads: &[JoinHandle<()>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use devices::bus::Owner;
     use devices::legacy::{Serial, I8042};
     use std::io::Write;
     use std::sync::Mutex;
@@ -356,7 +353,7 @@ mod tests {
         }
         let dev = Arc::new(Mutex::new(Log::default()));
         let mut bus = Bus::new();
-        bus.insert(dev.clone(), 0xc000, 8).unwrap();
+        bus.insert(Owner::VMM, dev.clone(), 0xc000, 8).unwrap();
         port_out(&bus, 0xc000, &[1, 2, 3, 4, 5, 6], 2, 0);
         let mut input = [0u8; 3];
         port_in(&bus, 0xc000, &mut input, 1, 0);
@@ -434,11 +431,13 @@ mod tests {
             Box::new(move || reset.request(ExitReason::GuestReboot)),
             EventFd::new(EFD_NONBLOCK).unwrap(),
         );
-        let mut pio = Bus::new();
-        pio.insert(Arc::new(Mutex::new(serial)), 0x3f8, 8).unwrap();
-        pio.insert(Arc::new(Mutex::new(kbd)), 0x60, 5).unwrap();
+        let pio = SharedBus::new();
+        pio.insert(Owner::VMM, Arc::new(Mutex::new(serial)), 0x3f8, 8)
+            .unwrap();
+        pio.insert(Owner::VMM, Arc::new(Mutex::new(kbd)), 0x60, 5)
+            .unwrap();
         let buses = Buses {
-            pio: Arc::new(RwLock::new(pio)),
+            pio: Arc::new(pio),
             ..Buses::default()
         };
         Vcpu::new(0, fd, buses, exit.clone(), Arc::default()).run();

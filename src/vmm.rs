@@ -24,9 +24,9 @@
 
 use std::io;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
-use devices::bus::{Bus, BusError};
+use devices::bus::{BusError, Owner};
 use devices::legacy::{cmos, i8042, serial, Cmos, Serial, Sink, I8042};
 use devices::pci::ecam::EcamWindow;
 use devices::pci::host_bridge::{PciRoot, PCI_CONFIG_BASE, PCI_CONFIG_PORTS};
@@ -341,9 +341,12 @@ impl Vm {
         let button = Arc::new(PowerButton::new(button_irq));
         // Bus 0: the host bridge, then the passthrough devices (src/passthrough.rs).
         let pci = Arc::new(Mutex::new(PciRoot::new()));
-        write_lock(&buses.pio).insert(pci.clone(), PCI_CONFIG_BASE, PCI_CONFIG_PORTS)?;
+        buses
+            .pio
+            .insert(Owner::VMM, pci.clone(), PCI_CONFIG_BASE, PCI_CONFIG_PORTS)?;
         // The same functions, all 4 KiB of their config space, through the MCFG's window.
-        write_lock(&buses.mmio).insert(
+        buses.mmio.insert(
+            Owner::VMM,
             Arc::new(Mutex::new(EcamWindow::new(pci.clone()))),
             memory::ECAM_START,
             memory::ECAM_SIZE,
@@ -536,7 +539,7 @@ fn add_legacy_devices(
     interrupts: &Interrupts,
     exit: &Arc<VmExit>,
 ) -> Result<Option<Arc<Mutex<Serial>>>, VmError> {
-    let mut pio = write_lock(&buses.pio);
+    let pio = &buses.pio;
     let serial = match serial_output(&cfg.serial)? {
         Some(out) => {
             let irq = EventFd::new(EFD_NONBLOCK).map_err(host_err("serial irqfd"))?;
@@ -545,7 +548,7 @@ fn add_legacy_devices(
             let s = Arc::new(Mutex::new(
                 Serial::new(irq, out).map_err(host_err("serial"))?,
             ));
-            pio.insert(s.clone(), serial::COM1_BASE, serial::UART_PORTS)?;
+            pio.insert(Owner::VMM, s.clone(), serial::COM1_BASE, serial::UART_PORTS)?;
             Some(s)
         }
         None => None,
@@ -558,16 +561,18 @@ fn add_legacy_devices(
         kbd_irq,
     );
     pio.insert(
+        Owner::VMM,
         Arc::new(Mutex::new(kbd)),
         i8042::I8042_BASE,
         i8042::I8042_PORTS,
     )?;
     pio.insert(
+        Owner::VMM,
         Arc::new(Mutex::new(Cmos::new())),
         cmos::CMOS_BASE,
         cmos::CMOS_PORTS,
     )?;
-    pio.insert(Arc::new(Mutex::new(Sink::new(0xff))), 0x80, 1)?;
+    pio.insert(Owner::VMM, Arc::new(Mutex::new(Sink::new(0xff))), 0x80, 1)?;
     let (off_exit, reset_exit) = (exit.clone(), exit.clone());
     let power = PowerControls::new(
         Box::new(move || off_exit.request(ExitReason::GuestPoweroff)),
@@ -576,12 +581,13 @@ fn add_legacy_devices(
             reset_exit.request(ExitReason::GuestReboot)
         }),
     );
-    pio.insert(Arc::new(Mutex::new(power)), POWER_BASE, POWER_PORTS)?;
+    pio.insert(
+        Owner::VMM,
+        Arc::new(Mutex::new(power)),
+        POWER_BASE,
+        POWER_PORTS,
+    )?;
     Ok(serial)
-}
-
-fn write_lock(bus: &RwLock<Bus>) -> std::sync::RwLockWriteGuard<'_, Bus> {
-    bus.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Wakes the event loop when the stop latch is set.

@@ -5,6 +5,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod log_limit;
 pub mod option_list;
 pub mod pci;
 pub mod power;

@@ -104,7 +104,7 @@ impl BusDevice for PowerControls {
                 if value & SLP_EN != 0 && slp_typ == S5_SLP_TYP {
                     (self.on_poweroff)();
                 } else if value & SLP_EN != 0 {
-                    log::warn!(
+                    crate::warn_limited!(
                         "guest asked for sleep type {slp_typ}, which this VM does not offer; ignored"
                     );
                 }

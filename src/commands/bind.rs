@@ -9,11 +9,12 @@ fn parse(bdf: &str) -> Result<Bdf, DiscoveryError> {
     Ok(bdf.parse::<Bdf>()?)
 }
 
-/// Moves a device to vfio-pci and says what else its group needs.
-pub fn bind(bdf: &str) -> Result<(), DiscoveryError> {
+/// Moves a device to vfio-pci (refused while the host uses it, unless `force`) and says
+/// what else its group needs.
+pub fn bind(bdf: &str, force: bool) -> Result<(), DiscoveryError> {
     let bdf = parse(bdf)?;
     let roots = Roots::host();
-    match do_bind(&bdf, &roots, &KernelSysfs)? {
+    match do_bind(&bdf, &roots, &KernelSysfs, force)? {
         BindOutcome::AlreadyBound { driver } => println!("{bdf}: already bound to {driver}"),
         BindOutcome::Bound { previous } => println!(
             "{bdf}: {} -> vfio-pci (`passvm unbind {bdf}` restores it)",

@@ -329,6 +329,7 @@ mod tests {
             fd: None,
             id: None,
             managed: false,
+            managed_force: false,
             rom: Default::default(),
             addr: None,
         }

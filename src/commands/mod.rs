@@ -14,7 +14,7 @@ use crate::cli::Command;
 pub fn run(cmd: Command) -> ExitCode {
     let result = match cmd {
         Command::Devices { all, json } => listing::run(all, json),
-        Command::Bind { bdf } => bind::bind(&bdf),
+        Command::Bind { bdf, force } => bind::bind(&bdf, force),
         Command::Unbind { bdf } => bind::unbind(&bdf),
     };
     match result {

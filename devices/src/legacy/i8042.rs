@@ -116,7 +116,7 @@ impl I8042 {
         }
         if self.ctr & CTR_KBD_INT != 0 && !bytes.is_empty() {
             if let Err(e) = self.irq.write(1) {
-                log::warn!("i8042: cannot raise IRQ 1: {e}");
+                crate::warn_limited!("i8042: cannot raise IRQ 1: {e}");
             }
         }
     }

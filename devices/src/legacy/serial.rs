@@ -43,7 +43,7 @@ impl SerialEvents for InputSpace {
     fn tx_lost_byte(&self) {}
     fn in_buffer_empty(&self) {
         if let Err(e) = self.0.write(1) {
-            log::warn!("serial: cannot signal input space: {e}");
+            crate::warn_limited!("serial: cannot signal input space: {e}");
         }
     }
 }
@@ -79,7 +79,7 @@ impl Serial {
         match self.uart.enqueue_raw_bytes(bytes) {
             Ok(n) => n,
             Err(e) => {
-                log::warn!("serial: input dropped: {e:?}");
+                crate::warn_limited!("serial: input dropped: {e:?}");
                 0
             }
         }

@@ -160,6 +160,55 @@ impl Window {
     }
 }
 
+/// Where the VM's BARs may decode: the windows the root bridge forwards (the DSDT's
+/// `_CRS`), which hold no RAM, no LAPIC, IOAPIC or MSI page and no ECAM. A guest that
+/// programs a BAR elsewhere gets it unmapped (the device's problem, not the VM's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BarWindows {
+    /// The 32-bit MMIO window.
+    pub mmio32: Option<Window>,
+    /// The 64-bit MMIO window, cut at the 64-bit limit.
+    pub mmio64: Option<Window>,
+    /// The I/O-port window.
+    pub io: Option<Window>,
+}
+
+impl BarWindows {
+    /// Whether `[base, base + len)` lies inside one window of its kind (I/O or memory).
+    pub fn contains(&self, io: bool, base: u64, len: u64) -> bool {
+        let Some(end) = base.checked_add(len) else {
+            return false;
+        };
+        let inside = |w: &Option<Window>| w.is_some_and(|w| base >= w.base && end <= w.end());
+        if io {
+            inside(&self.io)
+        } else {
+            inside(&self.mmio32) || inside(&self.mmio64)
+        }
+    }
+
+    /// The windows of a kind, for a message ("0xc000-0xffff").
+    pub fn describe(&self, io: bool) -> String {
+        let span = |w: &Option<Window>| {
+            w.filter(|w| w.size > 0)
+                .map(|w| format!("{:#x}-{:#x}", w.base, w.end() - 1))
+        };
+        let list: Vec<String> = if io {
+            vec![span(&self.io)]
+        } else {
+            vec![span(&self.mmio32), span(&self.mmio64)]
+        }
+        .into_iter()
+        .flatten()
+        .collect();
+        if list.is_empty() {
+            "none".into()
+        } else {
+            list.join(", ")
+        }
+    }
+}
+
 /// BAR placement failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BarAllocError {
@@ -259,6 +308,21 @@ impl BarAllocator {
             mmio32: Region::new(mmio32, 1 << 32),
             mmio64: Region::new(mmio64, mmio64_limit),
             io: Region::new(io, 1 << 16),
+        }
+    }
+
+    /// The windows BARs may decode in (the 64-bit one cut at its limit).
+    pub fn windows(&self) -> BarWindows {
+        let cut = |r: &Region| {
+            r.span().map(|(first, last)| Window {
+                base: first,
+                size: last - first + 1,
+            })
+        };
+        BarWindows {
+            mmio32: cut(&self.mmio32),
+            mmio64: cut(&self.mmio64),
+            io: cut(&self.io),
         }
     }
 
@@ -501,5 +565,51 @@ mod tests {
         };
         assert!(a.allocate(m64, 0x10_0000).is_ok());
         assert!(a.allocate(m64, 0x10_0000).is_err(), "would cross 2^39");
+    }
+
+    #[test]
+    fn windows_hold_only_what_fits_in_one_window_of_the_kind() {
+        let a = BarAllocator::new(
+            Some(Window {
+                base: 0xc000_0000,
+                size: 0x3000_0000,
+            }),
+            Some(Window {
+                base: 0x10_0000_0000,
+                size: 1 << 40,
+            }),
+            Some(Window {
+                base: 0xc000,
+                size: 0x4000,
+            }),
+            1 << 39,
+        );
+        let w = a.windows();
+        assert!(w.contains(false, 0xc000_0000, 0x1000));
+        assert!(w.contains(false, 0xefff_f000, 0x1000));
+        assert!(
+            !w.contains(false, 0xefff_f000, 0x2000),
+            "runs into the ECAM"
+        );
+        assert!(
+            !w.contains(false, 0xfee0_0000, 0x1000),
+            "the LAPIC/MSI page"
+        );
+        assert!(!w.contains(false, 0x1000_0000, 0x1000), "RAM");
+        assert!(w.contains(false, 0x7f_ffff_f000, 0x1000));
+        assert!(
+            !w.contains(false, 0x80_0000_0000, 0x1000),
+            "past the 64-bit limit"
+        );
+        assert!(!w.contains(false, u64::MAX, 2), "wraps");
+        assert!(w.contains(true, 0xc000, 0x100));
+        assert!(!w.contains(true, 0x3f8, 8), "the UART's ports");
+        assert!(!w.contains(false, 0xc000, 0x100), "I/O is not memory");
+        assert_eq!(w.describe(true), "0xc000-0xffff");
+        assert_eq!(
+            w.describe(false),
+            "0xc0000000-0xefffffff, 0x1000000000-0x7fffffffff"
+        );
+        assert_eq!(BarWindows::default().describe(true), "none");
     }
 }

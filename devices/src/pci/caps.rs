@@ -14,8 +14,7 @@ pub const EXT_CAP_START: usize = 0x100;
 
 /// Standard capability IDs the device model cares about.
 pub mod id {
-    /// Power management (only the tests' capability lists use it so far).
-    #[cfg(test)]
+    /// Power management.
     pub const PM: u8 = 0x01;
     /// MSI.
     pub const MSI: u8 = 0x05;

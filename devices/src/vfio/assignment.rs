@@ -17,7 +17,7 @@
 //! 4. on guest reboot call [`VfioPciDevice::reset`]; at exit drop the devices before this.
 
 use std::os::unix::io::RawFd;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use kvm_ioctls::VmFd;
@@ -36,7 +36,7 @@ use super::iommu::{DeviceSource, DmaGate, DmaReport, DmaState, IommuError, Iommu
 use super::naming::RomChoice;
 use super::vm::kvm::{KvmVmOps, SlotPool};
 use super::vm::VmOpsError;
-use crate::bus::{Bus, BusDevice};
+use crate::bus::{BusDevice, SharedBus};
 use crate::pci::bar::BarAllocator;
 use crate::pci::host_bridge::{PciRoot, PciRootError};
 use crate::pci::InterruptRouting;
@@ -93,9 +93,9 @@ pub struct AttachContext<'a> {
     /// KVM memory slots for device memory (shared by all devices).
     pub slots: Arc<SlotPool>,
     /// Port-I/O bus.
-    pub pio: Arc<RwLock<Bus>>,
+    pub pio: Arc<SharedBus>,
     /// MMIO bus.
-    pub mmio: Arc<RwLock<Bus>>,
+    pub mmio: Arc<SharedBus>,
     /// PCI bus 0.
     pub pci: &'a Mutex<PciRoot>,
     /// The GSI routing owner.
@@ -111,8 +111,7 @@ pub struct AttachContext<'a> {
 pub struct AttachedDevice {
     /// The device (also held by the PCI root and the buses).
     pub device: Arc<Mutex<VfioPciDevice>>,
-    /// Its VM services: poll [`KvmVmOps::pending_event`] and call
-    /// [`KvmVmOps::apply_pending`].
+    /// Its VM services (its slots and bus ranges).
     pub ops: Arc<KvmVmOps>,
     /// Its slot on bus 0.
     pub slot: u8,
@@ -173,15 +172,13 @@ pub fn attach_device(
     };
     let (slot, function) = (place.slot, place.function);
     let gsi = intx_gsi(slot);
-    let ops = Arc::new(
-        KvmVmOps::new(
-            ctx.vm.clone(),
-            ctx.slots.clone(),
-            ctx.pio.clone(),
-            ctx.mmio.clone(),
-        )
-        .map_err(AssignError::EventFd)?,
-    );
+    let ops = Arc::new(KvmVmOps::new(
+        ctx.vm.clone(),
+        ctx.slots.clone(),
+        &ctx.pio,
+        &ctx.mmio,
+        ctx.bars.windows(),
+    ));
     let device_ctx = DeviceContext {
         rom,
         multifunction: place.multifunction,
@@ -452,14 +449,16 @@ mod attach_tests {
     use crate::vfio::device_fd::{IrqIndex, IrqInfo, RegionInfo};
     use crate::vfio::testing::{FakeDevice, RecordingVm};
 
-    fn cf8(pio: &RwLock<Bus>, slot: u8, reg: u8) {
+    use crate::bus::Owner;
+
+    fn cf8(pio: &SharedBus, slot: u8, reg: u8) {
         let addr = 0x8000_0000u32 | (u32::from(slot) << 11) | u32::from(reg);
-        assert!(pio.read().unwrap().write(0xcf8, &addr.to_le_bytes()));
+        assert!(pio.write(0xcf8, &addr.to_le_bytes()));
     }
 
     /// A guest's view through the real host bridge: config cycles on 0xCF8/0xCFC, the
-    /// BAR enabled by a config write while the port bus is read-locked (as on a vCPU),
-    /// the trap move queued, then applied by the event loop.
+    /// BAR moved and enabled by config writes dispatched through the bus (as on a vCPU),
+    /// the trap moved at once; a move over the VMM's own ports refused.
     #[test]
     #[cfg_attr(
         passvm_no_kvm,
@@ -482,8 +481,8 @@ mod attach_tests {
         f.irqs
             .insert(IrqIndex::Intx, IrqInfo { flags: 7, count: 1 });
         let pci = Arc::new(Mutex::new(PciRoot::new()));
-        let pio = Arc::new(RwLock::new(Bus::new()));
-        pio.write().unwrap().insert(pci.clone(), 0xcf8, 8).unwrap();
+        let pio = Arc::new(SharedBus::new());
+        pio.insert(Owner::VMM, pci.clone(), 0xcf8, 8).unwrap();
         let mut bars = BarAllocator::new(
             Some(Window {
                 base: 0xe000_0000,
@@ -500,7 +499,7 @@ mod attach_tests {
             vm,
             slots: Arc::new(SlotPool::new(10, 20)),
             pio: pio.clone(),
-            mmio: Arc::new(RwLock::new(Bus::new())),
+            mmio: Arc::new(SharedBus::new()),
             pci: &pci,
             routing: Arc::new(RecordingVm::new()),
             bars: &mut bars,
@@ -520,31 +519,32 @@ mod attach_tests {
 
         let mut b = [0u8; 4];
         cf8(&pio, 1, 0);
-        assert!(pio.read().unwrap().read(0xcfc, &mut b));
+        assert!(pio.read(0xcfc, &mut b));
         assert_eq!(u32::from_le_bytes(b), 0x5678_1234);
-        // The guest moves the I/O BAR and enables I/O decode, each as a vCPU would:
-        // with the port bus read-locked around the config write.
+        // The guest moves the I/O BAR and enables I/O decode.
         cf8(&pio, 1, 0x10);
-        {
-            let bus = pio.read().unwrap();
-            bus.write(0xcfc, &0xd001u32.to_le_bytes());
-        }
+        assert!(pio.write(0xcfc, &0xd001u32.to_le_bytes()));
         cf8(&pio, 1, 0x04);
-        {
-            let bus = pio.read().unwrap();
-            bus.write(0xcfc, &[0x01, 0x00]);
-        }
-        assert!(
-            !pio.read().unwrap().read(0xd000, &mut b),
-            "move queued, not applied under the lock"
-        );
-        assert_eq!(a.ops.pending_event().read().unwrap(), 2);
-        a.ops.apply_pending();
-        assert!(pio.read().unwrap().read(0xd000, &mut b));
+        assert!(pio.write(0xcfc, &[0x01, 0x00]));
+        assert!(pio.read(0xd000, &mut b), "moved at once");
         assert_eq!(b, [0x33; 4], "I/O BAR through the bus into the VFIO region");
-        assert!(
-            !pio.read().unwrap().read(0xc000, &mut b[..1]),
-            "old range gone"
+        assert!(!pio.read(0xc000, &mut b[..1]), "old range gone");
+        // Over the config ports themselves: refused; they keep working and the BAR
+        // reaches nothing until the guest moves it into its window again.
+        cf8(&pio, 1, 0x10);
+        assert!(pio.write(0xcfc, &0xcf9u32.to_le_bytes()));
+        assert_eq!(pio.owner_at(0xcf8), Some(Owner::VMM));
+        assert!(!pio.read(0xd000, &mut b[..1]));
+        cf8(&pio, 1, 0);
+        assert!(pio.read(0xcfc, &mut b));
+        assert_eq!(
+            u32::from_le_bytes(b),
+            0x5678_1234,
+            "config cycles still work"
         );
+        cf8(&pio, 1, 0x10);
+        assert!(pio.write(0xcfc, &0xd001u32.to_le_bytes()));
+        assert!(pio.read(0xd000, &mut b));
+        assert_eq!(b, [0x33; 4], "back in its window");
     }
 }

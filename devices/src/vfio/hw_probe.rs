@@ -10,7 +10,7 @@
 //! mmaps as real KVM slots, MSI-X enable with a VFIO loopback interrupt arriving on the
 //! vector's eventfd, INTx wiring, reset, and a clean teardown. Lines start with `PROBE`.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -19,7 +19,7 @@ use super::device_fd::{IrqIndex, VfioDeviceOps};
 use super::iommu::DeviceSource;
 use super::testing::RecordingVm;
 use super::vm::kvm::{KvmVmOps, SlotPool};
-use crate::bus::{Bus, BusDevice};
+use crate::bus::{BusDevice, SharedBus};
 use crate::pci::bar::{BarAllocator, Window, DEFAULT_MMIO64_LIMIT};
 use crate::pci::config_space::COMMAND;
 use crate::pci::kvm_routing::Interrupts;
@@ -71,14 +71,16 @@ fn hw_probe() {
         report.elapsed.as_secs_f64() * 1e3
     );
 
-    let (pio, mmio) = (
-        Arc::new(RwLock::new(Bus::new())),
-        Arc::new(RwLock::new(Bus::new())),
-    );
-    let ops =
-        Arc::new(KvmVmOps::new(vm.clone(), Arc::new(SlotPool::new(100, 200)), pio, mmio).unwrap());
-    let routing = Arc::new(RecordingVm::new());
+    let (pio, mmio) = (Arc::new(SharedBus::new()), Arc::new(SharedBus::new()));
     let mut bars = probe_bars();
+    let ops = Arc::new(KvmVmOps::new(
+        vm.clone(),
+        Arc::new(SlotPool::new(100, 200)),
+        &pio,
+        &mmio,
+        bars.windows(),
+    ));
+    let routing = Arc::new(RecordingVm::new());
     let ctx = DeviceContext {
         rom: crate::vfio::device::RomImage::FromDevice,
         multifunction: false,
@@ -88,8 +90,15 @@ fn hw_probe() {
         intx_gsi: Some(10),
         dma: None,
     };
-    let mut d = VfioPciDevice::new("probe", dev.clone(), ctx)
+    let model = VfioPciDevice::new("probe", dev.clone(), ctx)
         .unwrap_or_else(|e| panic!("PROBE FAIL model: {e}"));
+    // On the buses as the VMM puts it there: its slots go only inside its placed BARs.
+    let ranges = model.trapped_ranges();
+    let model = Arc::new(std::sync::Mutex::new(model));
+    ops.set_device(&(model.clone() as Arc<std::sync::Mutex<dyn BusDevice>>));
+    ops.insert_traps(&ranges)
+        .unwrap_or_else(|e| panic!("PROBE FAIL traps: {e}"));
+    let mut d = model.lock().unwrap();
     let id = d.read_config(0);
     println!("PROBE ids {:04x}:{:04x}", id & 0xffff, id >> 16);
     for b in d.bar_summaries() {
@@ -233,9 +242,9 @@ fn probe_bars() -> BarAllocator {
 struct Rig {
     vcpu: kvm_ioctls::VcpuFd,
     dev: Arc<super::iommu::handle::OwnedVfioDevice>,
-    device: VfioPciDevice,
+    device: Arc<std::sync::Mutex<VfioPciDevice>>,
     // The VM ops hold the buses weakly: they must outlive the device model.
-    _buses: (Arc<RwLock<Bus>>, Arc<RwLock<Bus>>),
+    _buses: (Arc<SharedBus>, Arc<SharedBus>),
 }
 
 impl Rig {
@@ -264,30 +273,29 @@ impl Rig {
         };
         let dev = Arc::new(space.open_device(&src).unwrap());
         let routing = Arc::new(Interrupts::new(vm.clone()).unwrap());
-        let (pio, mmio) = (
-            Arc::new(RwLock::new(Bus::new())),
-            Arc::new(RwLock::new(Bus::new())),
-        );
-        let ops = Arc::new(
-            KvmVmOps::new(
-                vm.clone(),
-                Arc::new(SlotPool::new(100, 200)),
-                pio.clone(),
-                mmio.clone(),
-            )
-            .unwrap(),
-        );
+        let (pio, mmio) = (Arc::new(SharedBus::new()), Arc::new(SharedBus::new()));
         let mut bars = probe_bars();
+        let ops = Arc::new(KvmVmOps::new(
+            vm.clone(),
+            Arc::new(SlotPool::new(100, 200)),
+            &pio,
+            &mmio,
+            bars.windows(),
+        ));
         let ctx = DeviceContext {
             rom: crate::vfio::device::RomImage::FromDevice,
             multifunction: false,
-            vm: ops,
+            vm: ops.clone(),
             routing,
             bars: &mut bars,
             intx_gsi: Some(intx_gsi),
             dma: None,
         };
         let device = VfioPciDevice::new("probe", dev.clone(), ctx).unwrap();
+        let ranges = device.trapped_ranges();
+        let device = Arc::new(std::sync::Mutex::new(device));
+        ops.set_device(&(device.clone() as Arc<std::sync::Mutex<dyn BusDevice>>));
+        ops.insert_traps(&ranges).unwrap();
         Rig {
             vcpu,
             dev,
@@ -308,7 +316,8 @@ fn hw_probe_kvm_msix() {
         return;
     };
     let rig = Rig::new(&sysfs, 16, |_| ());
-    let (vcpu, dev, mut d) = (rig.vcpu, rig.dev, rig.device);
+    let (vcpu, dev, device) = (rig.vcpu, rig.dev, rig.device);
+    let mut d = device.lock().unwrap();
     let Some(cap) = d.msix_model().map(|m| *m.cap()) else {
         println!("PROBE no MSI-X");
         return;
@@ -372,7 +381,8 @@ fn hw_probe_kvm_intx() {
         return;
     };
     let rig = Rig::new(&sysfs, 17, |vm| program_ioapic_pin(vm, 17, 0x51));
-    let (vcpu, dev, d) = (rig.vcpu, rig.dev, rig.device);
+    let (vcpu, dev, device) = (rig.vcpu, rig.dev, rig.device);
+    let d = device.lock().unwrap();
     println!(
         "PROBE kvm intx gsi={:?} userspace_eoi={}",
         d.intx_gsi(),

@@ -34,7 +34,7 @@ accepted forms:
   /dev/vfio/N                          an IOMMU group (every device in it; add ,bdf=... for one)
   /sys/bus/mdev/devices/<uuid>         a mediated device
   fd=N                                 an open VFIO cdev fd from a launcher (with --iommufd-fd)
-options: path=FORM, id=NAME, bdf=BDF (with a group), managed=on|off,
+options: path=FORM, id=NAME, bdf=BDF (with a group), managed=on|off|force,
          rombar=on|off, romfile=PATH (the guest's expansion ROM),
          addr=SLOT[.FN] (hex: where the guest sees it on bus 0)";
 
@@ -216,6 +216,9 @@ pub struct DeviceSpec {
     pub bdf: Option<Bdf>,
     /// `managed=on`: bind to vfio-pci for the VM's life and restore afterwards.
     pub managed: bool,
+    /// `managed=force`: bind even while the host uses the device (a mount, an up
+    /// interface, the boot VGA, a console), which `managed=on` refuses.
+    pub managed_force: bool,
     /// `rombar=` / `romfile=`: what the guest's expansion ROM BAR shows.
     pub rom: RomChoice,
     /// `addr=SLOT[.FN]`: where the guest sees it.
@@ -367,15 +370,16 @@ pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, NamingError> {
         });
     }
 
-    let managed = match managed {
-        None | Some("off") => false,
-        Some("on") => true,
+    let (managed, managed_force) = match managed {
+        None | Some("off") => (false, false),
+        Some("on") => (true, false),
+        Some("force") => (true, true),
         Some(v) => {
             return Err(NamingError::BadValue {
                 given,
                 key: "managed",
                 value: v.to_string(),
-                why: "expected on or off".into(),
+                why: "expected on or off (or force: bind even while the host uses it)".into(),
             })
         }
     };
@@ -430,6 +434,7 @@ pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, NamingError> {
         id,
         bdf,
         managed,
+        managed_force,
         rom,
         addr,
     })

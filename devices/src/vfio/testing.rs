@@ -11,7 +11,7 @@ use super::device_fd::{
     DeviceFdError, IrqIndex, IrqInfo, RegionInfo, VfioDeviceOps, CONFIG_REGION,
 };
 use super::vm::{AddressSpace, VmOps, VmOpsError};
-use crate::bus::{Bus, BusDevice};
+use crate::bus::{Bus, BusDevice, Owner};
 use crate::pci::route_table::RouteTable;
 use crate::pci::{InterruptRouting, MsiMessage, RoutingError};
 use crate::size::PAGE_SIZE;
@@ -225,6 +225,8 @@ struct VmState {
     /// same code as in the VMM.
     pio: Bus,
     mmio: Bus,
+    /// The device's owner on the buses (made on first use).
+    owner: Option<Owner>,
 }
 
 /// What the fake buses route to: nothing reads through them.
@@ -290,10 +292,25 @@ impl RecordingVm {
     /// trapped ranges go on the buses. Not recorded as calls: the device did not ask.
     pub fn insert_traps(&self, ranges: &[(AddressSpace, u64, u64)]) {
         let mut s = self.state.lock().unwrap();
+        let owner = s.owner();
         for &(space, base, len) in ranges {
             let dev: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(NoDevice));
-            s.bus(space).insert(dev, base, len).unwrap();
+            s.bus(space).insert(owner, dev, base, len).unwrap();
         }
+    }
+    /// Puts a range of the VMM's own on a bus (a platform device the guest may aim at).
+    pub fn occupy(&self, space: AddressSpace, base: u64, len: u64) {
+        let dev: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(NoDevice));
+        self.state
+            .lock()
+            .unwrap()
+            .bus(space)
+            .insert(Owner::VMM, dev, base, len)
+            .unwrap();
+    }
+    /// Who holds `addr` on a bus.
+    pub fn owner_at(&self, space: AddressSpace, addr: u64) -> Option<Owner> {
+        self.state.lock().unwrap().bus(space).owner_at(addr)
     }
     /// Live memory slots as (gpa, size, host address).
     pub fn slots(&self) -> Vec<(u64, u64, u64)> {
@@ -327,16 +344,18 @@ impl VmOps for RecordingVm {
     fn register_trap(&self, space: AddressSpace, base: u64, len: u64) -> Result<(), VmOpsError> {
         let mut s = self.state.lock().unwrap();
         let dev: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(NoDevice));
+        let owner = s.owner();
         s.bus(space)
-            .insert(dev, base, len)
-            .map_err(|e| VmOpsError::Other(e.to_string()))?;
+            .insert(owner, dev, base, len)
+            .map_err(|e| VmOpsError::Refused(e.to_string()))?;
         s.calls.push(VmCall::Trap(space, base, len));
         Ok(())
     }
     fn unregister_trap(&self, space: AddressSpace, base: u64) -> Result<(), VmOpsError> {
         let mut s = self.state.lock().unwrap();
+        let owner = s.owner();
         s.bus(space)
-            .remove(base)
+            .remove(owner, base)
             .map_err(|e| VmOpsError::Other(e.to_string()))?;
         s.calls.push(VmCall::Untrap(space, base));
         Ok(())
@@ -344,6 +363,10 @@ impl VmOps for RecordingVm {
 }
 
 impl VmState {
+    fn owner(&mut self) -> Owner {
+        *self.owner.get_or_insert_with(Owner::unique)
+    }
+
     fn bus(&mut self, space: AddressSpace) -> &mut Bus {
         match space {
             AddressSpace::Pio => &mut self.pio,

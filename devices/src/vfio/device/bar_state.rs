@@ -95,7 +95,12 @@ impl VfioPciDevice {
         } else {
             COMMAND_MEMORY
         };
-        self.command & bit != 0
+        self.command & bit != 0 && !self.d3hot
+    }
+
+    /// Whether memory BARs (and the ROM) decode: memory decode on, not in D3hot.
+    fn memory_decodes(&self) -> bool {
+        self.command & COMMAND_MEMORY != 0 && !self.d3hot
     }
 
     pub(super) fn usable_addr(b: &Bar) -> Option<u64> {
@@ -111,7 +116,7 @@ impl VfioPciDevice {
 
     /// Whether the ROM decodes at `base` right now.
     pub(super) fn rom_at(&self, base: u64) -> bool {
-        let memory_on = self.command & COMMAND_MEMORY != 0;
+        let memory_on = self.memory_decodes();
         self.rom
             .as_ref()
             .is_some_and(|r| r.trap_base == Some(base) && r.decoding_at(memory_on) == Some(base))
@@ -119,7 +124,7 @@ impl VfioPciDevice {
 
     /// Puts the ROM's trap where it decodes (or nowhere when it does not).
     pub(super) fn sync_rom(&mut self) {
-        let memory_on = self.command & COMMAND_MEMORY != 0;
+        let memory_on = self.memory_decodes();
         let Some(r) = self.rom.as_mut() else {
             return;
         };
@@ -129,13 +134,13 @@ impl VfioPciDevice {
         }
         if let Some(old) = r.trap_base.take() {
             if let Err(e) = self.vm.unregister_trap(AddressSpace::Mmio, old) {
-                log::warn!("{}: ROM at {old:#x}: {e}", self.name);
+                crate::warn_limited!("{}: ROM at {old:#x}: {e}", self.name);
             }
         }
         if let Some(addr) = want {
             match self.vm.register_trap(AddressSpace::Mmio, addr, r.size()) {
                 Ok(()) => r.trap_base = Some(addr),
-                Err(e) => log::warn!("{}: ROM at {addr:#x}: {e}", self.name),
+                Err(e) => crate::warn_limited!("{}: ROM at {addr:#x}: {e}", self.name),
             }
         }
     }
@@ -159,7 +164,16 @@ impl VfioPciDevice {
         }
     }
 
+    /// Makes BAR `i` decode at `addr`: its range first (the VM refuses one that would
+    /// cover RAM, the platform, another device or lie outside the windows), then its
+    /// slots inside it. A refused BAR stays unplaced until the guest moves it again: its
+    /// accesses reach nothing, which breaks only this device.
     fn map_bar(&mut self, i: usize, addr: u64) {
+        self.bars[i].mapped_at = Some(addr);
+        self.move_trap(i, addr);
+        if self.bars[i].trap_base != Some(addr) {
+            return;
+        }
         let vm = self.vm.clone();
         let b = &mut self.bars[i];
         for a in b.areas.iter_mut() {
@@ -170,15 +184,13 @@ impl VfioPciDevice {
             }
             match vm.add_memslot(gpa, a.size, a.host_addr()) {
                 Ok(slot) => a.slot = Some(slot),
-                Err(e) => log::warn!(
+                Err(e) => crate::warn_limited!(
                     "{}: BAR{} at {gpa:#x}: {e}; that area will trap",
                     self.name,
                     b.index
                 ),
             }
         }
-        b.mapped_at = Some(addr);
-        self.move_trap(i, addr);
     }
 
     /// Points the VMM's trap for BAR `i` at `addr` (no-op when it is already there).
@@ -189,12 +201,17 @@ impl VfioPciDevice {
         }
         if let Some(old) = b.trap_base.take() {
             if let Err(e) = self.vm.unregister_trap(b.space(), old) {
-                log::warn!("{}: BAR{} at {old:#x}: {e}", self.name, b.index);
+                crate::warn_limited!("{}: BAR{} at {old:#x}: {e}", self.name, b.index);
             }
         }
         match self.vm.register_trap(b.space(), addr, b.state.size) {
             Ok(()) => b.trap_base = Some(addr),
-            Err(e) => log::warn!("{}: BAR{} at {addr:#x}: {e}", self.name, b.index),
+            Err(e) => crate::warn_limited!(
+                "{}: BAR{} cannot decode at {addr:#x}: {e}; it stays unmapped until the guest \
+                 moves it",
+                self.name,
+                b.index
+            ),
         }
     }
 
@@ -207,7 +224,7 @@ impl VfioPciDevice {
         for a in b.areas.iter_mut() {
             if let Some(slot) = a.slot.take() {
                 if let Err(e) = vm.remove_memslot(slot) {
-                    log::warn!("{}: BAR{}: {e}", self.name, b.index);
+                    crate::warn_limited!("{}: BAR{}: {e}", self.name, b.index);
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Config-space reads and writes: the device's registers overlaid with ours, BAR
 //! registers emulated, MSI and MSI-X capabilities routed to their models.
 
-use super::VfioPciDevice;
+use super::{VfioPciDevice, PM_D3HOT, PM_STATE_MASK};
 use crate::pci::bar::{BAR0_OFFSET, NUM_BARS, ROM_BAR_OFFSET};
 use crate::pci::config_space::{merge_write, write_lanes, COMMAND, COMMAND_MASTER};
 use crate::vfio::device_fd::CONFIG_REGION;
@@ -109,6 +109,15 @@ impl VfioPciDevice {
             }
         }
         let data = &*data;
+        // D3hot: vfio-pci revokes the BAR mmaps before the device enters it and restores
+        // them after it leaves, as for memory decode: the slots follow the same order.
+        let new_d3hot = (Some(off) == self.pmcsr && write_lanes(offset, data.len()) & 0xff != 0)
+            .then(|| merge_write(self.read_config(off), offset, data) & PM_STATE_MASK == PM_D3HOT)
+            .filter(|&d3| d3 != self.d3hot);
+        if new_d3hot == Some(true) {
+            self.d3hot = true;
+            self.sync_bar_mappings();
+        }
         if let Some(new) = new_command {
             // Slots go before the device stops decoding and come after it starts: vfio-pci
             // revokes BAR mmaps while decode is off, and a guest access through a slot
@@ -121,6 +130,10 @@ impl VfioPciDevice {
         }
         if let Some(new) = new_command {
             self.command = new;
+            self.sync_bar_mappings();
+        }
+        if new_d3hot == Some(false) {
+            self.d3hot = false;
             self.sync_bar_mappings();
         }
     }
@@ -144,7 +157,7 @@ impl VfioPciDevice {
             }
             Ok(_) => true,
             Err(why) => {
-                log::error!("{}: bus mastering refused: {why}", self.name);
+                crate::error_limited!("{}: bus mastering refused: {why}", self.name);
                 false
             }
         }

@@ -74,14 +74,14 @@ impl Intx {
         if let Err(e) =
             routing.register_irqfd_with_resample(&self.trigger, &self.resample, self.gsi)
         {
-            log::error!(
+            crate::error_limited!(
                 "VFIO: INTx on GSI {}: {e}; the device's legacy interrupt will not arrive",
                 self.gsi
             );
             return;
         }
         if let Err(e) = dev.enable_irq(IrqIndex::Intx, &[&self.trigger]) {
-            log::error!("VFIO: {e}; the device's legacy interrupt will not arrive");
+            crate::error_limited!("VFIO: {e}; the device's legacy interrupt will not arrive");
             let _ = routing.unregister_irqfd(&self.trigger, self.gsi);
             return;
         }
@@ -103,10 +103,10 @@ impl Intx {
             return;
         }
         if let Err(e) = dev.disable_irq(IrqIndex::Intx) {
-            log::warn!("VFIO: {e}");
+            crate::warn_limited!("VFIO: {e}");
         }
         if let Err(e) = routing.unregister_irqfd(&self.trigger, self.gsi) {
-            log::warn!("VFIO: INTx irqfd on GSI {}: {e}", self.gsi);
+            crate::warn_limited!("VFIO: INTx irqfd on GSI {}: {e}", self.gsi);
         }
         self.enabled = false;
         self.kernel_unmask = false;

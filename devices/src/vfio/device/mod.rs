@@ -58,6 +58,12 @@ use rom::Rom;
 pub use rom::RomImage;
 
 /// Extended capabilities never shown to the guest.
+/// PMCSR's offset in the power-management capability.
+const PMCSR_OFFSET: usize = 4;
+/// PMCSR's PowerState field and its D3hot value.
+const PM_STATE_MASK: u32 = 0x3;
+const PM_D3HOT: u32 = 0x3;
+
 const HIDDEN_EXT_CAPS: [u16; 3] = [ext_id::SRIOV, ext_id::RESIZABLE_BAR, ext_id::ARI];
 
 /// Building the device model failed.
@@ -156,6 +162,11 @@ pub struct VfioPciDevice {
     rom: Option<Rom>,
     /// See [`DeviceContext::dma`].
     dma: Option<Arc<DmaGate>>,
+    /// The power-management control/status register (PMCSR), when the device has PM.
+    pmcsr: Option<usize>,
+    /// The guest put the device in D3hot: vfio-pci revokes its BAR mmaps then, so its
+    /// slots are down (as with memory decode off) and BAR accesses read all-ones.
+    d3hot: bool,
 }
 
 fn rd32(cfg: &[u8], off: usize) -> u32 {
@@ -377,6 +388,11 @@ impl VfioPciDevice {
         }
 
         let command = u16::from_le_bytes([cfg[COMMAND], cfg[COMMAND + 1]]);
+        let pmcsr = std_caps
+            .iter()
+            .find(|c| c.id == id::PM)
+            .map(|c| c.offset + PMCSR_OFFSET)
+            .filter(|&o| o + 4 <= PCI_CONFIG_SIZE);
         let mut d = Self {
             name,
             dev,
@@ -391,6 +407,8 @@ impl VfioPciDevice {
             intx,
             rom,
             dma: ctx.dma,
+            pmcsr,
+            d3hot: false,
         };
         // Whatever the host left enabled stays off until the guest's driver enables it.
         d.stop_decode_and_dma();

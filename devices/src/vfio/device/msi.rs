@@ -198,7 +198,7 @@ impl Msi {
         for i in 0..self.vectors.len() {
             let want = self.wanted(i);
             if let Err(e) = self.vectors[i].sync(want, routing) {
-                log::error!("VFIO: MSI vector {i}: {e}");
+                crate::error_limited!("VFIO: MSI vector {i}: {e}");
             }
         }
     }
@@ -211,9 +211,9 @@ impl Msi {
             .map(|v| &v.eventfd)
             .collect();
         if fds.is_empty() {
-            log::warn!("VFIO: the device reports no MSI vectors; MSI stays silent");
+            crate::warn_limited!("VFIO: the device reports no MSI vectors; MSI stays silent");
         } else if let Err(e) = dev.enable_irq(IrqIndex::Msi, &fds) {
-            log::error!("VFIO: {e}; the guest's MSI interrupts will not arrive");
+            crate::error_limited!("VFIO: {e}; the guest's MSI interrupts will not arrive");
         }
         self.sync(routing);
     }
@@ -223,7 +223,7 @@ impl Msi {
         self.sync(routing);
         self.live = 0;
         if let Err(e) = dev.disable_irq(IrqIndex::Msi) {
-            log::warn!("VFIO: {e}");
+            crate::warn_limited!("VFIO: {e}");
         }
     }
 

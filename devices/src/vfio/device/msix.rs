@@ -150,9 +150,13 @@ impl Msix {
                 self.enabled = true;
                 let fds: Vec<_> = self.vectors.iter().map(|v| &v.eventfd).collect();
                 if fds.is_empty() {
-                    log::warn!("VFIO: the device reports no MSI-X vectors; MSI-X stays silent");
+                    crate::warn_limited!(
+                        "VFIO: the device reports no MSI-X vectors; MSI-X stays silent"
+                    );
                 } else if let Err(e) = dev.enable_irq(IrqIndex::Msix, &fds) {
-                    log::error!("VFIO: {e}; the guest's MSI-X interrupts will not arrive");
+                    crate::error_limited!(
+                        "VFIO: {e}; the guest's MSI-X interrupts will not arrive"
+                    );
                 }
                 self.sync_all(routing);
             }
@@ -160,7 +164,7 @@ impl Msix {
                 self.enabled = false;
                 self.sync_all(routing);
                 if let Err(e) = dev.disable_irq(IrqIndex::Msix) {
-                    log::warn!("VFIO: {e}");
+                    crate::warn_limited!("VFIO: {e}");
                 }
             }
             _ => self.sync_all(routing),
@@ -181,7 +185,7 @@ impl Msix {
         let want = self.wanted(i);
         if let Some(v) = self.vectors.get_mut(i) {
             if let Err(e) = v.sync(want, routing) {
-                log::error!("VFIO: MSI-X vector {i}: {e}");
+                crate::error_limited!("VFIO: MSI-X vector {i}: {e}");
             }
         }
     }
@@ -267,7 +271,7 @@ impl Msix {
         }
         if self.enabled {
             if let Err(e) = dev.disable_irq(IrqIndex::Msix) {
-                log::warn!("VFIO: {e}");
+                crate::warn_limited!("VFIO: {e}");
             }
         }
         self.enabled = false;

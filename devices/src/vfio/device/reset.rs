@@ -16,6 +16,8 @@ impl VfioPciDevice {
             Ok(_) => {}
             Err(e) => log::warn!("{}: {e}", self.name),
         }
+        // A reset device is in D0.
+        self.d3hot = false;
         for i in 0..self.bars.len() {
             let b = &mut self.bars[i];
             b.state.addr = b.initial_addr;

@@ -782,3 +782,89 @@ fn bus_mastering_waits_for_the_dma_map_and_is_refused_when_the_map_failed() {
         "the guest reads it clear"
     );
 }
+
+/// `fake()` with a power-management capability at 0x40 (PMCSR at 0x44) before MSI.
+fn fake_with_pm() -> FakeDevice {
+    let d = fake();
+    {
+        let mut cfg = d.regions[&CONFIG_REGION].1.lock().unwrap();
+        cfg[0x34] = 0x40;
+        put32(&mut cfg, 0x40, 0x0003_5001); // PM, next 0x50, version 3
+    }
+    d
+}
+
+#[test]
+fn d3hot_takes_the_slots_down_first_and_brings_them_back_after_d0() {
+    let (mut dev, d, vm) = build(fake_with_pm());
+    d.watch_slots(vm.clone());
+    dev.write_config(COMMAND, 0, &[0x03]);
+    let on = vm.slots().len();
+    assert!(on > 0);
+    let bar3 = dev.bar_summaries()[2].addr;
+    let mut b = [0u8; 4];
+    BusDevice::read(&mut dev, bar3, 0, &mut b);
+    assert_eq!(b, [0x22; 4]);
+    w(&mut dev, 0x44, 0x3); // D3hot
+    assert!(vm.slots().is_empty());
+    assert_eq!(
+        d.slots_seen_at_last_write(),
+        Some(0),
+        "no slot left when the device enters D3hot (vfio-pci revokes the mmaps)"
+    );
+    // In between: reads are all-ones, writes are dropped, the VM goes on.
+    BusDevice::read(&mut dev, bar3, 0, &mut b);
+    assert_eq!(b, [0xff; 4]);
+    BusDevice::write(&mut dev, bar3, 0, &[1, 2, 3, 4]);
+    // Memory decode toggled in D3hot still maps nothing; PME bits keep D3hot.
+    dev.write_config(COMMAND, 0, &[0x01]);
+    dev.write_config(COMMAND, 0, &[0x03]);
+    w(&mut dev, 0x44, 0x8103);
+    assert!(vm.slots().is_empty());
+    w(&mut dev, 0x44, 0x0); // D0
+    assert_eq!(vm.slots().len(), on);
+    assert_eq!(
+        d.slots_seen_at_last_write(),
+        Some(0),
+        "slots only once the device is back in D0"
+    );
+    BusDevice::read(&mut dev, bar3, 0, &mut b);
+    assert_eq!(b, [0x22; 4], "the write in D3hot never reached the device");
+    // A reboot's reset leaves D3hot behind.
+    w(&mut dev, 0x44, 0x3);
+    dev.reset();
+    dev.write_config(COMMAND, 0, &[0x03]);
+    assert_eq!(vm.slots().len(), on);
+}
+
+#[test]
+fn a_bar_moved_over_another_owner_stays_unmapped_until_moved_away() {
+    let (mut dev, _d, vm) = build(fake());
+    dev.write_config(COMMAND, 0, &[0x03]);
+    let bar3 = dev.bar_summaries()[2].addr;
+    let before = vm.slots().len();
+    // The VMM's own range (a platform device) where the guest aims BAR3.
+    vm.occupy(AddressSpace::Mmio, 0xd000_0000, 0x1000);
+    w(&mut dev, 0x1c, 0xd000_0000);
+    assert!(
+        !dev.trapped_ranges().iter().any(|r| r.1 == 0xd000_0000),
+        "no record of a refused range"
+    );
+    assert_eq!(
+        vm.owner_at(AddressSpace::Mmio, 0xd000_0000),
+        Some(crate::bus::Owner::VMM)
+    );
+    assert_eq!(vm.slots().len(), before - 1, "BAR3's slot went, none came");
+    let mut b = [0u8; 4];
+    BusDevice::read(&mut dev, 0xd000_0000, 0, &mut b);
+    assert_eq!(b, [0xff; 4]);
+    // A second move must not take the VMM's range down on the way.
+    w(&mut dev, 0x1c, bar3 as u32);
+    assert_eq!(
+        vm.owner_at(AddressSpace::Mmio, 0xd000_0000),
+        Some(crate::bus::Owner::VMM)
+    );
+    assert_eq!(vm.slots().len(), before);
+    BusDevice::read(&mut dev, bar3, 0, &mut b);
+    assert_eq!(b, [0x22; 4]);
+}

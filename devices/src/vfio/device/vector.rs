@@ -91,11 +91,11 @@ impl Vector {
     /// Quiets the vector and gives its GSI back.
     pub fn release(&mut self, routing: &dyn InterruptRouting) {
         if let Err(e) = self.sync(None, routing) {
-            log::warn!("VFIO: could not quiet an MSI vector: {e}");
+            crate::warn_limited!("VFIO: could not quiet an MSI vector: {e}");
         }
         if let Some(g) = self.gsi.take() {
             if let Err(e) = routing.free_gsi(g) {
-                log::warn!("VFIO: could not free GSI {g}: {e}");
+                crate::warn_limited!("VFIO: could not free GSI {g}: {e}");
             }
         }
     }

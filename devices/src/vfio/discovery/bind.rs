@@ -15,6 +15,7 @@ use log::{info, warn};
 
 use super::error::DiscoveryError;
 use super::group::is_vfio_driver_name;
+use super::host_use::host_uses;
 use super::sysfs::{attr, link_name, Roots};
 use crate::vfio::naming::Bdf;
 
@@ -122,14 +123,34 @@ fn override_value(dir: &Path) -> Option<String> {
     attr(dir, "driver_override").filter(|v| v != "(null)" && !v.is_empty())
 }
 
-/// Binds `bdf` to vfio-pci, recording its driver under `roots.state`.
-pub fn bind(bdf: &Bdf, roots: &Roots, w: &dyn SysfsWriter) -> Result<BindOutcome, DiscoveryError> {
+/// Binds `bdf` to vfio-pci, recording its driver under `roots.state`. A device the host
+/// still uses ([`host_uses`]: a mounted filesystem, an up interface with addresses, the
+/// boot VGA, a console) is refused with the uses named, unless `force`.
+pub fn bind(
+    bdf: &Bdf,
+    roots: &Roots,
+    w: &dyn SysfsWriter,
+    force: bool,
+) -> Result<BindOutcome, DiscoveryError> {
     let dir = device_dir(bdf, roots)?;
     let current = link_name(&dir.join("driver"));
     if let Some(d) = current.as_deref().filter(|d| is_vfio_driver_name(d)) {
         return Ok(BindOutcome::AlreadyBound {
             driver: d.to_string(),
         });
+    }
+    let uses = host_uses(&dir, roots);
+    if !uses.is_empty() {
+        if !force {
+            return Err(DiscoveryError::InUseByHost {
+                device: bdf.to_string(),
+                uses,
+            });
+        }
+        warn!(
+            "{bdf}: taken from the host although {} (--force)",
+            uses.join("; ")
+        );
     }
     if !dir.join("iommu_group").exists() {
         return Err(step_err(
@@ -291,9 +312,10 @@ impl std::fmt::Debug for ManagedBinding {
 }
 
 impl ManagedBinding {
-    /// Binds `bdf` to vfio-pci through the real sysfs.
-    pub fn new(bdf: Bdf, roots: &Roots) -> Result<Self, DiscoveryError> {
-        Self::with_writer(bdf, roots, Box::new(KernelSysfs))
+    /// Binds `bdf` to vfio-pci through the real sysfs (refused while the host uses
+    /// it, unless `force`: [`bind`]).
+    pub fn new(bdf: Bdf, roots: &Roots, force: bool) -> Result<Self, DiscoveryError> {
+        Self::with_writer(bdf, roots, Box::new(KernelSysfs), force)
     }
 
     /// Binds through a given writer (tests).
@@ -301,8 +323,9 @@ impl ManagedBinding {
         bdf: Bdf,
         roots: &Roots,
         writer: Box<dyn SysfsWriter + Send + Sync>,
+        force: bool,
     ) -> Result<Self, DiscoveryError> {
-        let outcome = bind(&bdf, roots, writer.as_ref())?;
+        let outcome = bind(&bdf, roots, writer.as_ref(), force)?;
         Ok(ManagedBinding {
             bdf,
             roots: roots.clone(),

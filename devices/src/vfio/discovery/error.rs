@@ -96,6 +96,18 @@ pub enum DiscoveryError {
         /// What went wrong and the fix.
         why: String,
     },
+    /// The host still uses the device (`bind`, `managed=on`); nothing was changed.
+    #[error(
+        "{device}: the host is using it: {}; nothing was changed. Free it first, or take \
+         it anyway with `passvm bind --force` or managed=force",
+        uses.join("; ")
+    )]
+    InUseByHost {
+        /// The device.
+        device: String,
+        /// Each use, with what frees it.
+        uses: Vec<String>,
+    },
     /// An unexpected I/O failure on a host file.
     #[error("{}: {source}", path.display())]
     Io {

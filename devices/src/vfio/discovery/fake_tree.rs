@@ -48,6 +48,7 @@ impl FakeHost {
             sys: tmp.path().join("sys"),
             dev: tmp.path().join("dev"),
             state: tmp.path().join("run"),
+            proc: tmp.path().join("proc"),
         };
         for d in [
             "devices/pci0000:00",

@@ -137,6 +137,7 @@ mod tests {
             sys: t.path().join("sys"),
             dev: t.path().join("dev"),
             state: t.path().join("run"),
+            proc: t.path().join("proc"),
         }
     }
 

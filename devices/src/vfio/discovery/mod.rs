@@ -33,6 +33,7 @@ pub(crate) mod bind;
 pub mod class_names;
 pub(crate) mod error;
 pub mod group;
+pub mod host_use;
 pub mod inventory;
 pub mod irq_remap;
 pub(crate) mod model;

@@ -82,6 +82,8 @@ pub struct ResolvedDevice {
     pub id: Option<String>,
     /// `managed=on`.
     pub managed: bool,
+    /// `managed=force`: bound even while the host uses it.
+    pub managed_force: bool,
     /// `rombar=` / `romfile=`.
     pub rom: RomChoice,
     /// `addr=`.

@@ -195,7 +195,7 @@ impl Plan {
             let Some(bdf) = d.bdf else {
                 continue;
             };
-            guards.push(ManagedBinding::new(bdf, &self.roots)?);
+            guards.push(ManagedBinding::new(bdf, &self.roots, d.managed_force)?);
         }
         let plan = plan(
             &self.specs,

@@ -29,6 +29,7 @@ pub fn resolve(spec: &DeviceSpec, roots: &Roots) -> Result<Vec<ResolvedDevice>, 
         d.fd = fd;
         d.id = spec.id.clone();
         d.managed = spec.managed;
+        d.managed_force = spec.managed_force;
         d.rom = spec.rom.clone();
         d.addr = spec.addr;
         out.push(d);
@@ -379,6 +380,7 @@ pub(crate) fn describe(
         fd: None,
         id: None,
         managed: false,
+        managed_force: false,
         rom: RomChoice::Device,
         addr: None,
         sysfs,

@@ -16,6 +16,8 @@ pub struct Roots {
     pub dev: PathBuf,
     /// Where `passvm bind` remembers original drivers (`/run/passvm`).
     pub state: PathBuf,
+    /// The procfs mount (`/proc`): mounts, swaps, routes and consoles.
+    pub proc: PathBuf,
 }
 
 impl Roots {
@@ -25,6 +27,7 @@ impl Roots {
             sys: "/sys".into(),
             dev: "/dev".into(),
             state: "/run/passvm".into(),
+            proc: "/proc".into(),
         }
     }
 
@@ -143,6 +146,7 @@ mod tests {
             sys: t.path().join("sys"),
             dev: t.path().join("dev"),
             state: t.path().join("run"),
+            proc: t.path().join("proc"),
         };
         fs::create_dir_all(&roots.sys).unwrap();
         fs::create_dir_all(&roots.dev).unwrap();

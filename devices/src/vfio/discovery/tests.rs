@@ -660,7 +660,7 @@ fn bind_then_unbind_restores_the_original_driver() {
         host_sys: h.roots.sys.clone(),
     };
     let bdf = "0000:00:05.0".parse().unwrap();
-    let out = bind(&bdf, &h.roots, &k).unwrap();
+    let out = bind(&bdf, &h.roots, &k, false).unwrap();
     assert_eq!(
         out,
         BindOutcome::Bound {
@@ -676,7 +676,7 @@ fn bind_then_unbind_restores_the_original_driver() {
     assert!(record.contains("driver=e1000e"), "{record}");
     // Binding again is a no-op.
     assert!(matches!(
-        bind(&bdf, &h.roots, &k).unwrap(),
+        bind(&bdf, &h.roots, &k, false).unwrap(),
         BindOutcome::AlreadyBound { .. }
     ));
 
@@ -711,12 +711,12 @@ fn bind_errors_are_explained() {
     let k = FakeKernel {
         host_sys: h.roots.sys.clone(),
     };
-    let e = bind(&"00:09.0".parse().unwrap(), &h.roots, &k)
+    let e = bind(&"00:09.0".parse().unwrap(), &h.roots, &k, false)
         .unwrap_err()
         .to_string();
     assert!(e.contains("does not exist"), "{e}");
     h.pci("0000:00:07.0", STORAGE, Some("e1000e"), None);
-    let e = bind(&"00:07.0".parse().unwrap(), &h.roots, &k)
+    let e = bind(&"00:07.0".parse().unwrap(), &h.roots, &k, false)
         .unwrap_err()
         .to_string();
     assert!(
@@ -725,7 +725,7 @@ fn bind_errors_are_explained() {
     );
     h.pci("0000:00:05.0", STORAGE, Some("e1000e"), Some(2));
     fs::remove_dir(h.sys("bus/pci/drivers/vfio-pci")).unwrap();
-    let e = bind(&"00:05.0".parse().unwrap(), &h.roots, &k)
+    let e = bind(&"00:05.0".parse().unwrap(), &h.roots, &k, false)
         .unwrap_err()
         .to_string();
     assert!(e.contains("modprobe vfio-pci"), "{e}");
@@ -740,7 +740,8 @@ fn managed_binding_restores_on_drop() {
     };
     {
         let g =
-            ManagedBinding::with_writer("00:05.0".parse().unwrap(), &h.roots, Box::new(k)).unwrap();
+            ManagedBinding::with_writer("00:05.0".parse().unwrap(), &h.roots, Box::new(k), false)
+                .unwrap();
         assert_eq!(g.bdf().to_string(), "0000:00:05.0");
         assert_eq!(link_name(&dir.join("driver")).as_deref(), Some("vfio-pci"));
     }
@@ -751,7 +752,10 @@ fn managed_binding_restores_on_drop() {
     let k = FakeKernel {
         host_sys: h.roots.sys.clone(),
     };
-    drop(ManagedBinding::with_writer("00:06.0".parse().unwrap(), &h.roots, Box::new(k)).unwrap());
+    drop(
+        ManagedBinding::with_writer("00:06.0".parse().unwrap(), &h.roots, Box::new(k), false)
+            .unwrap(),
+    );
     assert_eq!(
         link_name(&other.join("driver")).as_deref(),
         Some("vfio-pci")
@@ -790,10 +794,105 @@ fn a_failed_bind_gives_the_device_back() {
             host_sys: h.roots.sys.clone(),
         },
     };
-    let e = bind(&"00:05.0".parse().unwrap(), &h.roots, &k)
+    let e = bind(&"00:05.0".parse().unwrap(), &h.roots, &k, false)
         .unwrap_err()
         .to_string();
     assert!(e.contains("given back to e1000e"), "{e}");
     assert_eq!(link_name(&dir.join("driver")).as_deref(), Some("e1000e"));
     assert!(!h.roots.state.join("bind/0000:00:05.0").exists());
+}
+
+fn put(path: &Path, text: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
+}
+
+/// The host's uses of a device, each named: a mounted partition, swap, a holder, an up
+/// interface with routes or addresses, the boot VGA, a console; bind refuses them and
+/// changes nothing, `force` binds anyway.
+#[test]
+fn bind_refuses_a_device_the_host_uses_unless_forced() {
+    let h = FakeHost::new();
+    let dir = h.pci("0000:00:05.0", STORAGE, Some("e1000e"), Some(2));
+    let k = || FakeKernel {
+        host_sys: h.roots.sys.clone(),
+    };
+    let bdf: crate::vfio::naming::Bdf = "00:05.0".parse().unwrap();
+    let uses = || crate::vfio::discovery::host_use::host_uses(&dir, &h.roots);
+    assert!(uses().is_empty(), "a device with nothing on it");
+    // An nvme disk with two partitions: p1 mounted at /boot, p2 swap; the disk itself is
+    // held by device-mapper.
+    let disk = dir.join("nvme/nvme0/nvme0n1");
+    put(&disk.join("dev"), "259:0\n");
+    put(&disk.join("size"), "1000\n");
+    for (p, dev) in [("nvme0n1p1", "259:1"), ("nvme0n1p2", "259:2")] {
+        put(&disk.join(p).join("dev"), &format!("{dev}\n"));
+        put(&disk.join(p).join("partition"), "1\n");
+    }
+    fs::create_dir_all(disk.join("holders/dm-0")).unwrap();
+    put(
+        &h.roots.proc.join("self/mountinfo"),
+        "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n36 22 259:1 / /boot rw,relatime - ext4 /dev/nvme0n1p1 rw\n",
+    );
+    put(
+        &h.roots.proc.join("swaps"),
+        "Filename Type Size Used Priority\n/dev/nvme0n1p2 partition 8388604 0 -2\n",
+    );
+    // A NIC function's interface: up, with an IPv4 route; another up with only a
+    // link-local IPv6 address (not a use); a third down.
+    for (iface, flags) in [("eth0", "0x1003"), ("eth1", "0x1003"), ("eth2", "0x1002")] {
+        put(
+            &dir.join("net").join(iface).join("flags"),
+            &format!("{flags}\n"),
+        );
+    }
+    put(
+        &h.roots.proc.join("net/route"),
+        "Iface\tDestination\tGateway\tFlags\nsda0\t00000000\t0102A8C0\t0003\neth0\t0000A8C0\t00000000\t0001\n",
+    );
+    put(
+        &h.roots.proc.join("net/if_inet6"),
+        "fe800000000000000000000000000001 02 40 20 80 eth1\n",
+    );
+    put(&dir.join("boot_vga"), "1\n");
+    fs::create_dir_all(dir.join("tty/ttyS4")).unwrap();
+    put(&h.roots.proc.join("consoles"), "ttyS4 -W- (EC p a) 4:68\n");
+    let got = uses();
+    let want = [
+        "boot VGA",
+        "nvme0n1 is held by dm-0",
+        "nvme0n1p1 is mounted at /boot",
+        "nvme0n1p2 is in use as swap",
+        "network interface eth0 is up with 1 IPv4 route(s) and 0 IPv6",
+        "ttyS4 is a host console",
+    ];
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    for w in want {
+        assert!(got.iter().any(|u| u.contains(w)), "{w:?} not in {got:#?}");
+    }
+    assert!(!got.iter().any(|u| u.contains("eth1") || u.contains("eth2")));
+
+    let e = bind(&bdf, &h.roots, &k(), false).unwrap_err();
+    assert!(matches!(e, DiscoveryError::InUseByHost { .. }));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("the host is using it")
+            && msg.contains("mounted at /boot")
+            && msg.contains("nothing was changed")
+            && msg.contains("--force"),
+        "{msg}"
+    );
+    assert_eq!(e.exit_code(), 2, "the user can fix it");
+    assert_eq!(link_name(&dir.join("driver")).as_deref(), Some("e1000e"));
+    assert!(
+        ManagedBinding::with_writer(bdf, &h.roots, Box::new(k()), false).is_err(),
+        "managed=on refuses it too"
+    );
+    assert_eq!(link_name(&dir.join("driver")).as_deref(), Some("e1000e"));
+    assert_eq!(
+        bind(&bdf, &h.roots, &k(), true).unwrap(),
+        BindOutcome::Bound {
+            previous: Some("e1000e".into())
+        }
+    );
 }

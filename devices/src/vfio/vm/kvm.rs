@@ -1,21 +1,22 @@
-//! A ready [`VmOps`] for a KVM VM with `Arc<RwLock<Bus>>` buses, one per device.
+//! A ready [`VmOps`] for a KVM VM with [`SharedBus`] buses, one per device.
 //!
 //! Memory slots come from a pool shared by every device (above the slots the VMM uses for
-//! RAM). Bus changes are made at once when the bus lock is free, and queued otherwise:
-//! the device asks for them from inside a guest config write, when the vCPU thread may be
-//! holding the port-I/O bus for reading (and another vCPU the MMIO bus), so blocking there
-//! would deadlock. The VMM applies the queue with [`KvmVmOps::apply_pending`] when
-//! [`KvmVmOps::pending_event`] fires (from its event loop, holding no device lock).
+//! RAM). Every range and slot a device gets is its own: its bus ranges carry its
+//! [`Owner`], so it can remove only those; a BAR range must lie inside the VM's BAR
+//! windows ([`BarWindows`]: no RAM, LAPIC, IOAPIC, MSI page or ECAM there) and a slot
+//! inside one of the device's own placed memory ranges. Bus changes take effect at once
+//! (a [`SharedBus`] holds no lock while a device runs), so a refused or failed placement
+//! is known to the device when it asks, and it never keeps a stale record.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock, RwLock, TryLockError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{AddressSpace, VmOps, VmOpsError};
-use crate::bus::{Bus, BusDevice};
+use crate::bus::{BusDevice, Owner, SharedBus};
+use crate::pci::bar::BarWindows;
 
 /// KVM memory slot numbers for device memory, shared by all devices of a VM.
 #[derive(Debug)]
@@ -51,42 +52,43 @@ impl SlotPool {
     }
 }
 
-enum TrapOp {
-    Add(AddressSpace, u64, u64),
-    Remove(AddressSpace, u64),
-}
-
 /// [`VmOps`] over a KVM VM and the VMM's two buses, for one device.
 pub struct KvmVmOps {
     vm: Arc<VmFd>,
     slots: Arc<SlotPool>,
+    /// This device's slots: slot -> (gpa, size, host address).
     live: Mutex<BTreeMap<u32, (u64, u64, u64)>>,
     // Weak: the buses own the device, which owns these services.
-    pio: Weak<RwLock<Bus>>,
-    mmio: Weak<RwLock<Bus>>,
+    pio: Weak<SharedBus>,
+    mmio: Weak<SharedBus>,
+    owner: Owner,
+    windows: BarWindows,
     device: OnceLock<Weak<Mutex<dyn BusDevice>>>,
-    pending: Mutex<Vec<TrapOp>>,
-    event: EventFd,
+    /// This device's ranges on the buses: (space, base) -> length.
+    traps: Mutex<BTreeMap<(AddressSpace, u64), u64>>,
 }
 
 impl KvmVmOps {
-    /// Services for one device; call [`KvmVmOps::set_device`] once the device exists.
+    /// Services for one device whose BARs may decode in `windows`; call
+    /// [`KvmVmOps::set_device`] once the device exists.
     pub fn new(
         vm: Arc<VmFd>,
         slots: Arc<SlotPool>,
-        pio: Arc<RwLock<Bus>>,
-        mmio: Arc<RwLock<Bus>>,
-    ) -> std::io::Result<Self> {
-        Ok(Self {
+        pio: &Arc<SharedBus>,
+        mmio: &Arc<SharedBus>,
+        windows: BarWindows,
+    ) -> Self {
+        Self {
             vm,
             slots,
             live: Mutex::new(BTreeMap::new()),
-            pio: Arc::downgrade(&pio),
-            mmio: Arc::downgrade(&mmio),
+            pio: Arc::downgrade(pio),
+            mmio: Arc::downgrade(mmio),
+            owner: Owner::unique(),
+            windows,
             device: OnceLock::new(),
-            pending: Mutex::new(Vec::new()),
-            event: EventFd::new(EFD_NONBLOCK)?,
-        })
+            traps: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// The device the buses route trapped ranges to (held weakly: the device owns us).
@@ -94,49 +96,31 @@ impl KvmVmOps {
         let _ = self.device.set(Arc::downgrade(device));
     }
 
-    /// Inserts the device's initial trapped ranges (call at setup, no lock held).
+    /// Inserts the device's initial trapped ranges (at setup).
     pub fn insert_traps(&self, ranges: &[(AddressSpace, u64, u64)]) -> Result<(), VmOpsError> {
         for &(space, base, len) in ranges {
-            let dev = self.device()?;
-            let bus = self.bus(space)?;
-            let mut bus = bus.write().unwrap_or_else(|p| p.into_inner());
-            bus.insert(dev, base, len)
-                .map_err(|e| VmOpsError::Other(e.to_string()))?;
+            self.register_trap(space, base, len)?;
         }
         Ok(())
     }
 
-    /// Signalled when bus changes wait in the queue.
-    pub fn pending_event(&self) -> &EventFd {
-        &self.event
+    /// The owner of this device's bus ranges.
+    pub fn owner(&self) -> Owner {
+        self.owner
     }
 
-    /// Applies queued bus changes (blocking on the bus locks; hold no device lock).
-    pub fn apply_pending(&self) {
-        let _ = self.event.read();
-        let ops = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        for op in ops {
-            let r = match op {
-                TrapOp::Add(space, base, len) => self.device().and_then(|d| {
-                    let bus = self.bus(space)?;
-                    let mut bus = bus.write().unwrap_or_else(|p| p.into_inner());
-                    bus.insert(d, base, len)
-                        .map_err(|e| VmOpsError::Other(e.to_string()))
-                }),
-                TrapOp::Remove(space, base) => self.bus(space).and_then(|bus| {
-                    let mut bus = bus.write().unwrap_or_else(|p| p.into_inner());
-                    bus.remove(base)
-                        .map(|_| ())
-                        .map_err(|e| VmOpsError::Other(e.to_string()))
-                }),
-            };
-            if let Err(e) = r {
-                log::warn!("VFIO: moving a BAR trap: {e}");
-            }
-        }
+    /// Takes every range of this device off the buses (it leaves the VM); returns how
+    /// many there were.
+    pub fn remove_all_traps(&self) -> usize {
+        lock(&self.traps).clear();
+        [&self.pio, &self.mmio]
+            .into_iter()
+            .filter_map(Weak::upgrade)
+            .map(|b| b.remove_owner(self.owner))
+            .sum()
     }
 
-    fn bus(&self, space: AddressSpace) -> Result<Arc<RwLock<Bus>>, VmOpsError> {
+    fn bus(&self, space: AddressSpace) -> Result<Arc<SharedBus>, VmOpsError> {
         match space {
             AddressSpace::Pio => &self.pio,
             AddressSpace::Mmio => &self.mmio,
@@ -152,14 +136,17 @@ impl KvmVmOps {
             .ok_or_else(|| VmOpsError::Other("the device is not attached to its buses".into()))
     }
 
-    fn queue(&self, op: TrapOp) -> Result<(), VmOpsError> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(op);
-        self.event
-            .write(1)
-            .map_err(|e| VmOpsError::Other(e.to_string()))
+    /// Whether `[gpa, gpa + size)` lies inside one of this device's memory ranges.
+    fn inside_own_mmio(&self, gpa: u64, size: u64) -> bool {
+        let Some(end) = gpa.checked_add(size) else {
+            return false;
+        };
+        lock(&self.traps)
+            .range(..=(AddressSpace::Mmio, gpa))
+            .next_back()
+            .is_some_and(|(&(space, base), &len)| {
+                space == AddressSpace::Mmio && base <= gpa && end <= base.saturating_add(len)
+            })
     }
 
     fn set_region(&self, slot: u32, gpa: u64, size: u64, host: u64) -> Result<(), VmOpsError> {
@@ -179,8 +166,17 @@ impl KvmVmOps {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl VmOps for KvmVmOps {
     fn add_memslot(&self, gpa: u64, size: u64, host_addr: u64) -> Result<u32, VmOpsError> {
+        if !self.inside_own_mmio(gpa, size) {
+            return Err(VmOpsError::Refused(format!(
+                "{gpa:#x}+{size:#x} is not inside one of the device's placed BARs"
+            )));
+        }
         let slot = self
             .slots
             .take()
@@ -189,20 +185,12 @@ impl VmOps for KvmVmOps {
             self.slots.give(slot);
             return Err(e);
         }
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(slot, (gpa, size, host_addr));
+        lock(&self.live).insert(slot, (gpa, size, host_addr));
         Ok(slot)
     }
 
     fn remove_memslot(&self, slot: u32) -> Result<(), VmOpsError> {
-        let Some((gpa, _, host)) = self
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&slot)
-        else {
+        let Some((gpa, _, host)) = lock(&self.live).remove(&slot) else {
             return Err(VmOpsError::Other(format!("memory slot {slot} is not ours")));
         };
         self.set_region(slot, gpa, 0, host)?;
@@ -211,36 +199,28 @@ impl VmOps for KvmVmOps {
     }
 
     fn register_trap(&self, space: AddressSpace, base: u64, len: u64) -> Result<(), VmOpsError> {
+        let io = space == AddressSpace::Pio;
+        if !self.windows.contains(io, base, len) {
+            return Err(VmOpsError::Refused(format!(
+                "{base:#x}+{len:#x} is outside the VM's {} BAR windows ({})",
+                if io { "I/O-port" } else { "MMIO" },
+                self.windows.describe(io)
+            )));
+        }
         let dev = self.device()?;
-        let bus = self.bus(space)?;
-        let r = match bus.try_write() {
-            Ok(mut bus) => bus
-                .insert(dev, base, len)
-                .map_err(|e| VmOpsError::Other(e.to_string())),
-            Err(TryLockError::WouldBlock) => self.queue(TrapOp::Add(space, base, len)),
-            Err(TryLockError::Poisoned(p)) => p
-                .into_inner()
-                .insert(dev, base, len)
-                .map_err(|e| VmOpsError::Other(e.to_string())),
-        };
-        r
+        self.bus(space)?
+            .insert(self.owner, dev, base, len)
+            .map_err(|e| VmOpsError::Refused(e.to_string()))?;
+        lock(&self.traps).insert((space, base), len);
+        Ok(())
     }
 
     fn unregister_trap(&self, space: AddressSpace, base: u64) -> Result<(), VmOpsError> {
-        let bus = self.bus(space)?;
-        let r = match bus.try_write() {
-            Ok(mut bus) => bus
-                .remove(base)
-                .map(|_| ())
-                .map_err(|e| VmOpsError::Other(e.to_string())),
-            Err(TryLockError::WouldBlock) => self.queue(TrapOp::Remove(space, base)),
-            Err(TryLockError::Poisoned(p)) => p
-                .into_inner()
-                .remove(base)
-                .map(|_| ())
-                .map_err(|e| VmOpsError::Other(e.to_string())),
-        };
-        r
+        lock(&self.traps).remove(&(space, base));
+        self.bus(space)?
+            .remove(self.owner, base)
+            .map(|_| ())
+            .map_err(|e| VmOpsError::Other(e.to_string()))
     }
 }
 
@@ -259,23 +239,36 @@ mod tests {
     struct Fixture {
         o: KvmVmOps,
         _dev: Arc<Mutex<dyn BusDevice>>,
-        pio: Arc<RwLock<Bus>>,
-        mmio: Arc<RwLock<Bus>>,
+        pio: Arc<SharedBus>,
+        mmio: Arc<SharedBus>,
+    }
+
+    /// The tests' windows: MMIO 0xd000_0000-0xefff_ffff, I/O 0xc000-0xffff.
+    pub(super) fn windows() -> BarWindows {
+        use crate::pci::bar::Window;
+        BarWindows {
+            mmio32: Some(Window {
+                base: 0xd000_0000,
+                size: 0x2000_0000,
+            }),
+            mmio64: None,
+            io: Some(Window {
+                base: 0xc000,
+                size: 0x4000,
+            }),
+        }
     }
 
     fn ops() -> Fixture {
         let vm = Arc::new(crate::vfio::testing::kvm_vm());
-        let (pio, mmio) = (
-            Arc::new(RwLock::new(Bus::new())),
-            Arc::new(RwLock::new(Bus::new())),
-        );
+        let (pio, mmio) = (Arc::new(SharedBus::new()), Arc::new(SharedBus::new()));
         let o = KvmVmOps::new(
             vm,
             Arc::new(SlotPool::new(100, 102)),
-            pio.clone(),
-            mmio.clone(),
-        )
-        .unwrap();
+            &pio,
+            &mmio,
+            windows(),
+        );
         let dev: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(Ones));
         o.set_device(&dev);
         Fixture {
@@ -292,7 +285,10 @@ mod tests {
         ignore = "needs /dev/kvm, which this machine lacked when the tests were built"
     )]
     fn memslots_on_a_real_vm_are_added_removed_and_reused() {
-        let Fixture { o, .. } = ops();
+        let Fixture { o, _dev, pio, mmio } = ops();
+        let _buses = (pio, mmio);
+        o.register_trap(AddressSpace::Mmio, 0xd000_0000, 0x4000)
+            .unwrap();
         let f = tempfile::tempfile().unwrap();
         f.set_len(0x2000).unwrap();
         let area = crate::vfio::device_fd::MmapArea {
@@ -323,30 +319,55 @@ mod tests {
         passvm_no_kvm,
         ignore = "needs /dev/kvm, which this machine lacked when the tests were built"
     )]
-    fn trap_changes_are_queued_while_the_bus_is_read_locked() {
+    fn ranges_are_placed_at_once_inside_the_windows_and_removed_only_by_their_owner() {
         let Fixture { o, _dev, pio, mmio } = ops();
+        let vmm: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(Ones));
+        mmio.insert(Owner::VMM, vmm.clone(), 0xe000_0000, 0x1000)
+            .unwrap();
+        pio.insert(Owner::VMM, vmm, 0x3f8, 8).unwrap();
         o.insert_traps(&[(AddressSpace::Mmio, 0xd000_0000, 0x1000)])
             .unwrap();
-        {
-            let _reader = mmio.read().unwrap(); // a vCPU dispatching an MMIO exit
-            o.unregister_trap(AddressSpace::Mmio, 0xd000_0000).unwrap();
-            o.register_trap(AddressSpace::Mmio, 0xe000_0000, 0x1000)
-                .unwrap();
-            assert_eq!(o.pending_event().read().unwrap(), 2);
-            o.pending_event().write(1).unwrap();
-        }
+        // A move made from inside an access (the bus is in use) takes effect at once.
+        let snapshot = mmio.snapshot();
+        o.unregister_trap(AddressSpace::Mmio, 0xd000_0000).unwrap();
+        o.register_trap(AddressSpace::Mmio, 0xd100_0000, 0x1000)
+            .unwrap();
         let mut b = [0u8; 1];
-        assert!(
-            mmio.read().unwrap().read(0xd000_0000, &mut b),
-            "not yet moved"
-        );
-        o.apply_pending();
-        assert!(!mmio.read().unwrap().read(0xd000_0000, &mut b));
-        assert!(mmio.read().unwrap().read(0xe000_0000, &mut b));
+        assert!(!mmio.read(0xd000_0000, &mut b));
+        assert!(mmio.read(0xd100_0000, &mut b));
         assert_eq!(b, [1]);
-        // Without a reader the change is immediate.
+        drop(snapshot);
+        // Over the VMM's range, or outside the windows (RAM, the UART, the LAPIC):
+        // refused, and nothing is recorded.
+        for (space, base, len) in [
+            (AddressSpace::Mmio, 0xe000_0000, 0x1000),
+            (AddressSpace::Mmio, 0x10_0000, 0x1000),
+            (AddressSpace::Mmio, 0xfee0_0000, 0x1000),
+            (AddressSpace::Mmio, 0xefff_f000, 0x2000),
+            (AddressSpace::Pio, 0x3f8, 8),
+        ] {
+            let e = o.register_trap(space, base, len).unwrap_err();
+            assert!(matches!(e, VmOpsError::Refused(_)), "{base:#x}: {e}");
+        }
+        assert_eq!(mmio.owner_at(0xe000_0000), Some(Owner::VMM));
+        // A stale address cannot take the VMM's range or the UART down.
+        assert!(o.unregister_trap(AddressSpace::Mmio, 0xe000_0000).is_err());
+        assert!(o.unregister_trap(AddressSpace::Pio, 0x3f8).is_err());
+        assert_eq!(mmio.owner_at(0xe000_0000), Some(Owner::VMM));
+        assert_eq!(pio.owner_at(0x3f8), Some(Owner::VMM));
+        // Slots only inside the device's own placed memory ranges.
+        let e = o.add_memslot(0xe000_0000, 0x1000, 0x1000).unwrap_err();
+        assert!(matches!(e, VmOpsError::Refused(_)), "{e}");
+        let e = o.add_memslot(0xd100_0000, 0x2000, 0x1000).unwrap_err();
+        assert!(
+            matches!(e, VmOpsError::Refused(_)),
+            "runs past the BAR: {e}"
+        );
         o.register_trap(AddressSpace::Pio, 0xc000, 0x20).unwrap();
-        assert!(pio.read().unwrap().read(0xc010, &mut b));
+        assert!(pio.read(0xc010, &mut b));
+        assert_eq!(o.remove_all_traps(), 2);
+        assert!(!pio.read(0xc010, &mut b));
+        assert_eq!(pio.owner_at(0x3f8), Some(Owner::VMM), "the UART stays");
     }
 }
 
@@ -369,12 +390,14 @@ mod cycle_tests {
     )]
     fn vm_ops_do_not_keep_the_buses_alive() {
         let vm = Arc::new(crate::vfio::testing::kvm_vm());
-        let (pio, mmio) = (
-            Arc::new(RwLock::new(Bus::new())),
-            Arc::new(RwLock::new(Bus::new())),
+        let (pio, mmio) = (Arc::new(SharedBus::new()), Arc::new(SharedBus::new()));
+        let o = KvmVmOps::new(
+            vm,
+            Arc::new(SlotPool::new(1, 2)),
+            &pio,
+            &mmio,
+            super::tests::windows(),
         );
-        let o =
-            KvmVmOps::new(vm, Arc::new(SlotPool::new(1, 2)), pio.clone(), mmio.clone()).unwrap();
         let dev: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(Nop));
         o.set_device(&dev);
         assert_eq!(Arc::strong_count(&pio), 1);
@@ -417,19 +440,7 @@ mod glue_tests {
         f.add_region(1, r(0x8, 0x3, 0x2000), vec![0x17; 0x8]);
         f.irqs
             .insert(IrqIndex::Intx, IrqInfo { flags: 7, count: 1 });
-        let (pio, mmio) = (
-            Arc::new(RwLock::new(Bus::new())),
-            Arc::new(RwLock::new(Bus::new())),
-        );
-        let ops = Arc::new(
-            KvmVmOps::new(
-                vm,
-                Arc::new(SlotPool::new(10, 20)),
-                pio.clone(),
-                mmio.clone(),
-            )
-            .unwrap(),
-        );
+        let (pio, mmio) = (Arc::new(SharedBus::new()), Arc::new(SharedBus::new()));
         let routing = Arc::new(RecordingVm::new());
         let mut alloc = BarAllocator::new(
             Some(Window {
@@ -443,6 +454,13 @@ mod glue_tests {
             }),
             DEFAULT_MMIO64_LIMIT,
         );
+        let ops = Arc::new(KvmVmOps::new(
+            vm,
+            Arc::new(SlotPool::new(10, 20)),
+            &pio,
+            &mmio,
+            alloc.windows(),
+        ));
         let ctx = DeviceContext {
             rom: crate::vfio::device::RomImage::FromDevice,
             multifunction: false,
@@ -459,13 +477,10 @@ mod glue_tests {
         ops.insert_traps(&ranges).unwrap();
 
         let mut b = [0u8; 4];
-        assert!(
-            pio.read().unwrap().read(0xc000, &mut b[..1]),
-            "I/O BAR trap registered"
-        );
+        assert!(pio.read(0xc000, &mut b[..1]), "I/O BAR trap registered");
         assert_eq!(b[0], 0xff, "I/O decode still off");
         dev.lock().unwrap().write_config_register(1, 0, &[0x03]);
-        assert!(pio.read().unwrap().read(0xc004, &mut b));
+        assert!(pio.read(0xc004, &mut b));
         assert_eq!(b, [0x17; 4], "through the bus into VFIO region 1");
         assert_eq!(ops.live.lock().unwrap().len(), 1, "BAR0 is a KVM slot");
         assert_eq!(

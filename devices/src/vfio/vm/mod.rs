@@ -6,15 +6,15 @@
 //! rules (route before irqfd, irqfd off before route removal) itself.
 //!
 //! Every call may come from inside a guest config-space write, with the device's own lock
-//! held: an implementation must not lock the device, and may defer bus changes
-//! ([`VmOps::register_trap`]) to after the current exit if its bus lock is held there.
+//! held: an implementation must not lock the device. Its answers are final: a range it
+//! accepts is placed, one it refuses is not (the device then leaves that BAR unmapped).
 //!
 //! [`kvm`] is the implementation the VMM uses.
 
 pub mod kvm;
 
 /// A guest address space a BAR can live in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AddressSpace {
     /// x86 I/O ports.
     Pio,
@@ -37,6 +37,10 @@ pub enum VmOpsError {
     /// No memory slot is left.
     #[error("out of {0}: the VM has too many devices or BAR areas")]
     Exhausted(&'static str),
+    /// The VM does not let the device have this range (outside the BAR windows, over
+    /// another device or the VMM's own, outside the device's placed BARs).
+    #[error("refused: {0}")]
+    Refused(String),
     /// Anything else the VMM reports.
     #[error("{0}")]
     Other(String),
