@@ -353,7 +353,10 @@ fn the_dma_table_takes_passvm_s_own_time_and_the_peers_spans_per_gib() {
     .map(|m| parse_dma(m).unwrap())
     .collect();
     let t = dma_table(&runs);
-    assert!(t.contains("| passvm | 2000 | - |"), "two unmap calls: no span");
+    assert!(
+        t.contains("| passvm | 2000 | - |"),
+        "two unmap calls: no span"
+    );
     // ch: 3000 and 4000 ms/GiB map, 400 and 400 unmap: the lower middle of two.
     assert!(t.contains("| ch | 3000 | 400 |"), "{t}");
     assert!(t.contains("| qemu | - | - |"), "{t}");
