@@ -144,6 +144,27 @@ bed_l2_cmdline() {
 # APIC, on "VMM| " lines). A hung scenario then shows in its log whether a vCPU
 # is stuck in the guest (and where), in the kernel or on a lock of passvm's
 # own. Lines: "L1| HANG ...".
+# While passvm PID runs, the most host MSI-X vectors VFIO gave each device at once
+# (/proc/interrupts lines "vfio-msix[N](BDF)"), written to FILE as "BDF MAX" lines:
+# what passvm's guest use costs the host (issue 13: vectors wired on first unmask).
+bed_msix_sampler() {
+    ms_pid="$1" ms_out="$2"
+    : >"$ms_out"
+    while kill -0 "$ms_pid" 2>/dev/null; do
+        awk -v out="$ms_out" '
+            FILENAME == out { max[$1] = $2; next }
+            match($0, /vfio-msix\[[0-9]+\]\([^)]*\)/) {
+                s = substr($0, RSTART, RLENGTH); sub(/.*\(/, "", s); sub(/\)/, "", s)
+                now[s]++
+            }
+            END {
+                for (b in now) if (now[b] > max[b]) max[b] = now[b]
+                for (b in max) print b, max[b] > out
+            }' "$ms_out" /proc/interrupts
+        sleep 0.3
+    done
+}
+
 bed_hang_probe() {
     hp_every="$(bed_cmdline_arg passvm.hang_probe || echo 30)"
     hp_n=0
@@ -243,9 +264,15 @@ bed_passvm() {
     pv_pid=$!
     bed_hang_probe "$pv_pid" &
     p_probe=$!
+    bed_msix_sampler "$pv_pid" "$pv_fifo.msix" &
+    p_msix=$!
     wait "$pv_pid"
     pv_rc=$?
-    wait "$p_probe"
+    wait "$p_probe" "$p_msix"
+    while read -r ms_bdf ms_max; do
+        bed_report l1_msix "$ms_bdf $ms_max"
+    done <"$pv_fifo.msix"
+    rm -f "$pv_fifo.msix"
     t1="$(cut -d' ' -f1 /proc/uptime)"
     wait "$p_out" "$p_err"
     rm -f "$pv_fifo.out" "$pv_fifo.err"

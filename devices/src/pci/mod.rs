@@ -9,7 +9,10 @@ pub mod ecam;
 pub mod host_bridge;
 pub mod kvm_routing;
 pub mod route_table;
-#[cfg(test)]
+/// Config-space fixtures, public for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub mod testing;
+#[cfg(all(test, not(feature = "fuzzing")))]
 mod testing;
 
 use vmm_sys_util::eventfd::EventFd;

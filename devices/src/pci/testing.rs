@@ -1,10 +1,11 @@
 //! Test fixtures of the PCI layer: a config space of plain writable registers (the bus
-//! and ECAM tests) and one MSI message (the routing tests).
+//! and ECAM tests, and the `bus_dispatch` fuzz target with the `fuzzing` feature) and one
+//! MSI message (the routing tests).
 
 use super::{MsiMessage, PciDevice};
 
 /// An MSI to the local APIC of CPU 0, vector 0x31: what the routing tests program.
-pub(crate) const MSG: MsiMessage = MsiMessage {
+pub const MSG: MsiMessage = MsiMessage {
     address_lo: 0xfee0_0000,
     address_hi: 0,
     data: 0x4031,
@@ -12,11 +13,11 @@ pub(crate) const MSG: MsiMessage = MsiMessage {
 
 /// A function whose config registers are plain writable dwords (64 for a PCI header
 /// space, 1024 for a full PCIe space); reads past them give 0.
-pub(crate) struct Regs(pub(crate) Vec<u32>);
+pub struct Regs(pub Vec<u32>);
 
 impl Regs {
     /// `n` zeroed registers.
-    pub(crate) fn zeroed(n: usize) -> Self {
+    pub fn zeroed(n: usize) -> Self {
         Self(vec![0; n])
     }
 }

@@ -8,15 +8,17 @@
 
 use std::os::unix::io::{AsRawFd, RawFd};
 
+pub use vfio_bindings::bindings::vfio::VFIO_IRQ_INFO_NORESIZE;
 use vfio_bindings::bindings::vfio::{
-    vfio_device_info, VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    vfio_device_info, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_SET_ACTION_TRIGGER,
+    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
     VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vfio::sys::{VFIO_DEVICE_GET_INFO, VFIO_DEVICE_RESET};
+use crate::vfio::sys::{VFIO_DEVICE_GET_INFO, VFIO_DEVICE_RESET, VFIO_DEVICE_SET_IRQS};
 
 /// Region index of the expansion ROM.
 pub const ROM_REGION: u32 = 6;
@@ -129,6 +131,17 @@ pub trait VfioDeviceOps: Send + Sync {
     fn irq_info(&self, index: IrqIndex) -> Option<IrqInfo>;
     /// Points vectors `0..fds.len()` of `index` at `fds` (`ACTION_TRIGGER`).
     fn enable_irq(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), DeviceFdError>;
+    /// Points vectors `start..start + fds.len()` of `index` at `fds`
+    /// (`ACTION_TRIGGER`, one `SET_IRQS`); `None` leaves a vector without an eventfd.
+    /// On a disabled index this enables it with `start + fds.len()` vectors. On an
+    /// enabled index the kernel grows the set one vector at a time only when the index
+    /// lacks [`VFIO_IRQ_INFO_NORESIZE`]; with it the call fails past the enabled count.
+    fn set_irq_vectors(
+        &self,
+        index: IrqIndex,
+        start: u32,
+        fds: &[Option<&EventFd>],
+    ) -> Result<(), DeviceFdError>;
     /// Tears down every vector of `index`.
     fn disable_irq(&self, index: IrqIndex) -> Result<(), DeviceFdError>;
     /// Unmasks INTx (VFIO auto-masks it on every assertion).
@@ -213,6 +226,45 @@ fn in_bounds(dev: &VfioDevice, index: u32, offset: u64, len: usize) -> bool {
             .is_some_and(|end| end <= dev.get_region_size(index))
 }
 
+/// `VFIO_DEVICE_SET_IRQS` with eventfds for `start..start + fds.len()`, issued here
+/// because vfio-ioctls only sends ranges starting at vector 0 (it cannot add one
+/// MSI-X vector to an enabled set).
+fn set_irq_eventfds(
+    fd: RawFd,
+    index: IrqIndex,
+    start: u32,
+    fds: &[Option<&EventFd>],
+) -> Result<(), DeviceFdError> {
+    let failed = |detail: String| DeviceFdError::Failed {
+        op: "set interrupt eventfds",
+        detail,
+    };
+    let count = u32::try_from(fds.len()).map_err(|_| failed("too many vectors".into()))?;
+    // struct vfio_irq_set { argsz, flags, index, start, count, data[] } followed by one
+    // s32 fd per vector; built as u32 words so the header stays 4-byte aligned.
+    let mut words = Vec::with_capacity(5 + fds.len());
+    words.extend([
+        0,
+        VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+        index.raw(),
+        start,
+        count,
+    ]);
+    words.extend(fds.iter().map(|f| f.map_or(-1, |e| e.as_raw_fd()) as u32));
+    words[0] = (words.len() * 4) as u32;
+    // SAFETY: the buffer is a complete vfio_irq_set whose argsz covers the header and
+    // `count` fds; the kernel reads no further, writes nothing, and the buffer outlives
+    // the call. `fd` is this device's open fd.
+    let ret = unsafe { libc::ioctl(fd, VFIO_DEVICE_SET_IRQS() as _, words.as_ptr()) };
+    if ret < 0 {
+        return Err(DeviceFdError::Errno {
+            op: "set interrupt eventfds",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 impl VfioDeviceOps for VfioDevice {
     fn device_flags(&self) -> u32 {
         query_device_flags(self.as_raw_fd()).unwrap_or_else(|e| {
@@ -250,6 +302,15 @@ impl VfioDeviceOps for VfioDevice {
             op: "enable interrupts",
             detail: format!("{index:?} with {} vectors: {e}", fds.len()),
         })
+    }
+
+    fn set_irq_vectors(
+        &self,
+        index: IrqIndex,
+        start: u32,
+        fds: &[Option<&EventFd>],
+    ) -> Result<(), DeviceFdError> {
+        set_irq_eventfds(self.as_raw_fd(), index, start, fds)
     }
 
     fn disable_irq(&self, index: IrqIndex) -> Result<(), DeviceFdError> {

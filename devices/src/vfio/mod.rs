@@ -21,6 +21,9 @@ pub mod iommu;
 pub mod memlock;
 pub mod naming;
 mod sys;
-#[cfg(test)]
+/// Fakes of the kernel's VFIO device and of the VM, public for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub mod testing;
+#[cfg(all(test, not(feature = "fuzzing")))]
 pub(crate) mod testing;
 pub mod vm;

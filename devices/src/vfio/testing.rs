@@ -1,5 +1,9 @@
 //! Fakes for the unit tests: a VFIO device backed by byte arrays and a memfd, and a VM
 //! that records every call and enforces the routing order rules the real one enforces.
+//!
+//! With the `fuzzing` feature the module is public, for the fuzz targets in fuzz/
+//! (docs/reliability.md). They build a fake the way the unit tests do, so the seam's
+//! types a fake is made of are re-exported from here (`device_fd` is the crate's own).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
@@ -7,9 +11,11 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::device_fd::{
-    DeviceFdError, IrqIndex, IrqInfo, RegionInfo, VfioDeviceOps, CONFIG_REGION,
-};
+use super::device_fd::{DeviceFdError, VfioDeviceOps};
+#[cfg(feature = "fuzzing")]
+pub use super::device_fd::{IrqIndex, IrqInfo, MmapArea, RegionInfo, CONFIG_REGION};
+#[cfg(not(feature = "fuzzing"))]
+use super::device_fd::{IrqIndex, IrqInfo, RegionInfo, CONFIG_REGION};
 use super::vm::{AddressSpace, VmOps, VmOpsError};
 use crate::bus::{Bus, BusDevice, Owner};
 use crate::pci::route_table::RouteTable;
@@ -28,19 +34,37 @@ pub fn kvm_vm() -> kvm_ioctls::VmFd {
 /// What the fake device was asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DevCall {
+    /// `enable_irq(index, fds)` with this many eventfds.
     Enable(IrqIndex, usize),
+    /// `set_irq_vectors(index, start, which fds were given)`.
+    SetVectors(IrqIndex, u32, Vec<bool>),
+    /// `disable_irq(index)`.
     Disable(IrqIndex),
+    /// `unmask_intx()`.
     UnmaskIntx,
+    /// `set_intx_unmask_fd(fd)`.
     SetUnmaskFd,
+    /// `reset()`.
     Reset,
+    /// `region_write(index, offset, bytes)`.
     RegionWrite(u32, u64, Vec<u8>),
 }
 
+/// A VFIO device: each region is its info and its bytes (reads past them leave the
+/// buffer as it was, writes past them are dropped), mmaps come from one memfd.
 pub struct FakeDevice {
+    /// Region index -> (what `region_info` reports, the region's bytes).
     pub regions: BTreeMap<u32, (RegionInfo, Mutex<Vec<u8>>)>,
+    /// What `irq_info` reports per index; `enable_irq` accepts up to `count` fds.
     pub irqs: HashMap<IrqIndex, IrqInfo>,
+    /// Every call, in order.
     pub calls: Mutex<Vec<DevCall>>,
+    /// The kernel's view of each enabled index: one entry per allocated vector, true
+    /// where it has a trigger eventfd (what costs a host IRQ).
+    pub host_vectors: Mutex<HashMap<IrqIndex, Vec<bool>>>,
+    /// The INTx unmask calls fail as on kernels without them.
     pub unmask_fd_unsupported: bool,
+    /// `VFIO_DEVICE_FLAGS_*`: bit 0 (reset) set by default.
     pub flags: u32,
     memfd: std::fs::File,
     watched: Mutex<Option<std::sync::Arc<RecordingVm>>>,
@@ -59,6 +83,7 @@ impl FakeDevice {
             regions: BTreeMap::new(),
             irqs: HashMap::new(),
             calls: Mutex::new(Vec::new()),
+            host_vectors: Mutex::new(HashMap::new()),
             unmask_fd_unsupported: false,
             flags: 1,
             memfd,
@@ -79,6 +104,7 @@ impl FakeDevice {
         d
     }
 
+    /// Adds (or replaces) region `index`, growing the memfd to cover its mmap offset.
     pub fn add_region(&mut self, index: u32, info: RegionInfo, data: Vec<u8>) {
         let end = info.offset + info.size.max(data.len() as u64);
         if self.memfd.metadata().unwrap().len() < end {
@@ -87,6 +113,7 @@ impl FakeDevice {
         self.regions.insert(index, (info, Mutex::new(data)));
     }
 
+    /// The calls so far.
     pub fn calls(&self) -> Vec<DevCall> {
         self.calls.lock().unwrap().clone()
     }
@@ -102,10 +129,21 @@ impl FakeDevice {
         u16::from_le_bytes([cfg[4], cfg[5]])
     }
 
+    /// How many slots the watched VM had at the last region write.
     pub fn slots_seen_at_last_write(&self) -> Option<usize> {
         *self.slots_seen.lock().unwrap()
     }
 
+    /// How many vectors of `index` have a trigger eventfd in the kernel.
+    pub fn host_irqs(&self, index: IrqIndex) -> usize {
+        self.host_vectors
+            .lock()
+            .unwrap()
+            .get(&index)
+            .map_or(0, |v| v.iter().filter(|t| **t).count())
+    }
+
+    /// Forgets the calls so far.
     pub fn clear_calls(&self) {
         self.calls.lock().unwrap().clear();
     }
@@ -150,15 +188,61 @@ impl VfioDeviceOps for FakeDevice {
     fn enable_irq(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), DeviceFdError> {
         self.log(DevCall::Enable(index, fds.len()));
         match self.irqs.get(&index) {
-            Some(i) if i.count as usize >= fds.len() && !fds.is_empty() => Ok(()),
+            Some(i) if i.count as usize >= fds.len() && !fds.is_empty() => {
+                self.host_vectors
+                    .lock()
+                    .unwrap()
+                    .insert(index, vec![true; fds.len()]);
+                Ok(())
+            }
             _ => Err(DeviceFdError::Failed {
                 op: "enable",
                 detail: "bad count".into(),
             }),
         }
     }
+    fn set_irq_vectors(
+        &self,
+        index: IrqIndex,
+        start: u32,
+        fds: &[Option<&EventFd>],
+    ) -> Result<(), DeviceFdError> {
+        self.log(DevCall::SetVectors(
+            index,
+            start,
+            fds.iter().map(Option::is_some).collect(),
+        ));
+        let einval = |detail: &str| DeviceFdError::Failed {
+            op: "set vectors",
+            detail: detail.into(),
+        };
+        let info = self
+            .irqs
+            .get(&index)
+            .ok_or_else(|| einval("no such index"))?;
+        let end = start as usize + fds.len();
+        if fds.is_empty() || end > info.count as usize {
+            return Err(einval("bad range"));
+        }
+        // Like vfio_pci_set_msi_trigger: the first call enables with `end` vectors; a
+        // later one may grow the set only without NORESIZE.
+        let mut host = self.host_vectors.lock().unwrap();
+        let noresize = info.flags & super::device_fd::VFIO_IRQ_INFO_NORESIZE != 0;
+        let v = host.entry(index).or_insert_with(|| vec![false; end]);
+        if end > v.len() {
+            if noresize {
+                return Err(einval("NORESIZE"));
+            }
+            v.resize(end, false);
+        }
+        for (i, f) in fds.iter().enumerate() {
+            v[start as usize + i] = f.is_some();
+        }
+        Ok(())
+    }
     fn disable_irq(&self, index: IrqIndex) -> Result<(), DeviceFdError> {
         self.log(DevCall::Disable(index));
+        self.host_vectors.lock().unwrap().remove(&index);
         Ok(())
     }
     fn unmask_intx(&self) -> Result<(), DeviceFdError> {
@@ -200,16 +284,34 @@ impl VfioDeviceOps for FakeDevice {
 /// What the fake VM was asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VmCall {
-    AddSlot { slot: u32, gpa: u64, size: u64 },
+    /// `add_memslot` that succeeded.
+    AddSlot {
+        /// The slot handed out.
+        slot: u32,
+        /// Guest address.
+        gpa: u64,
+        /// Length.
+        size: u64,
+    },
+    /// `remove_memslot(slot)` that succeeded.
     RemoveSlot(u32),
+    /// `allocate_gsi` gave this GSI.
     AllocGsi(u32),
+    /// `free_gsi(gsi)`.
     FreeGsi(u32),
+    /// `set_msi_routes`, one entry per route.
     SetRoute(u32, MsiMessage),
+    /// `remove_msi_route(gsi)`.
     RemoveRoute(u32),
+    /// `register_irqfd(gsi)`.
     Irqfd(u32),
+    /// `register_irqfd_with_resample(gsi)`.
     ResampleIrqfd(u32),
+    /// `unregister_irqfd(gsi)`.
     UnregisterIrqfd(u32),
+    /// `register_trap(space, base, len)` that succeeded.
     Trap(AddressSpace, u64, u64),
+    /// `unregister_trap(space, base)` that succeeded.
     Untrap(AddressSpace, u64),
 }
 
@@ -261,22 +363,29 @@ fn check_memslot(
     Ok(())
 }
 
+/// A VM that records every call, keeps its traps on real buses, refuses the memslots
+/// KVM refuses and routes interrupts by the VMM's [`RouteTable`].
 #[derive(Default)]
 pub struct RecordingVm {
     state: Mutex<VmState>,
+    /// Every `add_memslot` fails (the slots are exhausted).
     pub fail_add_slot: bool,
 }
 
 impl RecordingVm {
+    /// A VM with nothing on it.
     pub fn new() -> Self {
         Self::default()
     }
+    /// The calls so far.
     pub fn calls(&self) -> Vec<VmCall> {
         self.state.lock().unwrap().calls.clone()
     }
+    /// Forgets the calls so far (the state stays).
     pub fn clear(&self) {
         self.state.lock().unwrap().calls.clear();
     }
+    /// The MSI routes set now, by GSI.
     pub fn routes(&self) -> HashMap<u32, MsiMessage> {
         let s = self.state.lock().unwrap();
         s.routing
@@ -285,6 +394,7 @@ impl RecordingVm {
             .map(|(&g, &m)| (g, m))
             .collect()
     }
+    /// The GSIs with an irqfd registered now.
     pub fn irqfds(&self) -> HashSet<u32> {
         self.state.lock().unwrap().routing.irqfd_gsis().collect()
     }

@@ -1,7 +1,9 @@
 # Every device passvm passed through, driven by L2's own driver, by kind
 # (resources/scenarios/pt-blk.sh with passvm.pt.check=pt-dev):
 # - every PCI endpoint: "driver=BDF VVVV:DDDD DRIVER", "irqmode=BDF MODE"
-#   (msix, msi or intx, from the msi_irqs and irq sysfs files) and
+#   (msix, msi or intx, from the msi_irqs and irq sysfs files),
+#   with MSI-X "msix_used=BDF VECTORS TABLE-SIZE" (the vectors Linux allocated and
+#   requested, of the table's entries) and
 #   "extcaps=BDF SIZE ID..." (config space size, extended capability IDs) and,
 #   with a ROM BAR, "rom=BDF SIZE MD5 HEAD" (the ROM read through sysfs);
 # - disks of any kind (virtio-blk vdX, NVMe nvmeXnY, SATA sdX): the disk check;
@@ -33,6 +35,17 @@ for d in /sys/bus/pci/devices/*; do
         grep -q msix "$d"/msi_irqs/* && mode=msix
     fi
     bed_report irqmode "$bdf $mode"
+    if [ "$mode" = msix ]; then
+        # The MSI-X capability (ID 0x11) in the standard list: its control word's
+        # low 11 bits are the table size minus one.
+        p=$(od -An -tu1 -j52 -N1 "$d/config" | tr -d ' ') n=0 size=?
+        while [ "${p:-0}" -ge 64 ] && [ "$n" -lt 48 ]; do
+            set -- $(od -An -tu1 -j"$p" -N4 "$d/config")
+            [ "$1" = 17 ] && { size=$(((($4 << 8 | $3) & 0x7ff) + 1)); break; }
+            p=$2 n=$((n + 1))
+        done
+        bed_report msix_used "$bdf $(ls "$d/msi_irqs" | wc -l) $size"
+    fi
     # Config space size and extended capability IDs (through passvm's ECAM window).
     bed_report extcaps "$bdf $(bed_ext_caps "$d")"
     # The expansion ROM through passvm's ROM BAR, if the guest has one.

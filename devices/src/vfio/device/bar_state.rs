@@ -303,9 +303,9 @@ impl VfioPciDevice {
         let (index, region_size) = (b.index as u32, b.region.size);
         if let Some((t, tl)) = b.msix_table {
             if offset >= t && offset < t + tl {
-                let routing = self.routing.clone();
+                let (dev, routing) = (self.dev.clone(), self.routing.clone());
                 if let Some(m) = self.msix.as_mut() {
-                    m.write_table(offset - t, data, routing.as_ref());
+                    m.write_table(offset - t, data, dev.as_ref(), routing.as_ref());
                 }
                 return;
             }

@@ -243,14 +243,14 @@ impl VfioPciDevice {
                     }
                 }
                 id::MSIX => {
-                    let count = dev.irq_info(IrqIndex::Msix).map_or(0, |i| i.count);
+                    let info = dev.irq_info(IrqIndex::Msix).unwrap_or_default();
                     let parsed = MsixCap::parse(&cfg, c.offset);
                     if msix_layout.is_none() {
                         msix_layout = parsed;
                     }
                     match parsed {
-                        Some(cap) if count > 0 && msix_cap.is_none() => {
-                            msix_cap = Some((cap, count))
+                        Some(cap) if info.count > 0 && msix_cap.is_none() => {
+                            msix_cap = Some((cap, info))
                         }
                         _ => hide.push(c.id),
                     }
@@ -334,11 +334,11 @@ impl VfioPciDevice {
                 }
             }
         }
-        if let Some((cap, count)) = msix_cap {
+        if let Some((cap, info)) = msix_cap {
             if fits(&bars, cap.table_bar, cap.table_offset, cap.table_len())
                 && fits(&bars, cap.pba_bar, cap.pba_offset, cap.pba_len())
             {
-                msix = Some(Msix::new(cap, count).map_err(eventfd_err)?);
+                msix = Some(Msix::new(cap, info));
             } else {
                 log::warn!("{name}: the MSI-X table or PBA lies outside its BAR; hiding MSI-X");
                 hide.push(id::MSIX);

@@ -2,19 +2,27 @@
 //!
 //! The table lives in a BAR, but vfio-pci drops accesses to it through the region fd and
 //! the real table must hold host vectors, so the guest's table is ours: trapped, kept in
-//! memory, and turned into KVM MSI routes. Each vector is an `irq::Vector`; VFIO gets
-//! all `table size` eventfds in one `SET_IRQS` when the guest enables MSI-X (vfio-ioctls
-//! can only send the whole range, and kernels with `NORESIZE` cannot grow it later).
+//! memory, and turned into KVM MSI routes. Each vector is an `irq::Vector`.
+//!
+//! Host vectors follow the guest's use, as in QEMU: a vector gets its eventfd, and in
+//! VFIO its host IRQ, when the guest first unmasks it. Enabling MSI-X hands VFIO only the
+//! vectors already unmasked (at least one slot: the kernel enables MSI-X with one); each
+//! later first unmask adds its vector with a `SET_IRQS` of that one vector, which kernels
+//! without `VFIO_IRQ_INFO_NORESIZE` (dynamic MSI-X, Linux 6.5+) grow the set by. Where
+//! the index is `NORESIZE`, or growing fails, every vector is wired at enable as before:
+//! a 2048-entry table then costs 2048 host IRQs, and only there. A wired vector stays
+//! wired until MSI-X is disabled (guests mask and unmask often; masking is KVM-side).
 //!
 //! All vectors start masked and MSI-X disabled. A vector delivers only while MSI-X is
 //! enabled, the function mask is clear and its own mask bit is clear. Pending state is
 //! each vector's eventfd count: a masked vector's interrupts wait there and KVM's irqfd
 //! delivers them when it is attached again on unmask; the PBA shows exactly that (bit i
-//! set while vector i is masked and its eventfd is readable).
+//! set while vector i is masked and its eventfd is readable). A vector the guest never
+//! unmasked has no eventfd in VFIO, so nothing can be pending on it.
 
 use super::vector::Vector;
 use crate::pci::{InterruptRouting, MsiMessage};
-use crate::vfio::device_fd::{IrqIndex, VfioDeviceOps};
+use crate::vfio::device_fd::{IrqIndex, IrqInfo, VfioDeviceOps, VFIO_IRQ_INFO_NORESIZE};
 
 /// MSI-X control: enable.
 pub const CTRL_ENABLE: u16 = 1 << 15;
@@ -81,27 +89,39 @@ pub struct Msix {
     function_mask: bool,
     /// Each entry as four dwords: address low, address high, data, vector control.
     table: Vec<[u32; 4]>,
-    vectors: Vec<Vector>,
-    /// How many vectors VFIO can signal (may be below the table size).
-    hw_count: usize,
+    /// One slot per vector VFIO can signal (may be below the table size); a vector is
+    /// created on its first unmask.
+    vectors: Vec<Option<Vector>>,
+    /// VFIO grows an enabled vector set one vector at a time (no `NORESIZE`).
+    growable: bool,
+    /// While enabled: which vectors VFIO has an eventfd for.
+    wired: Vec<bool>,
+    /// VFIO refused the whole set since MSI-X went on: no retry per guest write.
+    refused: bool,
 }
 
 impl Msix {
-    /// MSI-X for `cap`, with `hw_count` vectors VFIO reports for the MSI-X index.
-    pub fn new(cap: MsixCap, hw_count: u32) -> std::io::Result<Self> {
+    /// MSI-X for `cap`, with what VFIO reports for the MSI-X index (`info.count`
+    /// vectors; `NORESIZE` or not).
+    pub fn new(cap: MsixCap, info: IrqInfo) -> Self {
         let n = cap.table_size as usize;
-        let hw_count = (hw_count as usize).min(n);
-        let vectors = (0..hw_count)
-            .map(|_| Vector::new())
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
+        let hw_count = (info.count as usize).min(n);
+        Self {
             cap,
             enabled: false,
             function_mask: false,
             table: vec![[0, 0, 0, VECTOR_MASKED]; n],
-            vectors,
-            hw_count,
-        })
+            vectors: (0..hw_count).map(|_| None).collect(),
+            growable: info.flags & VFIO_IRQ_INFO_NORESIZE == 0,
+            wired: vec![false; hw_count],
+            refused: false,
+        }
+    }
+
+    /// How many vectors VFIO holds an eventfd for now (each one a host IRQ).
+    #[cfg(test)]
+    pub fn wired_vectors(&self) -> usize {
+        self.wired.iter().filter(|w| **w).count()
     }
 
     /// The capability.
@@ -132,7 +152,7 @@ impl Msix {
     /// The eventfd of vector `i` (the tests and the hardware probes fire it).
     #[cfg(test)]
     pub fn eventfd(&self, i: usize) -> Option<&vmm_sys_util::eventfd::EventFd> {
-        self.vectors.get(i).map(|v| &v.eventfd)
+        self.vectors.get(i)?.as_ref().map(|v| &v.eventfd)
     }
 
     /// The guest wrote the control word (only enable and function mask are writable).
@@ -148,27 +168,127 @@ impl Msix {
         match (was, enable) {
             (false, true) => {
                 self.enabled = true;
-                let fds: Vec<_> = self.vectors.iter().map(|v| &v.eventfd).collect();
-                if fds.is_empty() {
-                    crate::warn_limited!(
-                        "VFIO: the device reports no MSI-X vectors; MSI-X stays silent"
-                    );
-                } else if let Err(e) = dev.enable_irq(IrqIndex::Msix, &fds) {
-                    crate::error_limited!(
-                        "VFIO: {e}; the guest's MSI-X interrupts will not arrive"
-                    );
-                }
-                self.sync_all(routing);
+                self.wire_on_enable(dev);
+                self.sync_all(dev, routing);
             }
             (true, false) => {
                 self.enabled = false;
-                self.sync_all(routing);
+                self.sync_all(dev, routing);
                 if let Err(e) = dev.disable_irq(IrqIndex::Msix) {
                     crate::warn_limited!("VFIO: {e}");
                 }
+                self.wired.fill(false);
+                self.refused = false;
             }
-            _ => self.sync_all(routing),
+            _ => self.sync_all(dev, routing),
         }
+    }
+
+    /// Hands VFIO its first vector set as MSI-X goes on: the vectors the guest has
+    /// unmasked already where VFIO can grow the set later, every vector where it cannot.
+    fn wire_on_enable(&mut self, dev: &dyn VfioDeviceOps) {
+        if self.vectors.is_empty() {
+            crate::warn_limited!("VFIO: the device reports no MSI-X vectors; MSI-X stays silent");
+            return;
+        }
+        if self.growable {
+            let used: Vec<usize> = (0..self.vectors.len())
+                .filter(|&i| self.table[i][3] & VECTOR_MASKED == 0)
+                .collect();
+            for &i in &used {
+                self.create(i);
+            }
+            // At least one slot: VFIO enables MSI-X with one vector, here without an
+            // eventfd when the guest uses none yet.
+            let len = used.last().map_or(1, |l| l + 1);
+            let fds: Vec<_> = (0..len)
+                .map(|i| {
+                    self.vectors[i]
+                        .as_ref()
+                        .filter(|_| used.contains(&i))
+                        .map(|v| &v.eventfd)
+                })
+                .collect();
+            match dev.set_irq_vectors(IrqIndex::Msix, 0, &fds) {
+                Ok(()) => {
+                    for i in used {
+                        self.wired[i] = true;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    crate::warn_limited!("VFIO: {e}; enabling every MSI-X vector at once instead");
+                    self.growable = false;
+                }
+            }
+        }
+        self.wire_all(dev);
+    }
+
+    /// Every vector at once: `NORESIZE` kernels, and the fallback when growing fails.
+    fn wire_all(&mut self, dev: &dyn VfioDeviceOps) {
+        for i in 0..self.vectors.len() {
+            self.create(i);
+        }
+        let fds: Vec<_> = self.vectors.iter().flatten().map(|v| &v.eventfd).collect();
+        if fds.len() < self.vectors.len() {
+            return; // create() said why
+        }
+        match dev.enable_irq(IrqIndex::Msix, &fds) {
+            Ok(()) => self.wired.fill(true),
+            Err(e) => {
+                self.refused = true;
+                crate::error_limited!("VFIO: {e}; the guest's MSI-X interrupts will not arrive")
+            }
+        }
+    }
+
+    /// Vector `i`'s eventfd, made on first use.
+    fn create(&mut self, i: usize) -> bool {
+        let Some(slot) = self.vectors.get_mut(i) else {
+            return false;
+        };
+        if slot.is_none() {
+            match Vector::new() {
+                Ok(v) => *slot = Some(v),
+                Err(e) => {
+                    crate::error_limited!("VFIO: no eventfd for MSI-X vector {i}: {e}");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Makes sure VFIO signals vector `i` (MSI-X enabled): adds it to the set where
+    /// VFIO can grow it, else re-enables the whole set.
+    fn wire(&mut self, i: usize, dev: &dyn VfioDeviceOps) {
+        if !self.enabled || self.refused || self.wired.get(i) != Some(&false) || !self.create(i) {
+            return;
+        }
+        if self.growable {
+            let fd = self.vectors[i].as_ref().map(|v| &v.eventfd);
+            let Ok(start) = u32::try_from(i) else { return };
+            match dev.set_irq_vectors(IrqIndex::Msix, start, &[fd]) {
+                Ok(()) => {
+                    self.wired[i] = true;
+                    return;
+                }
+                Err(e) => {
+                    crate::warn_limited!(
+                        "VFIO: {e}; cannot add MSI-X vector {i} alone, re-enabling every vector"
+                    );
+                    self.growable = false;
+                }
+            }
+        }
+        // A NORESIZE set is re-made whole; the device's interrupts in between are lost,
+        // as on QEMU, and this happens once per VM at most (afterwards all are wired).
+        if let Err(e) = dev.disable_irq(IrqIndex::Msix) {
+            crate::warn_limited!("VFIO: {e}");
+        }
+        self.wired.fill(false);
+        self.wire_all(dev);
     }
 
     fn wanted(&self, i: usize) -> Option<MsiMessage> {
@@ -181,18 +301,21 @@ impl Msix {
         })
     }
 
-    fn sync_vector(&mut self, i: usize, routing: &dyn InterruptRouting) {
+    fn sync_vector(&mut self, i: usize, dev: &dyn VfioDeviceOps, routing: &dyn InterruptRouting) {
         let want = self.wanted(i);
-        if let Some(v) = self.vectors.get_mut(i) {
+        if want.is_some() {
+            self.wire(i, dev);
+        }
+        if let Some(Some(v)) = self.vectors.get_mut(i) {
             if let Err(e) = v.sync(want, routing) {
                 crate::error_limited!("VFIO: MSI-X vector {i}: {e}");
             }
         }
     }
 
-    fn sync_all(&mut self, routing: &dyn InterruptRouting) {
-        for i in 0..self.hw_count {
-            self.sync_vector(i, routing);
+    fn sync_all(&mut self, dev: &dyn VfioDeviceOps, routing: &dyn InterruptRouting) {
+        for i in 0..self.vectors.len() {
+            self.sync_vector(i, dev, routing);
         }
     }
 
@@ -213,7 +336,13 @@ impl Msix {
     }
 
     /// A guest write to the table; out-of-range writes are dropped.
-    pub fn write_table(&mut self, offset: u64, data: &[u8], routing: &dyn InterruptRouting) {
+    pub fn write_table(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        dev: &dyn VfioDeviceOps,
+        routing: &dyn InterruptRouting,
+    ) {
         if !in_range(offset, data.len(), self.cap.table_len()) {
             return;
         }
@@ -234,7 +363,7 @@ impl Msix {
             }
         }
         for entry in touched {
-            self.sync_vector(entry, routing);
+            self.sync_vector(entry, dev, routing);
         }
     }
 
@@ -260,13 +389,16 @@ impl Msix {
     fn pending(&self, i: usize) -> bool {
         self.enabled
             && self.wanted(i).is_none()
-            && self.vectors.get(i).is_some_and(Vector::has_pending)
+            && self
+                .vectors
+                .get(i)
+                .is_some_and(|v| v.as_ref().is_some_and(Vector::has_pending))
     }
 
     /// Quiets every vector, disables MSI-X in VFIO if it was on, frees the GSIs, and
     /// returns to the reset state (disabled, all masked).
     pub fn reset(&mut self, dev: &dyn VfioDeviceOps, routing: &dyn InterruptRouting) {
-        for v in &mut self.vectors {
+        for v in self.vectors.iter_mut().flatten() {
             v.release(routing);
         }
         if self.enabled {
@@ -274,6 +406,8 @@ impl Msix {
                 crate::warn_limited!("VFIO: {e}");
             }
         }
+        self.wired.fill(false);
+        self.refused = false;
         self.enabled = false;
         self.function_mask = false;
         for e in &mut self.table {
@@ -326,16 +460,22 @@ mod tests {
             },
         );
         (
-            Msix::new(cap(n), n as u32).unwrap(),
+            Msix::new(
+                cap(n),
+                IrqInfo {
+                    flags: 0,
+                    count: n as u32,
+                },
+            ),
             dev,
             RecordingVm::new(),
         )
     }
 
-    fn program(m: &mut Msix, vm: &RecordingVm, i: u64, addr: u32, data: u32) {
-        m.write_table(i * 16, &addr.to_le_bytes(), vm);
-        m.write_table(i * 16 + 4, &0u32.to_le_bytes(), vm);
-        m.write_table(i * 16 + 8, &data.to_le_bytes(), vm);
+    fn program(m: &mut Msix, dev: &FakeDevice, vm: &RecordingVm, i: u64, addr: u32, data: u32) {
+        m.write_table(i * 16, &addr.to_le_bytes(), dev, vm);
+        m.write_table(i * 16 + 4, &0u32.to_le_bytes(), dev, vm);
+        m.write_table(i * 16 + 8, &data.to_le_bytes(), dev, vm);
     }
 
     #[test]
@@ -365,8 +505,14 @@ mod tests {
     fn pba_shows_interrupts_held_back_by_a_mask() {
         let (mut m, dev, vm) = setup(10);
         m.write_control(CTRL_ENABLE, &dev, &vm);
-        program(&mut m, &vm, 1, 0xfee0_0000, 0x41);
-        // The device signals vectors 1 and 9 while every vector is masked.
+        program(&mut m, &dev, &vm, 1, 0xfee0_0000, 0x41);
+        program(&mut m, &dev, &vm, 9, 0xfee0_0000, 0x49);
+        // Used once (unmasked: VFIO wires them), masked again.
+        for v in [1u64, 9] {
+            m.write_table(v * 16 + 12, &0u32.to_le_bytes(), &dev, &vm);
+            m.write_table(v * 16 + 12, &1u32.to_le_bytes(), &dev, &vm);
+        }
+        // The device signals vectors 1 and 9 while both are masked.
         m.eventfd(1).unwrap().write(1).unwrap();
         m.eventfd(9).unwrap().write(1).unwrap();
         assert_eq!(pba_byte(&m, 0), 0b10, "vector 1 pending");
@@ -375,7 +521,7 @@ mod tests {
         m.read_pba(0, &mut q);
         assert_eq!(u64::from_le_bytes(q), 1 << 1 | 1 << 9, "qword read");
         // Unmasked, vector 1 delivers (KVM drains the eventfd): not pending any more.
-        m.write_table(16 + 12, &0u32.to_le_bytes(), &vm);
+        m.write_table(16 + 12, &0u32.to_le_bytes(), &dev, &vm);
         assert_eq!(pba_byte(&m, 0), 0);
         // The function mask holds it back again.
         m.write_control(CTRL_ENABLE | CTRL_FUNCTION_MASK, &dev, &vm);
@@ -390,7 +536,11 @@ mod tests {
 
     #[test]
     fn pba_is_clear_while_msix_is_disabled() {
-        let (m, _dev, _vm) = setup(2);
+        let (mut m, dev, vm) = setup(2);
+        m.write_control(CTRL_ENABLE, &dev, &vm);
+        m.write_table(12, &0u32.to_le_bytes(), &dev, &vm);
+        m.write_table(12, &1u32.to_le_bytes(), &dev, &vm);
+        m.write_control(0, &dev, &vm);
         m.eventfd(0).unwrap().write(1).unwrap();
         assert_eq!(pba_byte(&m, 0), 0);
     }
@@ -402,26 +552,125 @@ mod tests {
         let mut b = [0u8; 4];
         m.read_table(12, &mut b);
         assert_eq!(u32::from_le_bytes(b), 1, "vector 0 masked");
-        program(&mut m, &vm, 0, 0xfee0_0000, 0x41);
+        program(&mut m, &dev, &vm, 0, 0xfee0_0000, 0x41);
         m.write_control(CTRL_ENABLE, &dev, &vm);
         assert_eq!(
             dev.calls(),
-            vec![DevCall::Enable(IrqIndex::Msix, 4)],
-            "all eventfds at once"
+            vec![DevCall::SetVectors(IrqIndex::Msix, 0, vec![false])],
+            "MSI-X on in VFIO with one slot and no eventfd yet"
         );
+        assert_eq!(dev.host_irqs(IrqIndex::Msix), 0);
+        assert!(m.eventfd(0).is_none(), "no eventfd before first use");
         assert!(
             vm.routes().is_empty() && vm.irqfds().is_empty(),
             "masked vectors stay quiet"
         );
     }
 
+    /// Linux's order: enable with the function mask set, unmask the vectors it
+    /// requested, clear the function mask; later masks and unmasks stay in KVM.
+    fn linux_enable(m: &mut Msix, dev: &FakeDevice, vm: &RecordingVm, used: u64) {
+        m.write_control(CTRL_ENABLE | CTRL_FUNCTION_MASK, dev, vm);
+        for i in 0..used {
+            program(m, dev, vm, i, 0xfee0_0000, 0x30 + i as u32);
+            m.write_table(i * 16 + 12, &0u32.to_le_bytes(), dev, vm);
+        }
+        m.write_control(CTRL_ENABLE, dev, vm);
+    }
+
+    #[test]
+    fn a_2048_vector_table_costs_host_irqs_only_for_what_the_guest_uses() {
+        let (mut m, dev, vm) = setup(2048);
+        linux_enable(&mut m, &dev, &vm, 4);
+        assert_eq!(dev.host_irqs(IrqIndex::Msix), 4, "{:?}", dev.calls());
+        assert_eq!(m.wired_vectors(), 4);
+        assert_eq!(vm.irqfds().len(), 4);
+        let set = |c: &DevCall| matches!(c, DevCall::SetVectors(..));
+        assert_eq!(
+            dev.calls().iter().filter(|c| set(c)).count(),
+            5,
+            "the enable and one call per first unmask"
+        );
+        assert!(!dev.calls().iter().any(|c| matches!(c, DevCall::Enable(..))));
+        // Masking and unmasking a used vector does not touch VFIO again.
+        dev.clear_calls();
+        for _ in 0..10 {
+            m.write_table(2 * 16 + 12, &1u32.to_le_bytes(), &dev, &vm);
+            m.write_table(2 * 16 + 12, &0u32.to_le_bytes(), &dev, &vm);
+        }
+        assert!(dev.calls().is_empty(), "{:?}", dev.calls());
+        // A guest toggling enable gets the vectors it unmasked, in one call each time.
+        for _ in 0..3 {
+            m.write_control(0, &dev, &vm);
+            assert_eq!(dev.host_irqs(IrqIndex::Msix), 0);
+            m.write_control(CTRL_ENABLE, &dev, &vm);
+        }
+        assert_eq!(dev.host_irqs(IrqIndex::Msix), 4);
+        assert!(dev
+            .calls()
+            .contains(&DevCall::SetVectors(IrqIndex::Msix, 0, vec![true; 4])));
+        // A hostile guest unmasking every entry gets at most the table's own vectors.
+        for i in 0..2048 {
+            m.write_table(i * 16 + 12, &0u32.to_le_bytes(), &dev, &vm);
+        }
+        assert_eq!(dev.host_irqs(IrqIndex::Msix), 2048);
+        m.reset(&dev, &vm);
+        assert_eq!(dev.host_irqs(IrqIndex::Msix), 0);
+        assert_eq!(m.wired_vectors(), 0);
+    }
+
+    #[test]
+    fn noresize_wires_every_vector_at_enable() {
+        let (_, mut dev, vm) = setup(64);
+        let info = IrqInfo {
+            flags: VFIO_IRQ_INFO_NORESIZE,
+            count: 64,
+        };
+        dev.irqs.insert(IrqIndex::Msix, info);
+        let mut m = Msix::new(cap(64), info);
+        linux_enable(&mut m, &dev, &vm, 2);
+        assert_eq!(dev.calls(), vec![DevCall::Enable(IrqIndex::Msix, 64)]);
+        assert_eq!(dev.host_irqs(IrqIndex::Msix), 64);
+        assert_eq!(vm.irqfds().len(), 2, "KVM still routes only unmasked ones");
+    }
+
+    #[test]
+    fn a_kernel_that_cannot_grow_the_set_gets_the_whole_set_once() {
+        // VFIO_IRQ_INFO says resizable, the kernel refuses to grow anyway.
+        let (_, mut dev, vm) = setup(8);
+        dev.irqs.insert(
+            IrqIndex::Msix,
+            IrqInfo {
+                flags: VFIO_IRQ_INFO_NORESIZE,
+                count: 8,
+            },
+        );
+        let mut m = Msix::new(cap(8), IrqInfo { flags: 0, count: 8 });
+        m.write_control(CTRL_ENABLE, &dev, &vm);
+        program(&mut m, &dev, &vm, 3, 0xfee0_0000, 0x33);
+        m.write_table(3 * 16 + 12, &0u32.to_le_bytes(), &dev, &vm);
+        let calls = dev.calls();
+        assert_eq!(
+            calls[calls.len() - 2..],
+            [
+                DevCall::Disable(IrqIndex::Msix),
+                DevCall::Enable(IrqIndex::Msix, 8)
+            ],
+            "{calls:?}"
+        );
+        assert_eq!(vm.irqfds().len(), 1);
+        dev.clear_calls();
+        m.write_table(5 * 16 + 12, &0u32.to_le_bytes(), &dev, &vm);
+        assert!(dev.calls().is_empty(), "once: every vector is wired now");
+    }
+
     #[test]
     fn unmask_sets_route_before_irqfd_and_mask_reverses_it() {
         let (mut m, dev, vm) = setup(2);
         m.write_control(CTRL_ENABLE, &dev, &vm);
-        program(&mut m, &vm, 1, 0xfee0_1000, 0x42);
+        program(&mut m, &dev, &vm, 1, 0xfee0_1000, 0x42);
         vm.clear();
-        m.write_table(16 + 12, &0u32.to_le_bytes(), &vm); // unmask vector 1
+        m.write_table(16 + 12, &0u32.to_le_bytes(), &dev, &vm); // unmask vector 1
         let msg = MsiMessage {
             address_lo: 0xfee0_1000,
             address_hi: 0,
@@ -436,13 +685,13 @@ mod tests {
             ]
         );
         vm.clear();
-        m.write_table(16 + 12, &1u32.to_le_bytes(), &vm); // mask
+        m.write_table(16 + 12, &1u32.to_le_bytes(), &dev, &vm); // mask
         assert_eq!(
             vm.calls(),
             vec![VmCall::UnregisterIrqfd(24), VmCall::RemoveRoute(24)]
         );
         vm.clear();
-        m.write_table(16 + 12, &0u32.to_le_bytes(), &vm); // unmask again: same GSI
+        m.write_table(16 + 12, &0u32.to_le_bytes(), &dev, &vm); // unmask again: same GSI
         assert_eq!(
             vm.calls(),
             vec![VmCall::SetRoute(24, msg), VmCall::Irqfd(24)]
@@ -454,12 +703,12 @@ mod tests {
         let (mut m, dev, vm) = setup(1);
         m.write_control(CTRL_ENABLE, &dev, &vm);
         let addr = 0x0000_0000_fee0_2000u64;
-        m.write_table(0, &addr.to_le_bytes(), &vm);
+        m.write_table(0, &addr.to_le_bytes(), &dev, &vm);
         let data_ctrl = 0x43u64; // data 0x43, vector control 0 (unmasked)
-        m.write_table(8, &data_ctrl.to_le_bytes(), &vm);
+        m.write_table(8, &data_ctrl.to_le_bytes(), &dev, &vm);
         assert_eq!(vm.irqfds().len(), 1);
         vm.clear();
-        m.write_table(8, &[0x44], &vm); // byte write of the data field while live
+        m.write_table(8, &[0x44], &dev, &vm); // byte write of the data field while live
         let msg = MsiMessage {
             address_lo: 0xfee0_2000,
             address_hi: 0,
@@ -476,8 +725,8 @@ mod tests {
         let (mut m, dev, vm) = setup(2);
         m.write_control(CTRL_ENABLE, &dev, &vm);
         for i in 0..2 {
-            program(&mut m, &vm, i, 0xfee0_0000, 0x50 + i as u32);
-            m.write_table(i * 16 + 12, &0u32.to_le_bytes(), &vm);
+            program(&mut m, &dev, &vm, i, 0xfee0_0000, 0x50 + i as u32);
+            m.write_table(i * 16 + 12, &0u32.to_le_bytes(), &dev, &vm);
         }
         assert_eq!(vm.irqfds().len(), 2);
         vm.clear();
@@ -505,15 +754,15 @@ mod tests {
 
     #[test]
     fn hostile_table_accesses_are_contained() {
-        let (mut m, _dev, vm) = setup(2);
+        let (mut m, dev, vm) = setup(2);
         let mut b = [0xaau8; 4];
         m.read_table(32, &mut b); // one past the table
         assert_eq!(b, [0; 4]);
         m.read_table(u64::MAX - 1, &mut b);
-        m.write_table(u64::MAX - 2, &[1, 2, 3, 4], &vm);
-        m.write_table(30, &[0; 4], &vm); // straddles the end
-        m.write_table(0, &[0; 16], &vm); // too wide for one access
-        m.write_table(12, &0xffff_fffeu32.to_le_bytes(), &vm); // reserved control bits
+        m.write_table(u64::MAX - 2, &[1, 2, 3, 4], &dev, &vm);
+        m.write_table(30, &[0; 4], &dev, &vm); // straddles the end
+        m.write_table(0, &[0; 16], &dev, &vm); // too wide for one access
+        m.write_table(12, &0xffff_fffeu32.to_le_bytes(), &dev, &vm); // reserved control bits
         m.read_table(12, &mut b);
         assert_eq!(u32::from_le_bytes(b), 0, "only the mask bit is writable");
         assert!(vm.calls().is_empty(), "disabled: nothing reached KVM");
@@ -523,8 +772,8 @@ mod tests {
     fn reset_frees_gsis_and_masks_again() {
         let (mut m, dev, vm) = setup(1);
         m.write_control(CTRL_ENABLE, &dev, &vm);
-        program(&mut m, &vm, 0, 0xfee0_0000, 0x30);
-        m.write_table(12, &0u32.to_le_bytes(), &vm);
+        program(&mut m, &dev, &vm, 0, 0xfee0_0000, 0x30);
+        m.write_table(12, &0u32.to_le_bytes(), &dev, &vm);
         vm.clear();
         m.reset(&dev, &vm);
         assert_eq!(

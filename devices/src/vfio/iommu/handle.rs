@@ -104,6 +104,14 @@ impl VfioDeviceOps for OwnedVfioDevice {
     fn enable_irq(&self, index: IrqIndex, fds: &[&EventFd]) -> Result<(), DeviceFdError> {
         self.dev().ok_or(gone())?.enable_irq_fds(index, fds)
     }
+    fn set_irq_vectors(
+        &self,
+        index: IrqIndex,
+        start: u32,
+        fds: &[Option<&EventFd>],
+    ) -> Result<(), DeviceFdError> {
+        VfioDeviceOps::set_irq_vectors(self.dev().ok_or(gone())?, index, start, fds)
+    }
     fn disable_irq(&self, index: IrqIndex) -> Result<(), DeviceFdError> {
         VfioDeviceOps::disable_irq(self.dev().ok_or(gone())?, index)
     }
