@@ -50,6 +50,8 @@ Exit status of a VM run:
     3    the guest triple-faulted
     4    the guest kernel panicked (\"Kernel panic - not syncing\" seen on its serial
          console, or a KVM crash event)
+    5    a passvm thread made a system call its seccomp filter denies (a passvm bug;
+         the message names the thread and the call; --seccomp log lets the VM run on)
     129, 130, 143  stopped by SIGHUP, SIGINT, SIGTERM (128 + the signal number)
 ";
 
@@ -113,6 +115,13 @@ pub struct VmArgs {
     /// A /dev/iommu file descriptor opened by a privileged launcher (used with --device fd=N).
     #[arg(long, value_name = "FD")]
     pub iommufd_fd: Option<i32>,
+
+    /// seccomp filters, one per kind of thread (vCPUs, the event loop, the DMA map
+    /// helper), each allowing only the system calls that thread makes: on (another call
+    /// stops passvm with exit status 5, naming the thread and the call), log (allowed, and
+    /// logged by the kernel: audit type 1326) or off [default: on].
+    #[arg(long, value_name = "on|log|off")]
+    pub seccomp: Option<String>,
 
     /// Resolve devices, print the plan (devices, backend, memory layout) and exit without running the VM.
     #[arg(long)]
@@ -249,6 +258,8 @@ mod tests {
         let help = cli(&["--help"]).unwrap_err().to_string();
         assert!(help.contains("passvm --kernel vmlinux"));
         assert!(help.contains("stopped by SIGHUP, SIGINT, SIGTERM"));
+        assert!(help.contains("--seccomp <on|log|off>"), "{help}");
+        assert!(help.contains("seccomp filter denies"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use devices::vfio::naming::{DeviceSpec, NamingError};
 use devices::option_list;
 
 use crate::cli::{parse_on_off, parse_size, ValueError, VmArgs};
+use crate::seccomp::SeccompMode;
 
 /// Kernel command line used when `--cmdline` is not given.
 ///
@@ -111,6 +112,8 @@ pub struct VmConfig {
     pub vfio_backend: BackendChoice,
     /// A pre-opened `/dev/iommu` descriptor.
     pub iommufd_fd: Option<i32>,
+    /// What the threads' seccomp filters do with a call outside their lists.
+    pub seccomp: SeccompMode,
     /// Print the plan and exit.
     pub dry_run: bool,
 }
@@ -232,6 +235,10 @@ impl VmConfig {
                 ));
             }
         }
+        let seccomp = match &args.seccomp {
+            Some(s) => s.parse().map_err(|r| invalid("--seccomp", s, r))?,
+            None => SeccompMode::default(),
+        };
         Ok(Self {
             kernel,
             initramfs: args.initramfs.clone(),
@@ -242,6 +249,7 @@ impl VmConfig {
             devices,
             vfio_backend,
             iommufd_fd: args.iommufd_fd,
+            seccomp,
             dry_run: args.dry_run,
         })
     }
@@ -373,6 +381,7 @@ mod tests {
         assert!(c.cmdline.starts_with("console=ttyS0 "));
         assert!(c.cmdline.contains("reboot=k"));
         assert_eq!(c.vfio_backend, BackendChoice::Auto);
+        assert_eq!(c.seccomp, SeccompMode::On);
     }
 
     #[test]
@@ -384,7 +393,9 @@ mod tests {
         a.serial = Some("file=/tmp/x.log".into());
         a.cmdline = Some(" console=ttyS0 panic=-1 ".into());
         a.vfio_backend = "group".into();
+        a.seccomp = Some("log".into());
         let c = VmConfig::from_args(&a).unwrap();
+        assert_eq!(c.seccomp, SeccompMode::Log);
         assert_eq!(c.vcpus, 2);
         assert_eq!(
             c.memory,
@@ -481,6 +492,11 @@ mod tests {
         assert!(e.contains("auto, iommufd or group"), "{e}");
         let e = err_for(|a| a.iommufd_fd = Some(-1));
         assert!(e.starts_with("--iommufd-fd"), "{e}");
+        let e = err_for(|a| a.seccomp = Some("strict".into()));
+        assert!(
+            e.starts_with("--seccomp 'strict':") && e.contains("on (deny") && e.contains("off"),
+            "{e}"
+        );
         let e = err_for(|a| a.cmdline = Some("a\0b".into()));
         assert!(e.contains("NUL"), "{e}");
     }

@@ -8,6 +8,7 @@
 //! | 2      | bad command line (clap uses 2 too), or a `--device` that cannot be assigned |
 //! | 3      | the guest triple-faulted (KVM_EXIT_SHUTDOWN)                            |
 //! | 4      | the guest kernel panicked                                               |
+//! | 5      | a passvm thread made a system call its seccomp filter denies (`seccomp.rs`) |
 //! | 128+N  | stopped by signal N: 129 SIGHUP, 130 SIGINT, 143 SIGTERM (shell rule)   |
 //!
 //! The first reason recorded wins: a Linux guest whose keyboard-controller reset "fails"
@@ -22,6 +23,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status for a VMM-side failure.
 pub const EXIT_ERROR: u8 = 1;
+/// Exit status when a thread made a system call its seccomp filter denies: set by the
+/// SIGSYS handler, which cannot go through the normal teardown.
+pub const EXIT_SECCOMP: u8 = 5;
 
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]

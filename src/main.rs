@@ -11,6 +11,7 @@ mod exit;
 mod memory;
 mod passthrough;
 mod placement;
+mod seccomp;
 mod signals;
 mod terminal;
 mod timings;

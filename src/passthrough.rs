@@ -41,6 +41,7 @@ use crate::boot::mptable::{self, MpTableError, PciIntx, FIRST_PCI_IOAPIC_PIN};
 use crate::config::{DmaMapTiming, VmConfig};
 use crate::exit::{ExitReason, VmExit};
 use crate::memory::{MemoryError, MemoryLayout};
+use crate::seccomp::ThreadFilter;
 use crate::vcpu::Buses;
 use devices::pci::kvm_routing::Interrupts;
 
@@ -156,6 +157,8 @@ pub struct VmParts<'a> {
     pub dma_map: DmaMapTiming,
     /// The stop latch: a DMA map that fails beside the guest's boot stops the VM.
     pub exit: &'a Arc<VmExit>,
+    /// The seccomp filter of the `dma-map` helper, which it installs first thing.
+    pub dma_filter: ThreadFilter,
 }
 
 /// The VM's passthrough devices. Drop order is field order: devices, then the IOMMU space.
@@ -294,8 +297,10 @@ fn start_dma_map(
             // The guest runs meanwhile: its vCPUs keep their cores.
             let threads = all_cores().saturating_sub(usize::from(parts.vcpus)).max(1);
             let exit = parts.exit.clone();
+            let filter = parts.dma_filter.clone();
+            let on_start = move || filter.apply().map_err(|e| e.to_string());
             space
-                .map_guest_memory_in_background(parts.mem, threads, move |e| {
+                .map_guest_memory_in_background(parts.mem, threads, on_start, move |e| {
                     let message = PassthroughSetupError::Device {
                         given,
                         source: AssignError::Dma(e),

@@ -8,10 +8,13 @@
 //! runs there).
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// The settings to put back, shared with the panic hook.
 static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
+/// The same settings for a signal handler, which may not take a lock: set once, before
+/// raw mode goes on, and never changed.
+static SAVED_FOR_SIGNALS: OnceLock<libc::termios> = OnceLock::new();
 
 /// While alive, stdin is in raw mode.
 #[derive(Debug)]
@@ -34,6 +37,8 @@ impl RawMode {
         // SAFETY: cfmakeraw only edits the struct it is given.
         unsafe { libc::cfmakeraw(&mut raw) };
         *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(original);
+        // A second raw mode in one process saves the same original settings.
+        let _ = SAVED_FOR_SIGNALS.set(original);
         // SAFETY: valid fd and a fully initialised termios.
         if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
             let err = io::Error::last_os_error();
@@ -57,6 +62,16 @@ pub fn restore() {
     if let Some(t) = saved {
         // SAFETY: valid fd and the termios read from it earlier.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) };
+    }
+}
+
+/// Puts the settings from before raw mode back, from a signal handler (the SIGSYS report
+/// of `seccomp.rs`): no lock, only `tcsetattr`, which is async-signal-safe. Harmless
+/// when raw mode already ended or never began.
+pub fn restore_from_signal_handler() {
+    if let Some(t) = SAVED_FOR_SIGNALS.get() {
+        // SAFETY: valid fd and the termios read from it before raw mode went on.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, t) };
     }
 }
 

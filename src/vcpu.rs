@@ -22,6 +22,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable};
 
 use crate::exit::{ExitReason, VmExit};
+use crate::seccomp::ThreadFilter;
 use crate::signals::kick_signal;
 use crate::vcpu_state::StateRequests;
 
@@ -92,12 +93,20 @@ impl Vcpu {
         }
     }
 
-    /// Starts the vCPU on its own thread.
-    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+    /// Starts the vCPU on its own thread, which installs `filter` (the vCPU kind's seccomp
+    /// filter) before its first `KVM_RUN`; a filter the kernel refuses stops the VM.
+    pub fn spawn(self, filter: ThreadFilter) -> std::io::Result<JoinHandle<()>> {
         let (id, exit) = (self.id, self.exit.clone());
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
+                if let Err(e) = filter.apply() {
+                    exit.request(ExitReason::VcpuError {
+                        vcpu: id,
+                        message: e.to_string(),
+                    });
+                    return;
+                }
                 // A bug must not leave the main thread waiting for a vCPU that is gone (release
                 // builds abort on panic instead; the terminal is restored by the panic hook).
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).is_err() {
@@ -381,8 +390,12 @@ mod tests {
         install_kick_handler().unwrap();
         let exit = Arc::new(VmExit::new().unwrap());
         let reports = Arc::new(StateRequests::default());
+        // The vCPU filter on: the kick, the report and the stop all pass through it.
+        let filter = crate::seccomp::Filters::new(crate::seccomp::SeccompMode::On)
+            .unwrap()
+            .thread(crate::seccomp::ThreadKind::Vcpu);
         let t = Vcpu::new(0, fd, no_buses(), exit.clone(), reports.clone())
-            .spawn()
+            .spawn(filter)
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(!t.is_finished(), "the guest loop keeps the vCPU busy");

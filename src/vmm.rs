@@ -47,6 +47,7 @@ use crate::console::{self, ConsoleInput, ConsoleOutput};
 use crate::exit::{ExitReason, VmExit, EXIT_ERROR, EXIT_USAGE};
 use crate::memory::{self, MemoryError};
 use crate::passthrough::{self, PassthroughSetupError, PassthroughVm, Prepared, VmParts};
+use crate::seccomp::{Filters, SeccompMode, ThreadKind};
 use crate::signals::TerminationSignals;
 use crate::terminal::RawMode;
 use crate::timings::PhaseTimings;
@@ -151,6 +152,14 @@ pub fn run(args: VmArgs) -> ExitCode {
     if config.dry_run {
         return crate::dry_run::print_plan(&config);
     }
+    // Compiled before anything runs, so a filter that cannot be built fails at once.
+    let filters = match Filters::new(config.seccomp) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("passvm: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
     // Before anything slow (binding, pinning RAM) and before any thread: a SIGUSR1 or
     // SIGPWR must queue for the event loop, not kill passvm with its default action.
     if let Err(e) = crate::signals::block() {
@@ -166,7 +175,7 @@ pub fn run(args: VmArgs) -> ExitCode {
         }
     };
     timings.mark("discovery");
-    match Vm::build(&config, prepared, timings).and_then(Vm::run) {
+    match Vm::build(&config, prepared, timings, filters).and_then(Vm::run) {
         Ok(reason) => {
             eprintln!("passvm: {reason}");
             ExitCode::from(reason.code())
@@ -188,6 +197,8 @@ pub struct Vm {
     raw_mode: Option<RawMode>,
     signals: TerminationSignals,
     exit: Arc<VmExit>,
+    /// The threads' seccomp filters, installed as each thread starts its work.
+    filters: Filters,
     _buses: Buses,
     _pci: Arc<Mutex<PciRoot>>,
     passthrough: PassthroughVm,
@@ -273,6 +284,7 @@ impl Vm {
         cfg: &VmConfig,
         mut prepared: Prepared,
         mut timings: PhaseTimings,
+        filters: Filters,
     ) -> Result<Self, VmError> {
         // Dropped after every local below on an error, i.e. after the devices.
         let managed = prepared.take_guards();
@@ -381,6 +393,7 @@ impl Vm {
                 vcpus: cfg.vcpus,
                 dma_map,
                 exit: &exit,
+                dma_filter: filters.thread(ThreadKind::DmaMap),
             },
         )?;
 
@@ -427,6 +440,7 @@ impl Vm {
             raw_mode,
             signals,
             exit,
+            filters,
             _buses: buses,
             _pci: pci,
             passthrough,
@@ -449,6 +463,7 @@ impl Vm {
             _interrupts,
             _pci,
             _buses,
+            filters,
             exit,
             signals,
             raw_mode,
@@ -469,7 +484,7 @@ impl Vm {
 
         let mut threads = Vec::with_capacity(vcpus.len());
         for v in vcpus {
-            match v.spawn() {
+            match v.spawn(filters.thread(ThreadKind::Vcpu)) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     exit.request(ExitReason::VcpuError {
@@ -479,6 +494,14 @@ impl Vm {
                     break;
                 }
             }
+        }
+        // After the vCPU threads exist (one started later would be bound by this list
+        // too), before the loop: from here on this thread only serves events and tears
+        // down.
+        if let Err(e) = filters.thread(ThreadKind::Vmm).apply() {
+            exit.request(ExitReason::VmmError(e.to_string()));
+        } else if filters.mode() != SeccompMode::Off {
+            log::info!("seccomp: {:?} on every thread", filters.mode());
         }
         let mut kicked_for = 0;
         while !exit.is_stopping() {

@@ -297,10 +297,16 @@ impl Assignment {
     /// The RAM is faulted in on `threads` threads first: the VMM leaves the guest's vCPUs
     /// their cores (on a 2-core host with a 1-vCPU guest, two prefault threads slowed the
     /// guest's boot as much as the background map saved).
+    ///
+    /// `on_start` runs first on the helper thread, before anything else: the VMM installs
+    /// the thread's seccomp filter there, which its prefault threads then inherit (this
+    /// crate stays free of the filters themselves). An error from it fails the map
+    /// through `on_failure`, without mapping anything.
     pub fn map_guest_memory_in_background<M>(
         &mut self,
         mem: &M,
         threads: usize,
+        on_start: impl FnOnce() -> Result<(), String> + Send + 'static,
         on_failure: impl FnOnce(IommuError) -> String + Send + 'static,
     ) -> Result<Arc<DmaGate>, AssignError>
     where
@@ -313,6 +319,11 @@ impl Assignment {
         let gate = Arc::new(DmaGate::pending(ram.bytes()));
         let (space, keep, g) = (self.space.clone(), mem.clone(), gate.clone());
         let helper = crate::thread::spawn_without_signals("dma-map", move || {
+            if let Err(e) = on_start() {
+                drop(keep);
+                g.finish(Err(on_failure(IommuError::HelperStart(e))));
+                return;
+            }
             // SAFETY: `keep` is a clone of the guest memory `ram` was read from; it holds
             // the regions' mappings until this thread ends, and the regions are never
             // unmapped while any clone lives. After this thread, the VM's own memory

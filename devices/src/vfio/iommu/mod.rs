@@ -107,6 +107,9 @@ pub enum IommuError {
         #[source]
         source: vfio_ioctls::VfioError,
     },
+    /// The helper thread's own set-up (the VMM's start hook: its seccomp filter) failed.
+    #[error("the DMA map thread could not start: {0}")]
+    HelperStart(String),
     /// The VM stopped while its RAM was being mapped.
     #[error("the DMA map of guest RAM was cancelled: the VM stopped while it ran")]
     Cancelled,
