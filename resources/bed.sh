@@ -29,7 +29,10 @@
 #                          blk:NAME        virtio-blk on the root bus, its own group, no reset
 #                          blk-rom:NAME    virtio-blk with an option ROM (WORKDIR/NAME.rom)
 #                          blk-rp:NAME     virtio-blk behind a PCIe root port (FLR/PM/bus reset)
+#                          blk-aer:NAME    the same with an AER capability (errors reach L1's AER driver)
 #                          blk-mf:NAME+NAME  two virtio-blk functions of one slot: one group
+#                          blk-mf-rp:NAME+NAME  the same behind a PCIe root port, without FLR or
+#                                          PM: only a bus reset resets them (both at once)
 #                          e1000e:NAME     e1000e NIC (QEMU user network: 10.0.2.2 answers ping)
 #                          edu:NAME        QEMU's edu device
 #                          nvme:NAME       NVMe controller with disk NAME (MSI-X in BAR 0)
@@ -147,13 +150,17 @@ cmd_launch() {
         map+=("$names@0000:00:$(printf %02x $slot).0")
         slot=$((slot + 1))
     }
-    # The next PCIe root port, at this slot: device NAME goes on bus rpPORT and is
-    # bus PORT's endpoint 00.0 in L1.
-    behind_root_port() {
+    # The next PCIe root port, at this slot: its secondary bus is rpPORT for QEMU
+    # and bus PORT in L1.
+    root_port() {
         port=$((port + 1))
         qemu_dev+=(-device "pcie-root-port,id=rp$port,chassis=$port,slot=$port,addr=$addr")
-        map+=("$names@0000:$(printf %02x $port):00.0")
         slot=$((slot + 1))
+    }
+    # Device NAME behind the next root port: bus PORT's endpoint 00.0 in L1.
+    behind_root_port() {
+        root_port
+        map+=("$names@0000:$(printf %02x $port):00.0")
     }
     # iommu_platform=on: without it a virtio device bypasses the vIOMMU and its
     # DMA lands in the wrong place once L1 gives it to a guest.
@@ -188,6 +195,13 @@ cmd_launch() {
             behind_root_port
             qemu_dev+=(-device "$blk,drive=drv-$names,id=$names,bus=rp$port")
             ;;
+        blk-aer)
+            # With AER, L1's AER driver (and aer_inject) reports its errors to
+            # vfio-pci, which signals passvm's error eventfd.
+            make_disk "$names"
+            behind_root_port
+            qemu_dev+=(-device "$blk,drive=drv-$names,id=$names,bus=rp$port,aer=on")
+            ;;
         blk-mf)
             a="${names%%+*}" b="${names#*+}"
             [ "$a" != "$names" ] || bed_die "blk-mf needs two names: blk-mf:NAME+NAME"
@@ -199,6 +213,19 @@ cmd_launch() {
             qemu_dev+=(-device "$blk,drive=drv-$b,id=$b,addr=$addr.1")
             map+=("$a@0000:00:$(printf %02x $slot).0" "$b@0000:00:$(printf %02x $slot).1")
             slot=$((slot + 1))
+            ;;
+        blk-mf-rp)
+            a="${names%%+*}" b="${names#*+}"
+            [ "$a" != "$names" ] || bed_die "blk-mf-rp needs two names: blk-mf-rp:NAME+NAME"
+            make_disk "$a"
+            make_disk "$b"
+            # No FLR, no PM: neither function has a reset of its own, and the bus
+            # reset resets both (VFIO_DEVICE_PCI_HOT_RESET).
+            root_port
+            local norst="x-pcie-flr-init=off,x-pcie-pm-init=off"
+            qemu_dev+=(-device "$blk,drive=drv-$a,id=$a,bus=rp$port,addr=0.0,multifunction=on,$norst")
+            qemu_dev+=(-device "$blk,drive=drv-$b,id=$b,bus=rp$port,addr=0.1,$norst")
+            map+=("$a@0000:$(printf %02x $port):00.0" "$b@0000:$(printf %02x $port):00.1")
             ;;
         e1000e)
             qemu_dev+=(-netdev "user,id=net-$names" -device "e1000e,netdev=net-$names,id=$names,romfile=,addr=$addr")
@@ -250,7 +277,7 @@ cmd_launch() {
                 -object "filter-dump,id=dump-$names,netdev=net-$names,file=$workdir/$names.pcap"
                 -device "igb,netdev=net-$names,id=$names,bus=rp$port")
             ;;
-        *) bed_die "unknown device kind '$kind' in '$spec' (blk, blk-rom, blk-rp, blk-mf, e1000e, edu, nvme, ahci, serial, ivshmem, igb)" ;;
+        *) bed_die "unknown device kind '$kind' in '$spec' (blk, blk-rom, blk-rp, blk-aer, blk-mf, blk-mf-rp, e1000e, edu, nvme, ahci, serial, ivshmem, igb)" ;;
         esac
     done
     local devmap
@@ -351,7 +378,6 @@ cmd_test() {
     stage "cargo fmt --check" cargo fmt --all --check
     stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
     stage "cargo test" cargo test --workspace --no-fail-fast
-    stage "fuzz (brief)" "$BED_REPO/resources/fuzz.sh" ci
     # The nested scenarios are #[ignore]d in a plain `cargo test`. One L0 takes
     # both cores: one scenario at a time (the Rust API also holds a lock).
     stage "bed prepare" cmd_prepare_quiet

@@ -50,6 +50,8 @@ Exit status of a VM run:
     3    the guest triple-faulted
     4    the guest kernel panicked (\"Kernel panic - not syncing\" seen on its serial
          console, or a KVM crash event)
+    6    a passed-through device reported an error (PCIe AER through VFIO); the
+         message names the device, the host's dmesg has the AER report
     5    a passvm thread made a system call its seccomp filter denies (a passvm bug;
          the message names the thread and the call; --seccomp log lets the VM run on)
     129, 130, 143  stopped by SIGHUP, SIGINT, SIGTERM (128 + the signal number)

@@ -23,6 +23,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status for a VMM-side failure.
 pub const EXIT_ERROR: u8 = 1;
+/// Exit status when a passed-through device reported an error (AER).
+pub const EXIT_DEVICE_ERROR: u8 = 6;
 /// Exit status when a thread made a system call its seccomp filter denies: set by the
 /// SIGSYS handler, which cannot go through the normal teardown.
 pub const EXIT_SECCOMP: u8 = 5;
@@ -45,6 +47,15 @@ pub enum ExitReason {
     Signal(i32),
     /// The VMM itself could not continue (event loop, threads).
     VmmError(String),
+    /// A passed-through device reported an error (PCIe AER, signalled by VFIO's error
+    /// interrupt): the VM stops, as QEMU's does, rather than run on with a device in an
+    /// unknown state.
+    DeviceError {
+        /// The device's name (as the plan printed it).
+        device: String,
+        /// How many errors VFIO signalled.
+        count: u64,
+    },
     /// A vCPU could not continue.
     VcpuError {
         /// The failing vCPU.
@@ -62,6 +73,7 @@ impl ExitReason {
             Self::VcpuError { .. } | Self::VmmError(_) => EXIT_ERROR,
             Self::TripleFault { .. } => 3,
             Self::GuestPanic(_) => 4,
+            Self::DeviceError { .. } => EXIT_DEVICE_ERROR,
             Self::Signal(sig) => u8::try_from(128 + sig).unwrap_or(EXIT_ERROR),
         }
     }
@@ -82,6 +94,13 @@ impl std::fmt::Display for ExitReason {
             Self::Signal(s) => write!(f, "stopped by {}", signal_name(*s)),
             Self::VcpuError { vcpu, message } => write!(f, "vCPU {vcpu} failed: {message}"),
             Self::VmmError(m) => f.write_str(m),
+            Self::DeviceError { device, count } => write!(
+                f,
+                "{device}: the device reported {count} PCIe error{} (AER, signalled by VFIO); \
+                 the VM is stopped so the guest does not go on with a device in an unknown \
+                 state: the host's kernel log (dmesg) has the AER report",
+                if *count == 1 { "" } else { "s" }
+            ),
         }
     }
 }

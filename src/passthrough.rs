@@ -331,10 +331,12 @@ impl PassthroughVm {
         lines
     }
 
-    /// The event-loop hooks, or `None` without devices.
-    pub fn subscriber(&self) -> Option<PassthroughEvents> {
+    /// The event-loop hooks, or `None` without devices; a device error stops the VM
+    /// through `exit`.
+    pub fn subscriber(&self, exit: Arc<VmExit>) -> Option<PassthroughEvents> {
         (!self.devices.is_empty()).then(|| PassthroughEvents {
             devices: self.devices.iter().map(|a| a.device.clone()).collect(),
+            exit,
         })
     }
 
@@ -349,17 +351,30 @@ impl PassthroughVm {
 }
 
 /// Event-loop hooks of the passthrough devices: the INTx EOIs passvm forwards itself
-/// (event data: the device's index). BAR moves need none: they take effect inside the
+/// and the devices' error signals (event data: the device's index, with
+/// [`ERROR_EVENT`] for an error). BAR moves need none: they take effect inside the
 /// guest's write ([`devices::bus::SharedBus`]).
 pub struct PassthroughEvents {
     devices: Vec<Arc<Mutex<VfioPciDevice>>>,
+    exit: Arc<VmExit>,
 }
+
+/// Event-data bit of a device's error eventfd (below it: the device's index).
+const ERROR_EVENT: u32 = 1 << 31;
 
 impl MutEventSubscriber for PassthroughEvents {
     fn init(&mut self, ops: &mut EventOps) {
         for (i, dev) in self.devices.iter().enumerate() {
-            let Ok(i) = u32::try_from(i) else { break };
+            let Some(i) = u32::try_from(i).ok().filter(|i| i & ERROR_EVENT == 0) else {
+                break;
+            };
             let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(fd) = dev.error_fd() {
+                let data = i | ERROR_EVENT;
+                if let Err(e) = ops.add(Events::with_data_raw(fd.as_raw_fd(), data, EventSet::IN)) {
+                    log::error!("{}: cannot watch for device errors: {e:?}", dev.name());
+                }
+            }
             if let Some(fd) = dev.intx_eoi_fd() {
                 log::info!(
                     "{}: INTx EOIs forwarded by passvm (no kernel unmask)",
@@ -373,11 +388,22 @@ impl MutEventSubscriber for PassthroughEvents {
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if let Some(dev) = self.devices.get(events.data() as usize) {
+        let data = events.data();
+        let Some(dev) = self.devices.get((data & !ERROR_EVENT) as usize) else {
+            return;
+        };
+        let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
+        if data & ERROR_EVENT != 0 {
+            if let Some(count) = dev.take_error() {
+                log::error!("{}: VFIO signalled a device error (AER)", dev.name());
+                self.exit.request(ExitReason::DeviceError {
+                    device: dev.name().to_owned(),
+                    count,
+                });
+            }
+        } else {
             // Reads the eventfd (so the level-triggered watch calms down) and unmasks.
-            dev.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .handle_intx_eoi();
+            dev.handle_intx_eoi();
         }
     }
 }

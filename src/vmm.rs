@@ -478,7 +478,7 @@ impl Vm {
         if let Some(input) = input {
             em.add_subscriber(Box::new(input));
         }
-        if let Some(pt) = passthrough.subscriber() {
+        if let Some(pt) = passthrough.subscriber(exit.clone()) {
             em.add_subscriber(Box::new(pt));
         }
 

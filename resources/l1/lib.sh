@@ -136,14 +136,6 @@ bed_l2_cmdline() {
     echo "console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd passvm.check=$1${2:+ $2}"
 }
 
-# While passvm PID runs, every passvm.hang_probe=SECS (L1 cmdline, default 30)
-# print where each of its threads is: state, CPU ticks (user/system/guest) and
-# the syscall it sits in (/proc/PID/task/TID/syscall: "running", or the number
-# and arguments; 16 = ioctl, e.g. KVM_RUN, 202 = futex, 232 = epoll_wait), and
-# ask passvm for its vCPUs' state (SIGUSR1: RIP, RFLAGS, pending events, local
-# APIC, on "VMM| " lines). A hung scenario then shows in its log whether a vCPU
-# is stuck in the guest (and where), in the kernel or on a lock of passvm's
-# own. Lines: "L1| HANG ...".
 # While passvm PID runs, the most host MSI-X vectors VFIO gave each device at once
 # (/proc/interrupts lines "vfio-msix[N](BDF)"), written to FILE as "BDF MAX" lines:
 # what passvm's guest use costs the host (issue 13: vectors wired on first unmask).
@@ -165,6 +157,34 @@ bed_msix_sampler() {
     done
 }
 
+# Injects an uncorrectable, non-fatal PCIe error (completer abort) at function BDF
+# through L1's aer_inject (CONFIG_PCIEAER_INJECT): L1's AER driver then runs the
+# recovery that calls vfio-pci's error_detected. struct aer_error_inj: bus, dev, fn,
+# pad, uncor_status, cor_status, header_log[4], domain (32 bytes, little-endian).
+bed_aer_inject() {
+    ai_dom=$((0x${1%%:*})) ai_rest="${1#*:}"
+    ai_bus=$((0x${ai_rest%%:*})) ai_df="${ai_rest#*:}"
+    ai_dev=$((0x${ai_df%%.*})) ai_fn=$((${ai_df#*.}))
+    [ -c /dev/aer_inject ] || { echo "no /dev/aer_inject in L1"; return 1; }
+    # bus dev fn pad, uncor_status PCI_ERR_UNC_COMP_ABORT (bit 15: non-fatal under
+    # the default severities), cor_status 0, header_log 0 x 16 bytes, domain.
+    ai_fmt=""
+    for ai_b in "$ai_bus" "$ai_dev" "$ai_fn" 0 0 128 0 0 0 0 0 0 \
+        0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 $((ai_dom & 255)) $((ai_dom >> 8 & 255)) 0 0; do
+        ai_fmt="$ai_fmt$(printf '\\%03o' "$ai_b")"
+    done
+    # One write of the whole struct: the driver takes no partial one.
+    printf "$ai_fmt" >/dev/aer_inject
+}
+
+# While passvm PID runs, every passvm.hang_probe=SECS (L1 cmdline, default 30)
+# print where each of its threads is: state, CPU ticks (user/system/guest) and
+# the syscall it sits in (/proc/PID/task/TID/syscall: "running", or the number
+# and arguments; 16 = ioctl, e.g. KVM_RUN, 202 = futex, 232 = epoll_wait), and
+# ask passvm for its vCPUs' state (SIGUSR1: RIP, RFLAGS, pending events, local
+# APIC, on "VMM| " lines). A hung scenario then shows in its log whether a vCPU
+# is stuck in the guest (and where), in the kernel or on a lock of passvm's
+# own. Lines: "L1| HANG ...".
 bed_hang_probe() {
     hp_every="$(bed_cmdline_arg passvm.hang_probe || echo 30)"
     hp_n=0

@@ -33,3 +33,27 @@ bed_rom_sum() {
     echo "$(wc -c </tmp/.bed-rom) $(md5sum </tmp/.bed-rom | cut -d' ' -f1) $(od -An -tx1 -N4 /tmp/.bed-rom | tr -d ' ')"
     rm -f /tmp/.bed-rom
 }
+
+# The address of a virtio-pci function's common configuration (the vendor capability,
+# ID 0x09, of cfg_type 1: its BAR and offset), with memory decode turned on so that it
+# answers; nothing when the function has none. For the reset scenario: the device
+# status byte (common config + 0x14) survives anything but a reset of the device.
+bed_virtio_common() {
+    vc_d="$1"
+    vc_p=$(od -An -tu1 -j52 -N1 "$vc_d/config" | tr -d ' ') vc_n=0
+    while [ "${vc_p:-0}" -ge 64 ] && [ "$vc_n" -lt 48 ]; do
+        # id, next, len, cfg_type, bar, pad x3, offset (le32)
+        set -- $(od -An -tu1 -j"$vc_p" -N12 "$vc_d/config")
+        if [ "$1" = 9 ] && [ "$4" = 1 ]; then
+            vc_line=$(sed -n "$(($5 + 1))p" "$vc_d/resource")
+            vc_bar=$(($(echo "$vc_line" | cut -d' ' -f1)))
+            [ "$vc_bar" -ne 0 ] || return 0
+            vc_cmd=$(od -An -tu1 -j4 -N1 "$vc_d/config" | tr -d ' ')
+            printf "$(printf '\\%03o' $((vc_cmd | 2)))" |
+                dd of="$vc_d/config" bs=1 seek=4 count=1 conv=notrunc 2>/dev/null
+            echo $((vc_bar + ($9 | $10 << 8 | $11 << 16 | $12 << 24)))
+            return 0
+        fi
+        vc_p=$2 vc_n=$((vc_n + 1))
+    done
+}

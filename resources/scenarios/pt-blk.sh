@@ -13,12 +13,26 @@
 #   passvm.pt.runs=N                      run passvm N times in a row (default 1); L2's
 #                                         `reboot -f` ends each run
 #   passvm.pt.sigterm=1                   first, a passvm whose L2 idles is stopped with
-#                                         SIGTERM (marker sigterm_rc); the runs follow
+#                                         SIGTERM (markers sigterm_rc, sigterm_ms: from
+#                                         the signal to passvm's exit); the runs follow
+#   passvm.pt.sigkill=1                   first, a passvm whose L2 writes to every disk
+#                                         (check pt-io) is killed with SIGKILL mid-I/O
+#                                         (marker sigkill_rc); the runs follow
+#   passvm.pt.aer=1                       first, a passvm whose L2 idles gets a PCIe
+#                                         error injected at the first device through
+#                                         L1's aer_inject (markers aer_rc, aer_msg:
+#                                         passvm's message); the runs follow
 #   passvm.pt.managed=1                   leave the disks on virtio-pci and pass them as
 #                                         BDF,managed=on: passvm binds them to vfio-pci
 #                                         and gives them back when it ends
 #   passvm.pt.vf=1                        devices with SR-IOV (igb) pass one new virtual
 #                                         function each instead of themselves
+#   passvm.pt.dirty=1                     before binding each virtio function to
+#                                         vfio-pci, write ACKNOWLEDGE into its device
+#                                         status (marker l1_dirty="BDF STATUS", and
+#                                         reset_method="BDF METHODS" as L1's kernel
+#                                         offers them); L2's pt-reset check then reads
+#                                         the status passvm's reset left
 #   passvm.pt.check=NAME                  L2's check (default pt-blk; pt-dev drives
 #                                         every kind of device)
 #   passvm.pt.l2=ARGS                     more L2 kernel arguments, comma-separated
@@ -64,6 +78,15 @@ for entry in $(bed_cmdline_arg passvm.devices | tr ',' ' '); do
         set -- "$@" --device "$bdf,managed=on"
         continue
     fi
+    if [ "$(bed_cmdline_arg passvm.pt.dirty)" = 1 ]; then
+        dir="/sys/bus/pci/devices/$bdf"
+        [ -e "$dir/driver" ] && echo "$bdf" >"$dir/driver/unbind"
+        bed_report reset_method "$bdf $(cat "$dir/reset_method" 2>/dev/null)"
+        addr="$(bed_virtio_common "$dir")"
+        [ -n "$addr" ] || bed_fail "$bdf has no virtio common config"
+        devmem $((addr + 0x14)) 8 1
+        bed_report l1_dirty "$bdf $(($(devmem $((addr + 0x14)) 8)))"
+    fi
     bed_bind_vfio "$bdf"
     case "$form" in
     cdev) name="$(bed_vfio_cdev "$bdf")"; [ -n "$name" ] || name="$bdf" ;;
@@ -85,24 +108,66 @@ for entry in $(bed_cmdline_arg passvm.devices | tr ',' ' '); do
 done
 [ -n "$bdfs" ] || bed_fail "no device attached (Scenario::device)"
 
-if [ "$(bed_cmdline_arg passvm.pt.sigterm)" = 1 ]; then
-    echo "passvm with an idle L2, to be stopped by SIGTERM: $*"
+# A passvm in the background whose L2 runs CHECK until it reports "BED KEY=yes|started"
+# (pid in $pid; L2's output in /tmp/.pt-l2, passvm's in /tmp/.pt-vmm).
+background_passvm() {
+    bp_check="$1" bp_key="$2"
+    shift 2
     "$PASSVM" --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --memory size=256M \
-        --vfio-backend "$backend" --cmdline "$(bed_l2_cmdline vm-idle)" "$@" \
+        --vfio-backend "$backend" --cmdline "$(bed_l2_cmdline "$bp_check")" "$@" \
         </dev/null >/tmp/.pt-l2 2>/tmp/.pt-vmm &
     pid=$!
     i=0
-    until grep -q "BED idle=yes" /tmp/.pt-l2 2>/dev/null; do
+    until grep -q "BED $bp_key=" /tmp/.pt-l2 2>/dev/null; do
         i=$((i + 1))
         [ "$i" -le 900 ] || { kill -9 "$pid"; bed_fail "L2 did not come up"; }
         kill -0 "$pid" 2>/dev/null || { sed 's/^/VMM| /' /tmp/.pt-vmm; bed_fail "passvm exited early"; }
         sleep 0.2
     done
+}
+# Milliseconds since boot, for a signal-to-exit time.
+now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
+
+if [ "$(bed_cmdline_arg passvm.pt.sigterm)" = 1 ]; then
+    echo "passvm with an idle L2, to be stopped by SIGTERM: $*"
+    background_passvm vm-idle idle "$@"
+    t0="$(now_ms)"
     kill -TERM "$pid"
     wait "$pid"
-    bed_report sigterm_rc "$?"
+    rc=$?
+    bed_report sigterm_ms "$(($(now_ms) - t0))"
+    bed_report sigterm_rc "$rc"
     sed 's/^/VMM| /' /tmp/.pt-vmm
     for bdf in $bdfs; do bed_report after_sigterm "$bdf $(bed_driver "$bdf")"; done
+fi
+
+if [ "$(bed_cmdline_arg passvm.pt.sigkill)" = 1 ]; then
+    echo "passvm with L2 writing to its disks, to be killed by SIGKILL: $*"
+    background_passvm pt-io io "$@"
+    sleep 1
+    kill -KILL "$pid"
+    wait "$pid"
+    bed_report sigkill_rc "$?"
+    grep -q "BED fail=" /tmp/.pt-l2 && { cat /tmp/.pt-l2; bed_fail "L2's writes failed before the kill"; }
+fi
+
+if [ "$(bed_cmdline_arg passvm.pt.aer)" = 1 ]; then
+    first="${bdfs# }"
+    first="${first%% *}"
+    echo "passvm with an idle L2; a PCIe error will be injected at $first: $*"
+    background_passvm vm-idle idle "$@"
+    bed_aer_inject "$first" || { kill -9 "$pid"; bed_fail "aer_inject refused an error for $first"; }
+    i=0
+    while kill -0 "$pid" 2>/dev/null; do
+        i=$((i + 1))
+        [ "$i" -le 100 ] || { kill -9 "$pid"; sed 's/^/VMM| /' /tmp/.pt-vmm; bed_fail "passvm ran on 20 s after the device error"; }
+        sleep 0.2
+    done
+    wait "$pid"
+    bed_report aer_rc "$?"
+    bed_report aer_msg "$(grep -m1 'PCIe error' /tmp/.pt-vmm)"
+    sed 's/^/VMM| /' /tmp/.pt-vmm
+    dmesg | grep -i -E 'aer|vfio' | tail -n 8 | sed 's/^/L1-DMESG| /'
 fi
 
 run=1

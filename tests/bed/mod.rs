@@ -148,8 +148,14 @@ pub enum Device {
     BlkRom(String),
     /// virtio-blk behind a PCIe root port (`0000:0N:00.0`): its own group, FLR/PM/bus reset.
     BlkRootPort(String),
+    /// [`Device::BlkRootPort`] with an AER capability: L1's AER driver reports its
+    /// errors (real or injected through L1's aer_inject) to vfio-pci.
+    BlkAer(String),
     /// Two virtio-blk functions of one multifunction slot: one IOMMU group of two devices.
     BlkMultifunction(String, String),
+    /// [`Device::BlkMultifunction`] behind a PCIe root port (`0000:0N:00.0` and `.1`),
+    /// without FLR or PM: only a bus reset resets them, both at once.
+    BlkMultifunctionRootPort(String, String),
     /// An e1000e NIC on QEMU's user network (10.0.2.2 answers ping).
     E1000e(String),
     /// QEMU's `edu` teaching device.
@@ -196,7 +202,9 @@ impl Device {
             Device::Blk(n) => format!("blk:{n}"),
             Device::BlkRom(n) => format!("blk-rom:{n}"),
             Device::BlkRootPort(n) => format!("blk-rp:{n}"),
+            Device::BlkAer(n) => format!("blk-aer:{n}"),
             Device::BlkMultifunction(a, b) => format!("blk-mf:{a}+{b}"),
+            Device::BlkMultifunctionRootPort(a, b) => format!("blk-mf-rp:{a}+{b}"),
             Device::E1000e(n) => format!("e1000e:{n}"),
             Device::Edu(n) => format!("edu:{n}"),
             Device::Nvme(n) => format!("nvme:{n}"),
@@ -212,11 +220,14 @@ impl Device {
             Device::Blk(n)
             | Device::BlkRom(n)
             | Device::BlkRootPort(n)
+            | Device::BlkAer(n)
             | Device::Nvme(n)
             | Device::Ahci(n) => {
                 vec![n.as_str()]
             }
-            Device::BlkMultifunction(a, b) => vec![a.as_str(), b.as_str()],
+            Device::BlkMultifunction(a, b) | Device::BlkMultifunctionRootPort(a, b) => {
+                vec![a.as_str(), b.as_str()]
+            }
             Device::E1000e(_)
             | Device::Edu(_)
             | Device::Serial(_)

@@ -7,17 +7,19 @@
 //! interrupt logic runs without hardware.
 
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::path::Path;
 
 pub use vfio_bindings::bindings::vfio::VFIO_IRQ_INFO_NORESIZE;
 use vfio_bindings::bindings::vfio::{
     vfio_device_info, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_SET_ACTION_TRIGGER,
-    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_PCI_MSI_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
+    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::vfio::hot_reset;
 use crate::vfio::sys::{VFIO_DEVICE_GET_INFO, VFIO_DEVICE_RESET, VFIO_DEVICE_SET_IRQS};
 
 /// Region index of the expansion ROM.
@@ -34,6 +36,8 @@ pub enum IrqIndex {
     Msi,
     /// MSI-X (capability 0x11).
     Msix,
+    /// The device's error signal (PCIe AER, raised by the host's AER driver).
+    Err,
 }
 
 impl IrqIndex {
@@ -43,6 +47,7 @@ impl IrqIndex {
             IrqIndex::Intx => VFIO_PCI_INTX_IRQ_INDEX,
             IrqIndex::Msi => VFIO_PCI_MSI_IRQ_INDEX,
             IrqIndex::Msix => VFIO_PCI_MSIX_IRQ_INDEX,
+            IrqIndex::Err => VFIO_PCI_ERR_IRQ_INDEX,
         }
     }
 }
@@ -93,6 +98,17 @@ pub struct IrqInfo {
     pub flags: u32,
     /// Number of vectors (0: the index is not supported).
     pub count: u32,
+}
+
+/// What a bus or slot hot reset did ([`VfioDeviceOps::hot_reset`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HotReset {
+    /// Reset; the functions it reset (e.g. "0000:02:00.0, 0000:02:00.1").
+    Done(String),
+    /// No bus or slot reset above the device (the kernel offers none).
+    Unavailable,
+    /// Refused, or not attempted because an affected device is not ours: why.
+    Refused(String),
 }
 
 /// A VFIO device operation failed.
@@ -150,6 +166,9 @@ pub trait VfioDeviceOps: Send + Sync {
     fn set_intx_unmask_fd(&self, fd: &EventFd) -> Result<(), DeviceFdError>;
     /// Issues `VFIO_DEVICE_RESET`. `Ok(false)` when the device has no reset.
     fn reset(&self) -> Result<bool, DeviceFdError>;
+    /// Resets the bus or slot above the device (`VFIO_DEVICE_PCI_HOT_RESET`), which
+    /// resets every function below it, when every one of them is this process's.
+    fn hot_reset(&self) -> HotReset;
     /// The device fd, to mmap BAR areas at `RegionInfo::offset + area.offset`.
     fn mmap_fd(&self) -> RawFd;
 }
@@ -350,6 +369,38 @@ impl VfioDeviceOps for VfioDevice {
             });
         }
         Ok(true)
+    }
+
+    fn hot_reset(&self) -> HotReset {
+        let fd = self.as_raw_fd();
+        let info = match hot_reset::info(fd) {
+            Ok(Some(i)) => i,
+            Ok(None) => return HotReset::Unavailable,
+            Err(e) => return HotReset::Refused(format!("VFIO hot reset info: {e}")),
+        };
+        let fds = if self.iommufd_dev_id().is_some() || info.by_dev_id() {
+            if !info.all_owned() {
+                return HotReset::Refused(format!(
+                    "a bus reset would reset {}, not all opened by this VM",
+                    info.describe()
+                ));
+            }
+            Vec::new()
+        } else {
+            match hot_reset::own_group_fds(Path::new("/proc/self/fd"), &info.groups()) {
+                Ok(fds) => fds,
+                Err(g) => {
+                    return HotReset::Refused(format!(
+                        "a bus reset would reset {}, and IOMMU group {g} is not this VM's",
+                        info.describe()
+                    ))
+                }
+            }
+        };
+        match hot_reset::reset(fd, &fds) {
+            Ok(()) => HotReset::Done(info.describe()),
+            Err(e) => HotReset::Refused(format!("VFIO hot reset of {}: {e}", info.describe())),
+        }
     }
 
     fn mmap_fd(&self) -> RawFd {

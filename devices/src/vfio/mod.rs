@@ -15,6 +15,7 @@ pub mod assignment;
 pub mod device;
 pub(crate) mod device_fd;
 pub mod discovery;
+pub mod hot_reset;
 #[cfg(test)]
 mod hw_probe;
 pub mod iommu;

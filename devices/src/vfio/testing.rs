@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::device_fd::{DeviceFdError, VfioDeviceOps};
+use super::device_fd::{DeviceFdError, HotReset, VfioDeviceOps};
 #[cfg(feature = "fuzzing")]
 pub use super::device_fd::{IrqIndex, IrqInfo, MmapArea, RegionInfo, CONFIG_REGION};
 #[cfg(not(feature = "fuzzing"))]
@@ -46,6 +46,8 @@ pub enum DevCall {
     SetUnmaskFd,
     /// `reset()`.
     Reset,
+    /// `hot_reset()`.
+    HotReset,
     /// `region_write(index, offset, bytes)`.
     RegionWrite(u32, u64, Vec<u8>),
 }
@@ -66,6 +68,8 @@ pub struct FakeDevice {
     pub unmask_fd_unsupported: bool,
     /// `VFIO_DEVICE_FLAGS_*`: bit 0 (reset) set by default.
     pub flags: u32,
+    /// What `hot_reset` answers (a `Done` clears the command register, as a reset).
+    pub hot_reset: HotReset,
     memfd: std::fs::File,
     watched: Mutex<Option<std::sync::Arc<RecordingVm>>>,
     slots_seen: Mutex<Option<usize>>,
@@ -86,6 +90,7 @@ impl FakeDevice {
             host_vectors: Mutex::new(HashMap::new()),
             unmask_fd_unsupported: false,
             flags: 1,
+            hot_reset: HotReset::Unavailable,
             memfd,
             watched: Mutex::new(None),
             slots_seen: Mutex::new(None),
@@ -275,6 +280,15 @@ impl VfioDeviceOps for FakeDevice {
             cfg.lock().unwrap()[4..6].fill(0);
         }
         Ok(self.flags & 1 != 0)
+    }
+    fn hot_reset(&self) -> HotReset {
+        self.log(DevCall::HotReset);
+        if let (HotReset::Done(_), Some((_, cfg))) =
+            (&self.hot_reset, self.regions.get(&CONFIG_REGION))
+        {
+            cfg.lock().unwrap()[4..6].fill(0);
+        }
+        self.hot_reset.clone()
     }
     fn mmap_fd(&self) -> RawFd {
         self.memfd.as_raw_fd()

@@ -24,6 +24,7 @@
 pub(crate) mod bar_mmap;
 mod bar_state;
 mod config;
+mod error_signal;
 mod interrupts;
 pub(crate) mod intx;
 pub(crate) mod msi;
@@ -51,6 +52,7 @@ use crate::pci::config_space::{
 use crate::pci::{InterruptRouting, PciDevice};
 use bar_mmap::{mmap_areas, MappedArea};
 use bar_state::Bar;
+use error_signal::ErrorSignal;
 use intx::Intx;
 use msi::{Msi, MsiCap};
 use msix::{Msix, MsixCap};
@@ -167,6 +169,8 @@ pub struct VfioPciDevice {
     /// The guest put the device in D3hot: vfio-pci revokes its BAR mmaps then, so its
     /// slots are down (as with memory decode off) and BAR accesses read all-ones.
     d3hot: bool,
+    /// Where VFIO signals the device's errors (AER), when it can.
+    error: Option<ErrorSignal>,
 }
 
 fn rd32(cfg: &[u8], off: usize) -> u32 {
@@ -183,13 +187,7 @@ impl VfioPciDevice {
         ctx: DeviceContext<'_>,
     ) -> Result<Self, DeviceError> {
         let name = name.to_string();
-        match dev.reset() {
-            Ok(true) => log::info!("{name}: reset"),
-            Ok(false) => {
-                log::info!("{name}: the device has no reset; the guest gets it as the host left it")
-            }
-            Err(e) => log::warn!("{name}: {e}"),
-        }
+        reset::reset_function(&name, dev.as_ref());
         let cfg_info = dev
             .region_info(CONFIG_REGION)
             .filter(|r| r.readable() && r.size >= 0x40)
@@ -409,7 +407,9 @@ impl VfioPciDevice {
             dma: ctx.dma,
             pmcsr,
             d3hot: false,
+            error: None,
         };
+        d.error = ErrorSignal::wire(&d.name, d.dev.as_ref());
         // Whatever the host left enabled stays off until the guest's driver enables it.
         d.stop_decode_and_dma();
         d.sync_bar_mappings();

@@ -4,7 +4,30 @@ use super::VfioPciDevice;
 use crate::pci::config_space::{
     COMMAND, COMMAND_IO, COMMAND_MASTER, COMMAND_MEMORY, INTERRUPT_LINE,
 };
-use crate::vfio::device_fd::CONFIG_REGION;
+use crate::vfio::device_fd::{HotReset, VfioDeviceOps, CONFIG_REGION};
+
+/// Resets a function: with its own reset (FLR, PM, or the bus reset the kernel does for
+/// a function alone below its bridge) when VFIO offers one, else with a hot reset of its
+/// bus or slot when every function there is this VM's (a GPU and its audio function).
+pub(super) fn reset_function(name: &str, dev: &dyn VfioDeviceOps) {
+    match dev.reset() {
+        Ok(true) => log::info!("{name}: reset"),
+        Ok(false) => match dev.hot_reset() {
+            HotReset::Done(functions) => {
+                log::info!("{name}: no reset of its own; reset its bus ({functions})")
+            }
+            HotReset::Unavailable => {
+                log::info!("{name}: the device has no reset; the guest gets it as the host left it")
+            }
+            HotReset::Refused(why) => log::warn!(
+                "{name}: no reset of its own and no bus reset ({why}); the device keeps \
+                 the state the host or the last guest left; pass every function of its \
+                 bus to this VM to allow one"
+            ),
+        },
+        Err(e) => log::warn!("{name}: {e}"),
+    }
+}
 
 impl VfioPciDevice {
     /// Puts the device back in its power-on state for a guest reboot: interrupts off,
@@ -12,10 +35,7 @@ impl VfioPciDevice {
     /// wired again.
     pub fn reset(&mut self) {
         self.quiesce();
-        match self.dev.reset() {
-            Ok(_) => {}
-            Err(e) => log::warn!("{}: {e}", self.name),
-        }
+        reset_function(&self.name, self.dev.as_ref());
         // A reset device is in D0.
         self.d3hot = false;
         for i in 0..self.bars.len() {
@@ -74,8 +94,6 @@ impl Drop for VfioPciDevice {
             b.areas.clear(); // munmap before the device fd can go
         }
         // Leave the device clean for the next user.
-        if let Err(e) = self.dev.reset() {
-            log::warn!("{}: {e}", self.name);
-        }
+        reset_function(&self.name, self.dev.as_ref());
     }
 }

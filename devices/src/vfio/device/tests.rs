@@ -1,7 +1,7 @@
 use super::*;
 use crate::pci::bar::{Window, DEFAULT_MMIO64_LIMIT};
 use crate::pci::MsiMessage;
-use crate::vfio::device_fd::{IrqInfo, MmapArea, RegionInfo};
+use crate::vfio::device_fd::{HotReset, IrqInfo, MmapArea, RegionInfo};
 use crate::vfio::iommu::{DmaGate, DmaReport};
 use crate::vfio::testing::{DevCall, FakeDevice, RecordingVm, VmCall};
 use crate::vfio::vm::AddressSpace;
@@ -867,4 +867,64 @@ fn a_bar_moved_over_another_owner_stays_unmapped_until_moved_away() {
     assert_eq!(vm.slots().len(), before);
     BusDevice::read(&mut dev, bar3, 0, &mut b);
     assert_eq!(b, [0x22; 4]);
+}
+
+#[test]
+fn device_errors_reach_an_eventfd_the_vmm_polls() {
+    let (dev, d, _vm) = build(fake());
+    assert!(dev.error_fd().is_none(), "no error index: nothing to poll");
+    assert!(dev.take_error().is_none());
+    assert!(!d.calls().contains(&DevCall::Enable(IrqIndex::Err, 1)));
+
+    let mut f = fake();
+    f.irqs.insert(IrqIndex::Err, IrqInfo { flags: 1, count: 1 });
+    let (dev, d, _vm) = build(f);
+    assert!(d.calls().contains(&DevCall::Enable(IrqIndex::Err, 1)));
+    assert!(dev.take_error().is_none(), "quiet until the host signals");
+    // What vfio-pci's error_detected does: signal the eventfd, once per error.
+    let fd = dev.error_fd().expect("an error eventfd");
+    fd.write(1).unwrap();
+    fd.write(1).unwrap();
+    assert_eq!(dev.take_error(), Some(2));
+    assert_eq!(dev.take_error(), None, "read once");
+}
+
+#[test]
+fn a_function_without_reset_gets_a_bus_reset_and_one_with_reset_does_not() {
+    // VFIO_DEVICE_RESET offered: no hot reset.
+    let (_dev, d, _vm) = build(fake());
+    assert!(d.calls().contains(&DevCall::Reset));
+    assert!(!d.calls().contains(&DevCall::HotReset));
+
+    // No reset of its own (flags without VFIO_DEVICE_FLAGS_RESET): the bus reset, at
+    // start, at a guest reboot and at teardown.
+    let mut f = fake();
+    f.flags = 0;
+    f.hot_reset = HotReset::Done("0000:02:00.0, 0000:02:00.1".into());
+    let (mut dev, d, _vm) = build(f);
+    let hot = |d: &FakeDevice| {
+        d.calls()
+            .iter()
+            .filter(|c| **c == DevCall::HotReset)
+            .count()
+    };
+    assert_eq!(hot(&d), 1, "at start");
+    w(&mut dev, COMMAND, 0x6);
+    dev.reset();
+    assert_eq!(hot(&d), 2, "at a guest reboot");
+    assert_eq!(
+        d.config_command() & 0x6,
+        0,
+        "the bus reset cleared the command register"
+    );
+    drop(dev);
+    assert_eq!(hot(&d), 3, "at teardown");
+
+    // Refused (another VM's function on the bus): the device still comes up.
+    let mut f = fake();
+    f.flags = 0;
+    f.hot_reset = HotReset::Refused("0000:02:00.1 is not ours".into());
+    let (dev, d, _vm) = build(f);
+    assert_eq!(hot(&d), 1);
+    assert!(!dev.bar_summaries().is_empty());
 }

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use vfio_ioctls::VfioDevice;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vfio::device_fd::{DeviceFdError, IrqIndex, IrqInfo, RegionInfo, VfioDeviceOps};
+use crate::vfio::device_fd::{
+    DeviceFdError, HotReset, IrqIndex, IrqInfo, RegionInfo, VfioDeviceOps,
+};
 
 /// Which backend opened the device (decides what its `Drop` needs).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +125,12 @@ impl VfioDeviceOps for OwnedVfioDevice {
     }
     fn reset(&self) -> Result<bool, DeviceFdError> {
         VfioDeviceOps::reset(self.dev().ok_or(gone())?)
+    }
+    fn hot_reset(&self) -> HotReset {
+        match self.dev() {
+            Some(d) => VfioDeviceOps::hot_reset(d),
+            None => HotReset::Refused(GONE.to_string()),
+        }
     }
     fn mmap_fd(&self) -> RawFd {
         self.dev().map_or(-1, |d| d.as_raw_fd())
