@@ -378,6 +378,7 @@ cmd_test() {
     stage "cargo fmt --check" cargo fmt --all --check
     stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
     stage "cargo test" cargo test --workspace --no-fail-fast
+    stage "fuzz (brief)" "$BED_REPO/resources/fuzz.sh" ci
     # The nested scenarios are #[ignore]d in a plain `cargo test`. One L0 takes
     # both cores: one scenario at a time (the Rust API also holds a lock).
     stage "bed prepare" cmd_prepare_quiet
