@@ -8,6 +8,7 @@ pub(crate) mod config_space;
 pub mod ecam;
 pub mod host_bridge;
 pub mod kvm_routing;
+pub mod root_port;
 pub mod route_table;
 /// Config-space fixtures, public for the fuzz targets.
 #[cfg(feature = "fuzzing")]
