@@ -32,7 +32,7 @@
 #                          blk-aer:NAME    the same with an AER capability (errors reach L1's AER driver)
 #                          blk-mf:NAME+NAME  two virtio-blk functions of one slot: one group
 #                          blk-mf-rp:NAME+NAME  the same behind a PCIe root port, without FLR or
-#                                          PM: only a bus reset resets them (both at once)
+#                                          PM reset: only a bus reset resets them (both at once)
 #                          e1000e:NAME     e1000e NIC (QEMU user network: 10.0.2.2 answers ping)
 #                          edu:NAME        QEMU's edu device
 #                          nvme:NAME       NVMe controller with disk NAME (MSI-X in BAR 0)
@@ -219,10 +219,11 @@ cmd_launch() {
             [ "$a" != "$names" ] || bed_die "blk-mf-rp needs two names: blk-mf-rp:NAME+NAME"
             make_disk "$a"
             make_disk "$b"
-            # No FLR, no PM: neither function has a reset of its own, and the bus
-            # reset resets both (VFIO_DEVICE_PCI_HOT_RESET).
+            # No FLR, and PM with No_Soft_Reset (D3hot to D0 keeps the state):
+            # neither function has a reset of its own; the bus reset resets both
+            # (VFIO_DEVICE_PCI_HOT_RESET).
             root_port
-            local norst="x-pcie-flr-init=off,x-pcie-pm-init=off"
+            local norst="x-pcie-flr-init=off,x-pcie-pm-no-soft-reset=on"
             qemu_dev+=(-device "$blk,drive=drv-$a,id=$a,bus=rp$port,addr=0.0,multifunction=on,$norst")
             qemu_dev+=(-device "$blk,drive=drv-$b,id=$b,bus=rp$port,addr=0.1,$norst")
             map+=("$a@0000:$(printf %02x $port):00.0" "$b@0000:$(printf %02x $port):00.1")

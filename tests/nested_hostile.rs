@@ -145,11 +145,12 @@ fn sigterm_sigkill_and_a_device_error_lose_nothing() {
 }
 
 /// Functions without a reset of their own (issue 13): two virtio-blk functions of one
-/// slot behind a root port, FLR and PM off in L0, so L1's kernel offers neither a
-/// function reset; L1 dirties their device status before binding them to vfio-pci,
-/// and L2 (pci-stub holds them, so no virtio driver resets them) reads it back as 0:
-/// passvm reset their bus with
-/// `VFIO_DEVICE_PCI_HOT_RESET`, both functions being this VM's.
+/// slot behind a root port, FLR off and PM without soft reset in L0, so L1's kernel
+/// offers no function reset. L1 writes ACKNOWLEDGE into both functions' virtio device
+/// status before binding them to vfio-pci, and L2 (pci-stub holds the functions, so no
+/// virtio driver resets them) reads 0 in both: passvm reset their bus with
+/// `VFIO_DEVICE_PCI_HOT_RESET`. (With the hot reset taken out of passvm, L2 reads 1 in
+/// both: the kernel resets nothing at open; measured 2026-12-03, docs/reliability.md.)
 #[test]
 #[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_hostile -- --ignored"]
 fn functions_without_their_own_reset_get_a_bus_reset() {
@@ -157,18 +158,16 @@ fn functions_without_their_own_reset_get_a_bus_reset() {
         .l1(L1Kernel::Own)
         .timeout(Duration::from_secs(420))
         .device(Device::BlkMultifunctionRootPort("m0".into(), "m1".into()))
-        .l1_append(
-            "passvm.pt.dirty=1 passvm.pt.check=pt-reset \
-             passvm.pt.l2=pci_stub.ids=1af4:1042",
-        )
+        .l1_append("passvm.pt.dirty=1 passvm.pt.check=pt-reset passvm.pt.l2=pci_stub.ids=1af4:1042")
         .run();
     out.assert_ok();
     let methods = out.markers("reset_method");
     assert_eq!(methods.len(), 2, "{methods:?}");
+    // No function-level reset (FLR, PM); the first function may list "bus", which the
+    // kernel decided before its sibling appeared and which fails since.
     for m in &methods {
-        assert_eq!(
-            m.split_whitespace().nth(1),
-            None,
+        assert!(
+            m.split_whitespace().skip(1).all(|method| method == "bus"),
             "L1 offers no reset of the function alone: {m}"
         );
     }
@@ -178,10 +177,9 @@ fn functions_without_their_own_reset_get_a_bus_reset() {
         "L1 left ACKNOWLEDGE in both"
     );
     assert_eq!(out.markers("passvm_rc"), vec!["0"]);
-    assert_eq!(out.l2_rc(), Some(0));
-    let status = out.l2_markers("status");
-    assert_eq!(status.len(), 2, "{status:?}");
-    for s in &status {
-        assert!(s.ends_with(" 0"), "reset before the guest got it: {s}");
-    }
+    assert_eq!(
+        out.l2_markers("status"),
+        vec!["0000:00:01.0 0", "0000:00:01.1 0"],
+        "both functions reset before the guest got them"
+    );
 }

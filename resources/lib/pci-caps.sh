@@ -51,7 +51,7 @@ bed_virtio_common() {
             vc_cmd=$(od -An -tu1 -j4 -N1 "$vc_d/config" | tr -d ' ')
             printf "$(printf '\\%03o' $((vc_cmd | 2)))" |
                 dd of="$vc_d/config" bs=1 seek=4 count=1 conv=notrunc 2>/dev/null
-            echo $((vc_bar + ($9 | $10 << 8 | $11 << 16 | $12 << 24)))
+            echo $((vc_bar + ($9 | ${10} << 8 | ${11} << 16 | ${12} << 24)))
             return 0
         fi
         vc_p=$2 vc_n=$((vc_n + 1))

@@ -28,11 +28,12 @@
 #   passvm.pt.vf=1                        devices with SR-IOV (igb) pass one new virtual
 #                                         function each instead of themselves
 #   passvm.pt.dirty=1                     before binding each virtio function to
-#                                         vfio-pci, write ACKNOWLEDGE into its device
-#                                         status (marker l1_dirty="BDF STATUS", and
-#                                         reset_method="BDF METHODS" as L1's kernel
-#                                         offers them); L2's pt-reset check then reads
-#                                         the status passvm's reset left
+#                                         vfio-pci, and again before every run, write
+#                                         ACKNOWLEDGE into its device status (marker
+#                                         l1_dirty="BDF STATUS", and reset_method=
+#                                         "BDF METHODS" as L1's kernel offers them);
+#                                         L2's pt-reset check then reads the status
+#                                         passvm's reset left
 #   passvm.pt.check=NAME                  L2's check (default pt-blk; pt-dev drives
 #                                         every kind of device)
 #   passvm.pt.l2=ARGS                     more L2 kernel arguments, comma-separated
@@ -59,6 +60,18 @@ memory="${memory:-size=256M}"
 [ "$(bed_cmdline_arg passvm.pt.nomsi)" = 1 ] && l2extra="$l2extra pci=nomsi"
 bed_report_host
 
+# ACKNOWLEDGE (1) in a virtio function's device status, from L1 through /dev/mem: only
+# a reset of the function clears it. Runtime PM stays off (vfio-pci would put an idle
+# function in D3hot, where its BAR does not answer).
+dirty_virtio() {
+    dv="/sys/bus/pci/devices/$1"
+    echo on >"$dv/power/control" 2>/dev/null
+    addr="$(bed_virtio_common "$dv")"
+    [ -n "$addr" ] || bed_fail "$1 has no virtio common config"
+    devmem $((addr + 0x14)) 8 1
+    bed_report l1_dirty "$1 $(($(devmem $((addr + 0x14)) 8)))"
+}
+
 set --
 bdfs=""
 for entry in $(bed_cmdline_arg passvm.devices | tr ',' ' '); do
@@ -82,10 +95,7 @@ for entry in $(bed_cmdline_arg passvm.devices | tr ',' ' '); do
         dir="/sys/bus/pci/devices/$bdf"
         [ -e "$dir/driver" ] && echo "$bdf" >"$dir/driver/unbind"
         bed_report reset_method "$bdf $(cat "$dir/reset_method" 2>/dev/null)"
-        addr="$(bed_virtio_common "$dir")"
-        [ -n "$addr" ] || bed_fail "$bdf has no virtio common config"
-        devmem $((addr + 0x14)) 8 1
-        bed_report l1_dirty "$bdf $(($(devmem $((addr + 0x14)) 8)))"
+        dirty_virtio "$bdf"
     fi
     bed_bind_vfio "$bdf"
     case "$form" in
@@ -172,6 +182,9 @@ fi
 
 run=1
 while [ "$run" -le "$runs" ]; do
+    if [ "$run" -gt 1 ] && [ "$(bed_cmdline_arg passvm.pt.dirty)" = 1 ]; then
+        for bdf in $bdfs; do dirty_virtio "$bdf"; done
+    fi
     echo "passvm run $run of $runs: backend $backend, devices: $*"
     bed_passvm --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --memory "$memory" \
         --vfio-backend "$backend" \
@@ -182,3 +195,7 @@ while [ "$run" -le "$runs" ]; do
     run=$((run + 1))
 done
 for bdf in $bdfs; do bed_report after "$bdf $(bed_driver "$bdf")"; done
+# What L1's kernel said about resets (its console is quiet).
+[ "$(bed_cmdline_arg passvm.pt.dirty)" = 1 ] &&
+    dmesg | grep -i -E "reset|not ready|giving up|link" | tail -n 12 | sed 's/^/L1-DMESG| /'
+true

@@ -399,6 +399,13 @@ impl VfioDeviceOps for VfioDevice {
         };
         match hot_reset::reset(fd, &fds) {
             Ok(()) => HotReset::Done(info.describe()),
+            // The kernel says ENOTTY also after a reset whose functions did not answer
+            // in time (a bridge that never reports its link up again): say so.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTTY) => HotReset::Refused(format!(
+                "VFIO hot reset of {}: {e}; the kernel may have reset the bus and then not \
+                 seen the link come back (its log says \"Link Active not set\")",
+                info.describe()
+            )),
             Err(e) => HotReset::Refused(format!("VFIO hot reset of {}: {e}", info.describe())),
         }
     }

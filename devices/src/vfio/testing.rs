@@ -70,6 +70,8 @@ pub struct FakeDevice {
     pub flags: u32,
     /// What `hot_reset` answers (a `Done` clears the command register, as a reset).
     pub hot_reset: HotReset,
+    /// `reset` fails (the kernel's reset method no longer works).
+    pub reset_fails: bool,
     memfd: std::fs::File,
     watched: Mutex<Option<std::sync::Arc<RecordingVm>>>,
     slots_seen: Mutex<Option<usize>>,
@@ -91,6 +93,7 @@ impl FakeDevice {
             unmask_fd_unsupported: false,
             flags: 1,
             hot_reset: HotReset::Unavailable,
+            reset_fails: false,
             memfd,
             watched: Mutex::new(None),
             slots_seen: Mutex::new(None),
@@ -274,6 +277,12 @@ impl VfioDeviceOps for FakeDevice {
         self.log(DevCall::Reset);
         if self.flags & 1 == 0 {
             return Ok(false);
+        }
+        if self.reset_fails {
+            return Err(DeviceFdError::Failed {
+                op: "device reset",
+                detail: "ENOTTY".into(),
+            });
         }
         // Like a function-level reset: decode and bus mastering off.
         if let Some((_, cfg)) = self.regions.get(&CONFIG_REGION) {

@@ -9,23 +9,25 @@ use crate::vfio::device_fd::{HotReset, VfioDeviceOps, CONFIG_REGION};
 /// Resets a function: with its own reset (FLR, PM, or the bus reset the kernel does for
 /// a function alone below its bridge) when VFIO offers one, else with a hot reset of its
 /// bus or slot when every function there is this VM's (a GPU and its audio function).
+/// A function reset that fails also falls back to the hot reset: the kernel fixes a
+/// function's reset methods when it finds it, so the first function of a slot may be
+/// offered the bus reset it loses as soon as its siblings appear.
 pub(super) fn reset_function(name: &str, dev: &dyn VfioDeviceOps) {
-    match dev.reset() {
-        Ok(true) => log::info!("{name}: reset"),
-        Ok(false) => match dev.hot_reset() {
-            HotReset::Done(functions) => {
-                log::info!("{name}: no reset of its own; reset its bus ({functions})")
-            }
-            HotReset::Unavailable => {
-                log::info!("{name}: the device has no reset; the guest gets it as the host left it")
-            }
-            HotReset::Refused(why) => log::warn!(
-                "{name}: no reset of its own and no bus reset ({why}); the device keeps \
-                 the state the host or the last guest left; pass every function of its \
-                 bus to this VM to allow one"
-            ),
-        },
-        Err(e) => log::warn!("{name}: {e}"),
+    let why = match dev.reset() {
+        Ok(true) => return log::info!("{name}: reset"),
+        Ok(false) => "no reset of its own".to_string(),
+        Err(e) => format!("{e}"),
+    };
+    match dev.hot_reset() {
+        HotReset::Done(functions) => log::info!("{name}: {why}; reset its bus ({functions})"),
+        HotReset::Unavailable => {
+            log::info!("{name}: {why} and no bus reset; the guest gets it as the host left it")
+        }
+        HotReset::Refused(refused) => log::warn!(
+            "{name}: {why} and no bus reset ({refused}); the device keeps the state the \
+             host or the last guest left; pass every function of its bus to this VM to \
+             allow one"
+        ),
     }
 }
 

@@ -928,3 +928,17 @@ fn a_function_without_reset_gets_a_bus_reset_and_one_with_reset_does_not() {
     assert_eq!(hot(&d), 1);
     assert!(!dev.bar_summaries().is_empty());
 }
+
+#[test]
+fn a_failing_function_reset_falls_back_to_the_bus_reset() {
+    // The kernel offered "bus" for the first function of a slot before its sibling
+    // appeared; VFIO_DEVICE_RESET then fails, and the hot reset is what works.
+    let mut f = fake();
+    f.reset_fails = true;
+    f.hot_reset = HotReset::Done("0000:02:00.0, 0000:02:00.1".into());
+    let (_dev, d, _vm) = build(f);
+    let calls = d.calls();
+    let reset = calls.iter().position(|c| *c == DevCall::Reset);
+    let hot = calls.iter().position(|c| *c == DevCall::HotReset);
+    assert!(reset.is_some() && hot > reset, "{calls:?}");
+}
