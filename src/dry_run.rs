@@ -11,6 +11,7 @@ use devices::vfio::discovery::{self, Roots};
 use crate::config::{SerialConfig, VmConfig};
 use crate::exit::EXIT_USAGE;
 use crate::memory::{AddrRange, MemoryLayout, E820_RAM};
+use crate::seccomp::SeccompMode;
 
 /// Prints the validated configuration and the plan; exit 0 when the plan is sound.
 pub fn print_plan(cfg: &VmConfig) -> ExitCode {
@@ -36,6 +37,14 @@ pub fn print_plan(cfg: &VmConfig) -> ExitCode {
         SerialConfig::Off => "off".into(),
     };
     println!("serial     {serial}");
+    println!(
+        "seccomp    {}",
+        match cfg.seccomp {
+            SeccompMode::On => "on (a filter per thread; a denied call stops passvm)",
+            SeccompMode::Log => "log (a filter per thread; the kernel logs a denied call)",
+            SeccompMode::Off => "off",
+        }
+    );
     println!("vfio       backend {:?}", cfg.vfio_backend);
     if cfg.devices.is_empty() {
         println!("device     none");

@@ -95,8 +95,13 @@ pub const VMM: &[(&str, i64)] = &[
     ("poll", libc::SYS_poll),
     ("ppoll", libc::SYS_ppoll),
     ("eventfd2", libc::SYS_eventfd2),
-    // The teardown: device reset and release, then the managed=on devices given back to
-    // their drivers through sysfs (open, write, readlink, the binding record removed).
+    // Config space (VFIO's region reads and writes): a device error's status, the reset
+    // on a guest reboot, the teardown's command-register write.
+    ("pread64", libc::SYS_pread64),
+    ("pwrite64", libc::SYS_pwrite64),
+    // The teardown: device reset and release (a bus reset finds the VM's group fds in
+    // /proc/self/fd), then the managed=on devices given back to their drivers through
+    // sysfs (open, write, readlink, the binding record removed).
     ("openat", libc::SYS_openat),
     ("lseek", libc::SYS_lseek),
     ("statx", libc::SYS_statx),
@@ -123,14 +128,13 @@ pub const VCPU: &[(&str, i64)] = &[
 
 /// The `dma-map` helper beyond [`COMMON`], and its prefault threads, which inherit its
 /// filter: starting those threads (clone3, or clone as glibc's fallback) and what a new
-/// thread does before its first instruction of ours (robust futex list, rseq, its name,
-/// its stack's bounds).
+/// thread does before its first instruction of ours (robust futex list, rseq, its
+/// stack's bounds; the prefault threads have no name to set).
 pub const DMA_MAP: &[(&str, i64)] = &[
     ("clone3", libc::SYS_clone3),
     ("clone", libc::SYS_clone),
     ("set_robust_list", libc::SYS_set_robust_list),
     ("rseq", libc::SYS_rseq),
-    ("prctl", libc::SYS_prctl),
     ("sched_getaffinity", libc::SYS_sched_getaffinity),
 ];
 
