@@ -66,6 +66,16 @@ impl FromStr for SeccompMode {
     }
 }
 
+impl fmt::Display for SeccompMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::On => "on",
+            Self::Log => "log",
+            Self::Off => "off",
+        })
+    }
+}
+
 impl SeccompMode {
     /// The filter's action for a call outside the list (`None`: no filter).
     fn mismatch_action(self) -> Option<SeccompAction> {
@@ -364,17 +374,19 @@ extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         (s.code, i64::from(s.syscall))
     };
     let (name, len) = THREAD_NAME.with(Cell::get);
-    let line = if code == SYS_SECCOMP {
-        report_line(&name[..len], nr)
+    // A SIGSYS from kill(2) is not a denied call: it ends passvm as any fatal signal
+    // would (status 128 + N), saying so.
+    let (line, status) = if code == SYS_SECCOMP {
+        (report_line(&name[..len], nr), i32::from(EXIT_SECCOMP))
     } else {
         let mut l = Line {
             buf: [0; 256],
             len: 0,
         };
-        l.push(b"passvm: SIGSYS that no seccomp filter sent (si_code ");
+        l.push(b"passvm: stopped by a SIGSYS that no seccomp filter sent (si_code ");
         l.push_number(i64::from(code));
         l.push(b")\n");
-        l
+        (l, 128 + libc::SIGSYS)
     };
     // SAFETY: writing an initialised stack buffer to stderr; the result does not matter
     // (there is nowhere else to report to).
@@ -382,7 +394,7 @@ extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut
     crate::terminal::restore_from_signal_handler();
     // SAFETY: _exit ends the process at once, without running anything that could
     // take a lock another thread holds.
-    unsafe { libc::_exit(i32::from(EXIT_SECCOMP)) };
+    unsafe { libc::_exit(status) };
 }
 
 #[cfg(test)]
@@ -431,6 +443,7 @@ mod tests {
         assert_eq!("off".parse(), Ok(SeccompMode::Off));
         assert!("yes".parse::<SeccompMode>().unwrap_err().contains("on"));
         assert_eq!(SeccompMode::default(), SeccompMode::On);
+        assert_eq!(SeccompMode::Log.to_string(), "log");
     }
 
     #[test]
@@ -486,6 +499,14 @@ mod tests {
         let Some(mode) = std::env::var_os(CHILD_ENV) else {
             return;
         };
+        if mode == "kill" {
+            // A SIGSYS someone sent, not a filter's: no filter installed at all.
+            let _filters = Filters::new(SeccompMode::On).unwrap();
+            // SAFETY: raising a signal whose handler is installed.
+            unsafe { libc::raise(libc::SIGSYS) };
+            println!("CHILD-SURVIVED the SIGSYS");
+            return;
+        }
         let mode: SeccompMode = mode.to_str().unwrap().parse().unwrap();
         let filters = Filters::new(mode).unwrap();
         std::thread::Builder::new()
@@ -519,6 +540,17 @@ mod tests {
             "{err}"
         );
         assert!(!String::from_utf8_lossy(&out.stdout).contains("CHILD-SURVIVED"));
+    }
+
+    #[test]
+    fn a_sigsys_from_kill_is_not_reported_as_a_denied_call() {
+        let out = run_child("seccomp::tests::child_makes_a_denied_call", "kill");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(128 + libc::SIGSYS), "stderr: {err}");
+        assert!(
+            err.contains("passvm: stopped by a SIGSYS that no seccomp filter sent"),
+            "{err}"
+        );
     }
 
     #[test]

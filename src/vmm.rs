@@ -501,7 +501,7 @@ impl Vm {
         if let Err(e) = filters.thread(ThreadKind::Vmm).apply() {
             exit.request(ExitReason::VmmError(e.to_string()));
         } else if filters.mode() != SeccompMode::Off {
-            log::info!("seccomp: {:?} on every thread", filters.mode());
+            log::info!("seccomp {}: a filter on every thread", filters.mode());
         }
         let mut kicked_for = 0;
         while !exit.is_stopping() {
