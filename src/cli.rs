@@ -34,6 +34,11 @@ Examples:
   Check what a command line would do without starting the VM:
     passvm --kernel vmlinux --device 0000:0a:03.1 --dry-run
 
+  Control the running VM over HTTP/1.1 + JSON on a Unix socket (docs/api.md):
+    passvm --kernel vmlinux --device 0000:0a:03.1,id=nic --api-socket path=/run/vm0.sock
+    passvm remote --api-socket /run/vm0.sock info           (state, config, devices)
+    passvm remote --api-socket /run/vm0.sock power-button   (the guest shuts down)
+
   List devices and whether they can be assigned, then bind one to vfio-pci:
     passvm devices
     passvm bind 0000:0a:03.1
@@ -44,7 +49,8 @@ SIGTERM (at once), or with SIGPWR (presses the guest's ACPI power button: a clea
 if the guest's userspace handles it).
 
 Exit status of a VM run:
-    0    the guest rebooted (reboot: ACPI or i8042 reset) or powered off (ACPI S5)
+    0    the guest rebooted (reboot: ACPI or i8042 reset) or powered off (ACPI S5),
+         or the API stopped the VM (vm.shutdown, vmm.shutdown)
     1    passvm failed (setup error, KVM entry failure, vCPU error)
     2    bad command line, or a --device that cannot be assigned (the message says why)
     3    the guest triple-faulted
@@ -118,6 +124,13 @@ pub struct VmArgs {
     #[arg(long, value_name = "FD")]
     pub iommufd_fd: Option<i32>,
 
+    /// The control API (docs/api.md): HTTP/1.1 + JSON on a Unix socket, path=PATH (passvm
+    /// creates it with mode 0600 and removes it at exit; a stale socket nobody listens on
+    /// is replaced) or fd=N (a listening socket passed by a launcher). `passvm remote`
+    /// talks to it.
+    #[arg(long, value_name = "path=PATH|fd=N")]
+    pub api_socket: Option<String>,
+
     /// seccomp filters, one per kind of thread (vCPUs, the event loop, the DMA map
     /// helper), each allowing only the system calls that thread makes: on (another call
     /// stops passvm with exit status 5, naming the thread and the call), log (allowed, and
@@ -155,6 +168,52 @@ pub enum Command {
     Unbind {
         /// PCI address (DDDD:BB:DD.F or BB:DD.F).
         bdf: String,
+    },
+    /// Ask a running passvm's control API (its --api-socket) and print the JSON answer.
+    ///
+    /// Exit status: 0 when the API did it, 1 when it answered with an error (the error and
+    /// its fix on stderr, the JSON body on stdout), 2 for a usage error or when nothing
+    /// answers on the socket.
+    Remote {
+        /// The socket of the passvm to ask (what it was given as --api-socket path=PATH).
+        #[arg(long, value_name = "PATH")]
+        api_socket: String,
+        /// What to ask.
+        #[command(subcommand)]
+        action: RemoteAction,
+    },
+}
+
+/// What `passvm remote` asks (each is one endpoint of docs/api.md).
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum RemoteAction {
+    /// passvm's version and process id (GET /api/v1/vmm.ping).
+    Ping,
+    /// The VM's state, configuration and devices, with each device's guest and host
+    /// address (GET /api/v1/vm.info).
+    Info,
+    /// Hot-plug a device into a free PCIe root port slot (PUT /api/v1/vm.add-device).
+    AddDevice {
+        /// Any value --device takes (0000:0a:03.1,id=nic; /dev/vfio/devices/vfio3; ...);
+        /// fd=N sends this process's open descriptor N (a VFIO cdev) with the request.
+        #[arg(value_name = "DEVICE")]
+        device: String,
+    },
+    /// Unplug a device (PUT /api/v1/vm.remove-device).
+    RemoveDevice {
+        /// The device's id: id=ID or ID (`passvm remote info` lists them).
+        #[arg(value_name = "id=ID")]
+        id: String,
+    },
+    /// Press the guest's ACPI power button; passvm exits when the guest has powered off
+    /// (PUT /api/v1/vm.power-button).
+    PowerButton,
+    /// Stop the VM now, without asking the guest; passvm exits 0 (PUT
+    /// /api/v1/vm.shutdown, or vmm.shutdown with --vmm).
+    Shutdown {
+        /// Ask for vmm.shutdown (in passvm the same: the process is the VM).
+        #[arg(long)]
+        vmm: bool,
     },
 }
 
@@ -262,6 +321,52 @@ mod tests {
         assert!(help.contains("stopped by SIGHUP, SIGINT, SIGTERM"));
         assert!(help.contains("--seccomp <on|log|off>"), "{help}");
         assert!(help.contains("seccomp filter denies"));
+    }
+
+    #[test]
+    fn remote_commands_parse() {
+        let remote = |args: &[&str]| {
+            let mut all = vec!["remote", "--api-socket", "/run/vm.sock"];
+            all.extend_from_slice(args);
+            match cli(&all).map(|c| c.command) {
+                Ok(Some(Command::Remote { api_socket, action })) => {
+                    assert_eq!(api_socket, "/run/vm.sock");
+                    Ok(action)
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(remote(&["ping"]).unwrap(), RemoteAction::Ping);
+        assert_eq!(remote(&["info"]).unwrap(), RemoteAction::Info);
+        assert_eq!(
+            remote(&["add-device", "0a:03.1,id=nic"]).unwrap(),
+            RemoteAction::AddDevice {
+                device: "0a:03.1,id=nic".into()
+            }
+        );
+        assert_eq!(
+            remote(&["remove-device", "id=nic"]).unwrap(),
+            RemoteAction::RemoveDevice {
+                id: "id=nic".into()
+            }
+        );
+        assert_eq!(
+            remote(&["power-button"]).unwrap(),
+            RemoteAction::PowerButton
+        );
+        assert_eq!(
+            remote(&["shutdown", "--vmm"]).unwrap(),
+            RemoteAction::Shutdown { vmm: true }
+        );
+        assert!(remote(&["reboot"]).is_err());
+        assert!(remote(&["add-device"]).is_err(), "a device is needed");
+        assert!(cli(&["remote", "ping"]).is_err(), "--api-socket is needed");
+        let c = cli(&["--kernel", "k", "--api-socket", "path=/run/vm.sock"]).unwrap();
+        assert_eq!(c.vm.api_socket.as_deref(), Some("path=/run/vm.sock"));
+        let help = cli(&["--help"]).unwrap_err().to_string();
+        assert!(help.contains("--api-socket <path=PATH|fd=N>"), "{help}");
+        assert!(help.contains("passvm remote --api-socket"), "{help}");
     }
 
     #[test]

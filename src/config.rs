@@ -9,6 +9,7 @@ use devices::vfio::naming::{DeviceSpec, NamingError};
 
 use devices::option_list;
 
+use crate::api::socket::ApiSocketConfig;
 use crate::cli::{parse_on_off, parse_size, ValueError, VmArgs};
 use crate::seccomp::SeccompMode;
 
@@ -112,6 +113,8 @@ pub struct VmConfig {
     pub vfio_backend: BackendChoice,
     /// A pre-opened `/dev/iommu` descriptor.
     pub iommufd_fd: Option<i32>,
+    /// Where the control API listens (`--api-socket`; checked by `api/socket.rs`).
+    pub api_socket: Option<ApiSocketConfig>,
     /// What the threads' seccomp filters do with a call outside their lists.
     pub seccomp: SeccompMode,
     /// Print the plan and exit.
@@ -235,6 +238,12 @@ impl VmConfig {
                 ));
             }
         }
+        let api_socket = match &args.api_socket {
+            Some(s) => {
+                Some(ApiSocketConfig::from_arg(s).map_err(|r| invalid("--api-socket", s, r))?)
+            }
+            None => None,
+        };
         let seccomp = match &args.seccomp {
             Some(s) => s.parse().map_err(|r| invalid("--seccomp", s, r))?,
             None => SeccompMode::default(),
@@ -249,6 +258,7 @@ impl VmConfig {
             devices,
             vfio_backend,
             iommufd_fd: args.iommufd_fd,
+            api_socket,
             seccomp,
             dry_run: args.dry_run,
         })
@@ -499,6 +509,37 @@ mod tests {
         );
         let e = err_for(|a| a.cmdline = Some("a\0b".into()));
         assert!(e.contains("NUL"), "{e}");
+    }
+
+    #[test]
+    fn the_api_socket_is_checked_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("api.sock");
+        let k = kernel_file();
+        let mut a = args(k.path());
+        a.api_socket = Some(format!("path={}", sock.display()));
+        let c = VmConfig::from_args(&a).unwrap();
+        assert_eq!(c.api_socket, Some(ApiSocketConfig::Path(sock.clone())));
+        assert_eq!(
+            VmConfig::from_args(&args(k.path())).unwrap().api_socket,
+            None
+        );
+        let e = err_for(|a| a.api_socket = Some("path=/no/such/dir/api.sock".into()));
+        assert!(
+            e.starts_with("--api-socket 'path=/no/such/dir/api.sock': the directory")
+                && e.contains("create it"),
+            "{e}"
+        );
+        std::fs::write(&sock, b"not a socket").unwrap();
+        let e = err_for(|a| a.api_socket = Some(sock.display().to_string()));
+        assert!(e.contains("not a socket") && e.contains("remove it"), "{e}");
+        let e = err_for(|a| a.api_socket = Some("fd=99999".into()));
+        assert!(e.contains("not open in passvm"), "{e}");
+        let e = err_for(|a| a.api_socket = Some("port=80".into()));
+        assert!(
+            e.contains("unknown option \"port\"") && e.contains("path=PATH"),
+            "{e}"
+        );
     }
 
     #[test]

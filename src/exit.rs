@@ -9,6 +9,7 @@
 //! | 3      | the guest triple-faulted (KVM_EXIT_SHUTDOWN)                            |
 //! | 4      | the guest kernel panicked                                               |
 //! | 5      | a passvm thread made a system call its seccomp filter denies (`seccomp.rs`) |
+//! | 0      | stopped by the API: `vm.shutdown` or `vmm.shutdown` (`api/`)            |
 //! | 128+N  | stopped by signal N: 129 SIGHUP, 130 SIGINT, 143 SIGTERM (shell rule)   |
 //!
 //! The first reason recorded wins: a Linux guest whose keyboard-controller reset "fails"
@@ -56,6 +57,9 @@ pub enum ExitReason {
         /// How many errors VFIO signalled.
         count: u64,
     },
+    /// The control API asked the VM to stop (`vm.shutdown` or `vmm.shutdown`, the
+    /// endpoint's name): an orderly stop its user asked for, so exit status 0.
+    ApiShutdown(&'static str),
     /// A vCPU could not continue.
     VcpuError {
         /// The failing vCPU.
@@ -69,7 +73,7 @@ impl ExitReason {
     /// The process exit status for this reason.
     pub fn code(&self) -> u8 {
         match self {
-            Self::GuestReboot | Self::GuestPoweroff => 0,
+            Self::GuestReboot | Self::GuestPoweroff | Self::ApiShutdown(_) => 0,
             Self::VcpuError { .. } | Self::VmmError(_) => EXIT_ERROR,
             Self::TripleFault { .. } => 3,
             Self::GuestPanic(_) => 4,
@@ -94,6 +98,7 @@ impl std::fmt::Display for ExitReason {
             Self::Signal(s) => write!(f, "stopped by {}", signal_name(*s)),
             Self::VcpuError { vcpu, message } => write!(f, "vCPU {vcpu} failed: {message}"),
             Self::VmmError(m) => f.write_str(m),
+            Self::ApiShutdown(endpoint) => write!(f, "stopped through the API ({endpoint})"),
             Self::DeviceError { device, count } => write!(
                 f,
                 "{device}: the device reported {count} PCIe error{} (AER, signalled by VFIO); \
@@ -206,6 +211,11 @@ mod tests {
         assert_eq!(ExitReason::GuestPanic(String::new()).code(), 4);
         assert_eq!(ExitReason::Signal(libc::SIGINT).code(), 130);
         assert_eq!(ExitReason::Signal(libc::SIGTERM).code(), 143);
+        assert_eq!(ExitReason::ApiShutdown("vm.shutdown").code(), 0);
+        assert_eq!(
+            ExitReason::ApiShutdown("vmm.shutdown").to_string(),
+            "stopped through the API (vmm.shutdown)"
+        );
         assert_eq!(
             ExitReason::GuestReboot.to_string(),
             "guest requested reboot"

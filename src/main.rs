@@ -1,6 +1,7 @@
 //! passvm: parse the command line, run, turn the outcome into an exit code.
 
 mod acpi;
+mod api;
 mod boot;
 mod cli;
 mod commands;

@@ -30,8 +30,9 @@ use devices::vfio::assignment::{
     self, AssignError, Assignment, AttachContext, AttachedDevice, DeviceRequest,
 };
 use devices::vfio::device::VfioPciDevice;
-use devices::vfio::discovery::{self, DiscoveryError, ManagedBinding, Plan, Roots};
+use devices::vfio::discovery::{self, Backend, DiscoveryError, ManagedBinding, Plan, Roots};
 use devices::vfio::iommu::{all_cores, DeviceSource, OwnedVfioDevice};
+use devices::vfio::naming::Bdf;
 use devices::vfio::vm::kvm::SlotPool;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_ioctls::VmFd;
@@ -166,6 +167,29 @@ pub struct VmParts<'a> {
 pub struct PassthroughVm {
     devices: Vec<AttachedDevice>,
     space: Option<Assignment>,
+    /// What each device is, for the API's `vm.info`.
+    listed: Vec<ListedDevice>,
+}
+
+/// A passed-through device as the API's `vm.info` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedDevice {
+    /// Its id: `id=`, else its host name.
+    pub id: String,
+    /// What `--device` named it as.
+    pub given_as: String,
+    /// Its host name (sysfs name: a BDF or an mdev's UUID).
+    pub host_name: String,
+    /// Its host PCI address, if it has one.
+    pub host_bdf: Option<Bdf>,
+    /// Its sysfs directory.
+    pub sysfs: std::path::PathBuf,
+    /// Its guest slot on bus 0.
+    pub slot: u8,
+    /// Its guest function.
+    pub function: u8,
+    /// The VM's VFIO backend.
+    pub backend: Backend,
 }
 
 /// The VM's IOMMU space with every planned device opened in it, before guest memory
@@ -246,6 +270,7 @@ pub fn attach(
     let mut out = PassthroughVm {
         devices: Vec::with_capacity(plan.devices.len()),
         space: None,
+        listed: Vec::with_capacity(plan.devices.len()),
     };
     let places = crate::placement::placements(&plan.devices)?;
     for ((d, placement), dev) in plan.devices.iter().zip(places).zip(devices) {
@@ -263,6 +288,16 @@ pub fn attach(
         let a = space
             .attach_opened(dev, &req, parts.mem, &mut ctx, intx_gsi)
             .map_err(device_err)?;
+        out.listed.push(ListedDevice {
+            id: name.clone(),
+            given_as: d.given_as.clone(),
+            host_name: d.name.clone(),
+            host_bdf: d.bdf,
+            sysfs: d.sysfs.clone(),
+            slot: a.slot,
+            function: a.function,
+            backend: plan.backend(),
+        });
         out.devices.push(a);
     }
     out.space = Some(space);
@@ -329,6 +364,11 @@ impl PassthroughVm {
             }
         }
         lines
+    }
+
+    /// The devices, in attach order, for the API's `vm.info`.
+    pub fn listed(&self) -> &[ListedDevice] {
+        &self.listed
     }
 
     /// The event-loop hooks, or `None` without devices; a device error stops the VM

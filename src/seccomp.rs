@@ -17,8 +17,8 @@
 //! longer needs its setup calls: a vCPU at the top of its thread, before the first
 //! `KVM_RUN`; the `dma-map` helper at its start (its prefault threads inherit its
 //! filter); the VMM thread after every vCPU thread is started (a vCPU started later
-//! would be bound by the VMM's list as well as its own) and before the event loop. A
-//! thread kind added later (an API server) gets a [`ThreadKind`] and a list.
+//! would be bound by the VMM's list as well as its own) and before the event loop; the
+//! `api` thread (`--api-socket`) at its start, before it takes its first connection.
 
 mod allowlist;
 mod syscall_names;
@@ -96,11 +96,18 @@ pub enum ThreadKind {
     Vcpu,
     /// The `dma-map` helper that pins guest RAM beside the boot, and its prefault threads.
     DmaMap,
+    /// The control API's thread (`--api-socket`): its socket, never the VM.
+    Api,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 3] = [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::DmaMap];
+    pub const ALL: [ThreadKind; 4] = [
+        ThreadKind::Vmm,
+        ThreadKind::Vcpu,
+        ThreadKind::DmaMap,
+        ThreadKind::Api,
+    ];
 
     /// The kind's name in messages.
     pub fn name(self) -> &'static str {
@@ -108,6 +115,7 @@ impl ThreadKind {
             Self::Vmm => "vmm",
             Self::Vcpu => "vcpu",
             Self::DmaMap => "dma-map",
+            Self::Api => "api",
         }
     }
 
@@ -117,6 +125,7 @@ impl ThreadKind {
             Self::Vmm => allowlist::VMM,
             Self::Vcpu => allowlist::VCPU,
             Self::DmaMap => allowlist::DMA_MAP,
+            Self::Api => allowlist::API,
         };
         let mut all: Vec<(&'static str, i64)> = allowlist::COMMON.to_vec();
         all.extend_from_slice(own);
@@ -130,6 +139,7 @@ impl ThreadKind {
             Self::Vmm => allowlist::vmm_ioctls(),
             Self::Vcpu => allowlist::vcpu_ioctls(),
             Self::DmaMap => allowlist::dma_map_ioctls(),
+            Self::Api => allowlist::api_ioctls(),
         }
     }
 

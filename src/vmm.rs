@@ -40,6 +40,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRe
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi;
+use crate::api::{self, ApiSetup};
 use crate::boot::{self, BootConfig, BootError};
 use crate::cli::VmArgs;
 use crate::config::{DmaMapTiming, SerialConfig, VmConfig};
@@ -104,6 +105,9 @@ pub enum VmError {
     /// Passthrough devices.
     #[error(transparent)]
     Passthrough(#[from] PassthroughSetupError),
+    /// The control API's socket.
+    #[error(transparent)]
+    Api(#[from] crate::api::socket::ApiSocketError),
     /// GSI routing.
     #[error("interrupt routing: {0}")]
     Routing(#[from] RoutingError),
@@ -197,6 +201,8 @@ pub struct Vm {
     raw_mode: Option<RawMode>,
     signals: TerminationSignals,
     exit: Arc<VmExit>,
+    /// The control API (`--api-socket`), started with the vCPUs.
+    api: Option<ApiSetup>,
     /// The threads' seccomp filters, installed as each thread starts its work.
     filters: Filters,
     _buses: Buses,
@@ -425,6 +431,7 @@ impl Vm {
             (SerialConfig::Tty, Some(s)) => Some(ConsoleInput::new(s)),
             _ => None,
         };
+        let api = api::prepare(cfg, &button, passthrough.listed())?;
         // Signals are blocked here, before any thread exists, so every thread inherits it.
         let signals = TerminationSignals::new(exit.clone(), reports.clone(), button.clone())
             .map_err(host_err("signalfd"))?;
@@ -440,6 +447,7 @@ impl Vm {
             raw_mode,
             signals,
             exit,
+            api,
             filters,
             _buses: buses,
             _pci: pci,
@@ -464,6 +472,7 @@ impl Vm {
             _pci,
             _buses,
             filters,
+            api,
             exit,
             signals,
             raw_mode,
@@ -495,6 +504,20 @@ impl Vm {
                 }
             }
         }
+        // The API thread with the vCPUs, before this thread's filter (which would bind it
+        // too); its requests come through the event loop.
+        let api_server = api.and_then(|setup| {
+            match api::start(setup, exit.clone(), filters.thread(ThreadKind::Api)) {
+                Ok((handler, server)) => {
+                    em.add_subscriber(Box::new(handler));
+                    Some(server)
+                }
+                Err(e) => {
+                    exit.request(ExitReason::VmmError(format!("cannot start the API: {e}")));
+                    None
+                }
+            }
+        });
         // After the vCPU threads exist (one started later would be bound by this list
         // too), before the loop: from here on this thread only serves events and tears
         // down.
@@ -536,6 +559,8 @@ impl Vm {
         // Teardown order: everything holding a passthrough device (event loop, buses, PCI
         // root), then the devices themselves, then the managed bindings.
         drop(em);
+        // After the event loop: a request it will not answer now gets 503 (stopping).
+        drop(api_server);
         drop(_buses);
         drop(_pci);
         drop(passthrough);

@@ -1,8 +1,10 @@
-//! Host-side helper commands: `passvm devices`, `passvm bind`, `passvm unbind`.
+//! Host-side helper commands: `passvm devices`, `passvm bind`, `passvm unbind`, and
+//! `passvm remote` (the control API's client).
 
 mod bind;
 mod json;
 mod listing;
+mod remote;
 
 use std::process::ExitCode;
 
@@ -16,6 +18,7 @@ pub fn run(cmd: Command) -> ExitCode {
         Command::Devices { all, json } => listing::run(all, json),
         Command::Bind { bdf, force } => bind::bind(&bdf, force),
         Command::Unbind { bdf } => bind::unbind(&bdf),
+        Command::Remote { api_socket, action } => return remote::run(&api_socket, &action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

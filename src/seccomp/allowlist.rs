@@ -138,6 +138,23 @@ pub const DMA_MAP: &[(&str, i64)] = &[
     ("sched_getaffinity", libc::SYS_sched_getaffinity),
 ];
 
+/// The `api` thread (the control API, `src/api/server.rs`) beyond [`COMMON`]: waiting
+/// on its listening socket, its connection and its stop eventfd together (poll), taking
+/// a connection (std's `accept` is accept4), reading a request with the descriptors that
+/// come with it (recvmsg: SCM_RIGHTS for `vm.add-device`) and writing the answer (send,
+/// which is sendto). Posting a request to the event loop is a channel (futex) and an
+/// eventfd write, both in [`COMMON`]; the thread never reads its stop eventfd, it only
+/// polls it.
+pub const API: &[(&str, i64)] = &[
+    ("poll", libc::SYS_poll),
+    ("ppoll", libc::SYS_ppoll),
+    ("accept4", libc::SYS_accept4),
+    ("recvmsg", libc::SYS_recvmsg),
+    ("sendto", libc::SYS_sendto),
+    // Ending its side of a connection whose request was bad, before draining the rest.
+    ("shutdown", libc::SYS_shutdown),
+];
+
 /// One allowed ioctl: an exact request or a whole ioctl family (the type byte).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ioctl {
@@ -174,6 +191,14 @@ pub fn dma_map_ioctls() -> Vec<Ioctl> {
     vec![
         Ioctl::Request("VFIO_IOMMU_MAP_DMA", VFIO_IOMMU_MAP_DMA()),
         Ioctl::Request("IOMMU_IOAS_MAP", IOMMU_IOAS_MAP()),
+        Ioctl::Request("TCSETS", TCSETS),
+        Ioctl::Request("TCSETS2", TCSETS2),
+    ]
+}
+
+/// The `api` thread's ioctls: only the SIGSYS report's terminal restore.
+pub fn api_ioctls() -> Vec<Ioctl> {
+    vec![
         Ioctl::Request("TCSETS", TCSETS),
         Ioctl::Request("TCSETS2", TCSETS2),
     ]
