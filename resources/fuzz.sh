@@ -107,6 +107,27 @@ run() {
     fi
 }
 
+# Replaces fuzz/corpus/TARGET with the smallest set of inputs that keeps every feature
+# of the committed corpus and of the last run's scratch corpus. cargo fuzz cmin's
+# -merge=1 keeps every input that adds a feature on the way (a thousand and more
+# here); the set-cover merge keeps the same features in a few hundred.
+minimize() {
+    local target="$1" merged="$WORK/merged/$1" inputs=()
+    for d in "$FUZZ_DIR/corpus/$target" "$WORK/scratch/$target"; do
+        [ -d "$d" ] && inputs+=("$d")
+    done
+    rm -rf "$merged"
+    mkdir -p "$merged"
+    if nice -n 10 "$BIN/$target" -set_cover_merge=1 "$merged" "${inputs[@]}" \
+        >"$WORK/logs/$target.merge.log" 2>&1 && [ -n "$(ls -A "$merged")" ]; then
+        rm -rf "$FUZZ_DIR/corpus/$target"
+        mkdir -p "$FUZZ_DIR/corpus/$target"
+        cp "$merged"/* "$FUZZ_DIR/corpus/$target/"
+    else
+        log "$target: the merge failed (see $WORK/logs/$target.merge.log); corpus left as it was"
+    fi
+}
+
 # What libFuzzer's last status line and summary say: runs seconds cov ft.
 stats() {
     local logf="$1" runs secs cov ft
@@ -141,20 +162,9 @@ long)
             failed+=("$target")
             continue
         fi
-        # cargo fuzz cmin's merge: the smallest set of inputs keeping the coverage of
-        # the committed corpus and everything this run found.
-        merged="$WORK/merged/$target"
-        rm -rf "$merged"
-        mkdir -p "$merged"
-        nice -n 10 "$BIN/$target" -merge=1 "$merged" "$FUZZ_DIR/corpus/$target" "$WORK/scratch/$target" \
-            >"$WORK/logs/$target.merge.log" 2>&1 || true
-        if [ -n "$(ls -A "$merged")" ]; then
-            rm -rf "$FUZZ_DIR/corpus/$target"
-            mkdir -p "$FUZZ_DIR/corpus/$target"
-            cp "$merged"/* "$FUZZ_DIR/corpus/$target/"
-        fi
+        minimize "$target"
         read -r runs secs cov ft <<<"$(stats "$logf")"
-        files="$(find "$FUZZ_DIR/corpus/$target" -type f | wc -l)"
+        files="$(find "$FUZZ_DIR/corpus/$target" -type f 2>/dev/null | wc -l)"
         table+=("$(printf '%-14s %10s %8s %7s %7s %8s' "$target" "$runs" "$secs" "$cov" "$ft" "$files")")
     done
     printf '%-14s %10s %8s %7s %7s %8s\n' target inputs seconds cov ft corpus

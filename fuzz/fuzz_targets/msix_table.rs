@@ -2,9 +2,10 @@
 //! entries, 0-64 vectors from VFIO, with or without NORESIZE), enabled, masked and
 //! disabled through its control word (dword, word or byte writes), and arbitrary MMIO
 //! reads and writes of any size and offset into the table, the PBA and the rest of
-//! their BAR, with MSI and memory decode toggled in between. Checks:
+//! their BAR, with MSI (any layout: 32/64-bit, per-vector masks, 1-32 vectors; any
+//! Multiple Message Enable and mask) and memory decode toggled in between. Checks:
 //! - MSI-X is shown to the guest exactly when its table and PBA fit implemented memory
-//!   BARs and VFIO offers vectors;
+//!   BARs and VFIO offers vectors, MSI exactly when VFIO offers vectors;
 //! - a table read returns what the guest wrote (byte-exact, vector control's mask bit
 //!   only) and the PBA reads zero (the fake device never signals);
 //! - with MSI off, the KVM routes are exactly the messages of the vectors that may
@@ -66,10 +67,16 @@ enum Op {
     Decode {
         on: bool,
     },
+    /// MSI: address, data, Multiple Message Enable and enable.
     Msi {
         enable: bool,
+        mme: u8,
         addr: u32,
         data: u16,
+    },
+    /// MSI's per-vector mask register (where the capability has one).
+    MsiMask {
+        mask: u32,
     },
     Reset,
 }
@@ -141,10 +148,16 @@ fuzz_target!(|input: Input| {
     let live = shape.hw() > 0
         && fits(shape.table_bir(), shape.table_offset(), table_len)
         && fits(shape.pba_bir(), shape.pba_offset(), pba_len);
-    let shown = (h.dev().read_config(MSI_CAP) >> 8) & 0xff == MSIX_CAP as u32;
+    let ids = h.capability_ids();
     assert_eq!(
-        shown, live,
-        "MSI-X shown {shown}, expected {live} for {shape:?}"
+        ids.contains(&0x11),
+        live,
+        "MSI-X shown: {ids:x?}, {shape:?}"
+    );
+    assert_eq!(
+        ids.contains(&0x05),
+        shape.msi_vectors() > 0,
+        "MSI shown: {ids:x?}, {shape:?}"
     );
     let mut shadow = Shadow::new(n);
     let mut decode = false;
@@ -211,12 +224,25 @@ fuzz_target!(|input: Input| {
                 h.dev().write_config(0x04, 0, &[if on { 0x2 } else { 0x0 }]);
                 decode = on;
             }
-            Op::Msi { enable, addr, data } => {
+            Op::Msi {
+                enable,
+                mme,
+                addr,
+                data,
+            } => {
                 let mut dev = h.dev();
+                let data_at = MSI_CAP + shape.msi_data_at();
                 dev.write_config(MSI_CAP + 4, 0, &(addr | 0xfee0_0000).to_le_bytes());
-                dev.write_config(MSI_CAP + 8, 0, &0u32.to_le_bytes());
-                dev.write_config(MSI_CAP + 12, 0, &data.to_le_bytes());
-                dev.write_config(MSI_CAP, 2, &[u8::from(enable), 0x01]);
+                if shape.msi_64bit {
+                    dev.write_config(MSI_CAP + 8, 0, &0u32.to_le_bytes());
+                }
+                dev.write_config(data_at, 0, &data.to_le_bytes());
+                let ctrl = u16::from(enable) | (u16::from(mme & 7) << 4);
+                dev.write_config(MSI_CAP, 2, &ctrl.to_le_bytes());
+            }
+            Op::MsiMask { mask } => {
+                let mask_at = MSI_CAP + shape.msi_data_at() + 4;
+                h.dev().write_config(mask_at, 0, &mask.to_le_bytes());
             }
             Op::Reset => {
                 h.reset();

@@ -192,7 +192,8 @@ pub const MSI_CAP: usize = 0x50;
 /// MSI-X.
 pub const MSIX_CAP: usize = 0x70;
 
-/// Where the fixture's MSI-X table and PBA are and how many vectors VFIO offers.
+/// Where the fixture's MSI-X table and PBA are, how many vectors VFIO offers, and the
+/// MSI capability's layout.
 #[derive(Arbitrary, Clone, Copy, Debug)]
 pub struct MsixShape {
     /// Table entries (the capability's field: 1-2048).
@@ -209,6 +210,14 @@ pub struct MsixShape {
     pub pba_qword: u16,
     /// VFIO cannot grow an enabled MSI-X vector set (`VFIO_IRQ_INFO_NORESIZE`).
     pub noresize: bool,
+    /// MSI with a 64-bit address.
+    pub msi_64bit: bool,
+    /// MSI with per-vector mask and pending registers.
+    pub msi_pvm: bool,
+    /// MSI's Multiple Message Capable field (log2 of its vectors; 0-7, above 5 reserved).
+    pub msi_mmc: u8,
+    /// Vectors VFIO reports for the MSI index (0: MSI hidden).
+    pub msi_hw: u8,
 }
 
 impl MsixShape {
@@ -221,6 +230,10 @@ impl MsixShape {
         pba_bar: 0,
         pba_qword: 0x3000 / 8,
         noresize: true,
+        msi_64bit: true,
+        msi_pvm: true,
+        msi_mmc: 0,
+        msi_hw: 1,
     };
 
     /// Table size as the capability encodes it.
@@ -247,6 +260,24 @@ impl MsixShape {
     pub fn hw(&self) -> u32 {
         u32::from(self.hw_vectors % 65)
     }
+    /// MSI's control word as the device reports it.
+    pub fn msi_ctrl(&self) -> u16 {
+        (u16::from(self.msi_64bit) << 7)
+            | (u16::from(self.msi_pvm) << 8)
+            | (u16::from(self.msi_mmc & 7) << 1)
+    }
+    /// The MSI vectors VFIO offers.
+    pub fn msi_vectors(&self) -> u32 {
+        u32::from(self.msi_hw % 33)
+    }
+    /// Offset of MSI's data register in the capability.
+    pub fn msi_data_at(&self) -> usize {
+        if self.msi_64bit {
+            0x0c
+        } else {
+            0x08
+        }
+    }
 }
 
 fn put32(cfg: &mut [u8], off: usize, v: u32) {
@@ -255,8 +286,8 @@ fn put32(cfg: &mut [u8], off: usize, v: u32) {
 
 /// The fixture: a PCIe endpoint with BAR0/1 64-bit prefetchable 64 KiB, BAR2 32 bytes
 /// of ports, BAR3 a 256-byte 32-bit BAR, BAR4 an 8 KiB BAR that VFIO does not let us
-/// mmap, a 32 KiB ROM; PM at 0x40, MSI (64-bit, per-vector mask) at 0x50, MSI-X at
-/// 0x70 (laid out by `msix`), PCIe at 0x90; SR-IOV (hidden) at 0x100 before AER at 0x140.
+/// mmap, a 32 KiB ROM; PM at 0x40, MSI at 0x50, MSI-X at
+/// 0x70 (both laid out by `msix`), PCIe at 0x90; SR-IOV (hidden) at 0x100 before AER at 0x140.
 pub fn fake_device(msix: MsixShape) -> FakeDevice {
     let mut cfg = vec![0u8; 4096];
     put32(&mut cfg, 0x00, 0x1001_1af4);
@@ -268,7 +299,7 @@ pub fn fake_device(msix: MsixShape) -> FakeDevice {
     cfg[0x34] = PM_CAP as u8;
     cfg[0x3d] = 1; // INTA#
     put32(&mut cfg, PM_CAP, 0x0003_5001); // PM, next 0x50, version 3
-    put32(&mut cfg, MSI_CAP, 0x0180_7005); // MSI, next 0x70, 64-bit + PVM
+    put32(&mut cfg, MSI_CAP, u32::from(msix.msi_ctrl()) << 16 | 0x7005); // MSI, next 0x70
     let ctrl = u32::from(msix.table_size() - 1);
     put32(&mut cfg, MSIX_CAP, ctrl << 16 | 0x9011); // MSI-X, next 0x90
     put32(
@@ -316,13 +347,15 @@ pub fn fake_device(msix: MsixShape) -> FakeDevice {
             count: 1,
         },
     );
-    d.irqs.insert(
-        IrqIndex::Msi,
-        IrqInfo {
-            flags: IRQ_EVENTFD | IRQ_NORESIZE,
-            count: 1,
-        },
-    );
+    if msix.msi_vectors() > 0 {
+        d.irqs.insert(
+            IrqIndex::Msi,
+            IrqInfo {
+                flags: IRQ_EVENTFD | IRQ_NORESIZE,
+                count: msix.msi_vectors(),
+            },
+        );
+    }
     if msix.hw() > 0 {
         let noresize = if msix.noresize { IRQ_NORESIZE } else { 0 };
         d.irqs.insert(
@@ -465,6 +498,20 @@ impl Harness {
         let mut root = lock(&self.root);
         select(&mut root, off);
         root.write(PCI_CONFIG_BASE, 4 + u64::from(off & 3), data);
+    }
+
+    /// The capability IDs the guest finds walking the list from 0x34 (at most 48: a
+    /// loop stops there).
+    pub fn capability_ids(&self) -> Vec<u8> {
+        let dev = self.dev();
+        let mut ids = Vec::new();
+        let mut at = (dev.read_config(0x34) & 0xfc) as usize;
+        while at != 0 && ids.len() < 48 {
+            let head = dev.read_config(at);
+            ids.push(head as u8);
+            at = ((head >> 8) & 0xfc) as usize;
+        }
+        ids
     }
 
     /// A reboot's reset ([`VfioPciDevice::reset`]). The fake's reset clears only the
