@@ -160,16 +160,47 @@ mod tests {
     fn more_descriptors_than_fit_are_reported() {
         let (a, b) = UnixStream::pair().unwrap();
         let f = std::fs::File::open("/dev/null").unwrap();
-        let many = [f.as_raw_fd(); MAX_FDS + 1];
+        let many = [f.as_raw_fd(); MAX_FDS + 2];
         assert!(
             send(&a, b"x", &many).is_err(),
             "the sender refuses too many"
         );
-        // A raw sender with more than the receiver takes.
-        let raw = [f.as_raw_fd(); MAX_FDS];
-        send(&a, b"y", &raw).unwrap();
+        // A raw sender with more than the receiver has room for.
+        let mut iov = libc::iovec {
+            iov_base: b"y".as_ptr().cast_mut().cast(),
+            iov_len: 1,
+        };
+        let mut control = [0u64; 8];
+        let bytes = std::mem::size_of_val(&many);
+        // SAFETY: plain data, then sizes computed by the CMSG macros; `control` (64
+        // bytes) holds CMSG_SPACE(24) = 40, and the header and data written lie in it.
+        let n = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(bytes as u32) as usize;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(bytes as u32) as usize;
+            std::ptr::copy_nonoverlapping(
+                many.as_ptr(),
+                libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+                many.len(),
+            );
+            libc::sendmsg(a.as_raw_fd(), &msg, 0)
+        };
+        assert_eq!(n, 1);
         let mut buf = [0u8; 4];
         let mut fds = Vec::new();
+        let got = recv(&b, &mut buf, &mut fds).unwrap();
+        assert_eq!(got.len, 1);
+        assert!(got.truncated, "the kernel says it dropped some");
+        assert!(fds.len() <= MAX_FDS, "and closed them: {} kept", fds.len());
+        // Exactly as many as fit arrive whole.
+        send(&a, b"z", &[f.as_raw_fd(); MAX_FDS]).unwrap();
+        fds.clear();
         let got = recv(&b, &mut buf, &mut fds).unwrap();
         assert_eq!((got.len, fds.len(), got.truncated), (1, MAX_FDS, false));
     }
