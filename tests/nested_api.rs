@@ -69,6 +69,12 @@ fn the_api_reports_the_vm_and_its_power_button_ends_it() {
         add_err.contains("no hot-pluggable slot") && add_err.contains("HTTP 503"),
         "{add_err}"
     );
+    assert_eq!(out.marker("addfd_rc"), Some("1"));
+    let addfd_err = out.marker("addfd_err").unwrap_or_default();
+    assert!(
+        addfd_err.contains("no hot-pluggable slot"),
+        "the descriptor came through and was parsed as the device: {addfd_err}"
+    );
     assert_eq!(
         out.marker("alive"),
         Some("yes"),

@@ -11,6 +11,7 @@
 #   info_rc, api_info         passvm remote info
 #   bad_rc, bad_out, bad_err  remove-device id=nosuch: status, stdout (JSON), stderr line 1
 #   add_rc, add_err           add-device on a VM without hot-plug slots
+#   addfd_rc, addfd_err       the same with the device as a descriptor (fd=7, SCM_RIGHTS)
 #   api_thread="COMM MODE FILTERS"  seccomp of passvm's api thread (/proc status)
 #   alive             yes if passvm still ran after the bad requests
 #   ping2_rc          ping after them
@@ -67,6 +68,9 @@ ask ping api_ping "" ping
 ask info api_info "" info
 ask bad bad_out bad_err remove-device id=nosuch
 ask add "" add_err add-device "0000:00:1f.0,id=extra"
+# A device as a descriptor (SCM_RIGHTS), as a launcher passes an opened cdev: it travels
+# (under the api thread's filter) and is refused for want of a slot like the other.
+ask addfd "" addfd_err add-device "fd=7,id=byfd" 7</dev/null
 for t in /proc/"$pid"/task/*; do
     [ "$(cat "$t/comm")" = api ] || continue
     bed_report api_thread "api $(awk '/^Seccomp:/ { m = $2 } /^Seccomp_filters:/ { f = $2 }
