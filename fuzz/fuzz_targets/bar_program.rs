@@ -10,8 +10,8 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use passvm_fuzz::{
-    bar_access, AccessLen, Base, Harness, MsixShape, Width, IO, MMIO32, MMIO64, PLATFORM_MMIO,
-    PLATFORM_PIO, PMCSR,
+    bar_access, AccessLen, BarShape, Base, Harness, MsixShape, Width, IO, MMIO32, MMIO64,
+    PLATFORM_MMIO, PLATFORM_PIO, PMCSR,
 };
 
 /// Where a BAR is pointed.
@@ -189,9 +189,15 @@ fn program(h: &Harness, reg: usize, addr: u64, halves: Halves) {
     }
 }
 
-fuzz_target!(|ops: Vec<Op>| {
-    let h = Harness::new(MsixShape::DEFAULT);
-    for op in ops.into_iter().take(256) {
+#[derive(Arbitrary, Debug)]
+struct Input {
+    bars: BarShape,
+    ops: Vec<Op>,
+}
+
+fuzz_target!(|input: Input| {
+    let h = Harness::with_bars(MsixShape::DEFAULT, &input.bars);
+    for op in input.ops.into_iter().take(256) {
         match op {
             Op::Size { reg, restore } => {
                 let reg = usize::from(reg % 6);
@@ -223,7 +229,7 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Command { bits, width } => {
                 let v = u16::from(bits & 0x7) | (u16::from(bits & 0xf8) << 3);
                 let data = v.to_le_bytes();
-                let len = width.len().min(2);
+                let len = width.bytes().min(2);
                 h.dev().write_config(0x04, 0, &data[..len]);
             }
             Op::Power { state, pme, byte } => {
@@ -242,7 +248,7 @@ fuzz_target!(|ops: Vec<Op>| {
             } => {
                 let mut dev = h.dev();
                 let base = base.resolve(&dev);
-                bar_access(&mut dev, base, u64::from(offset), len.len(), write);
+                bar_access(&mut dev, base, u64::from(offset), len.bytes(), write);
             }
             Op::At { place, len, write } => {
                 let addr = place.resolve(&h);
@@ -252,7 +258,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     .into_iter()
                     .find(|r| addr >= r.1 && addr - r.1 < r.2);
                 if let Some((_, base, _)) = hit {
-                    bar_access(&mut dev, base, addr - base, len.len(), write);
+                    bar_access(&mut dev, base, addr - base, len.bytes(), write);
                 }
             }
             Op::Reset => h.reset(),

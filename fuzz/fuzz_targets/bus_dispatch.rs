@@ -25,10 +25,13 @@ use libfuzzer_sys::fuzz_target;
 const ECAM_BASE: u64 = 0xf000_0000;
 const ECAM_SIZE: u64 = 16 << 20;
 
+/// The writes the probes saw, as (base, offset, bytes).
+type Writes = Arc<Mutex<Vec<(u64, u64, Vec<u8>)>>>;
+
 /// A bus device that answers with a pattern of its id and the offset, and records writes.
 struct Probe {
     id: u8,
-    writes: Arc<Mutex<Vec<(u64, u64, Vec<u8>)>>>,
+    writes: Writes,
 }
 
 fn pattern(id: u8, offset: u64, i: usize) -> u8 {
@@ -430,14 +433,12 @@ fuzz_target!(|ops: Vec<Op>| {
                 let addr = PCI_CONFIG_BASE + offset;
                 let in_range = offset + len as u64 <= 8;
                 let a = pci.address;
-                let selected = (a & 0x8000_0000 != 0).then(|| {
-                    (
-                        (a >> 16) & 0xff,
-                        (a >> 11) & 0x1f,
-                        (a >> 8) & 7,
-                        ((a >> 2) & 0x3f) as usize,
-                    )
-                });
+                let selected = (a & 0x8000_0000 != 0).then_some((
+                    (a >> 16) & 0xff,
+                    (a >> 11) & 0x1f,
+                    (a >> 8) & 7,
+                    ((a >> 2) & 0x3f) as usize,
+                ));
                 let data_window = (4..8).contains(&offset)
                     && matches!(len, 1 | 2 | 4)
                     && offset - 4 + len as u64 <= 4;

@@ -56,7 +56,7 @@ fuzz_target!(|ops: Vec<Op>| {
     for op in ops.into_iter().take(512) {
         match op {
             Op::Read { off, width, via } => {
-                let len = width.len();
+                let len = width.bytes();
                 let (got, reach) = match via {
                     Via::Ecam => (h.ecam_read(off, len), off & 0xfff),
                     // Mechanism #1 selects a dword of the first 256 bytes.
@@ -84,7 +84,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 value,
                 via,
             } => {
-                let data = &value.to_le_bytes()[..width.len()];
+                let data = &value.to_le_bytes()[..width.bytes()];
                 match via {
                     Via::Ecam => h.ecam_write(off, data),
                     Via::Ports => h.port_write(off, data),

@@ -210,15 +210,20 @@ fuzz_target!(|input: Input| {
             }
             Op::Table { offset, len, write } => {
                 let o = t0 + u64::from(offset) % (table_len + 16);
-                access = Some((table_bar, o, len.len(), write));
+                access = Some((table_bar, o, len.bytes(), write));
             }
             Op::Pba { offset, len, write } => {
                 let o = p0 + u64::from(offset) % (pba_len + 16);
-                access = Some((pba_bar, o, len.len(), write));
+                access = Some((pba_bar, o, len.bytes(), write));
             }
             Op::Bar { offset, len, write } => {
                 let size = region_size(shape.table_bir()).unwrap_or(BAR0_SIZE);
-                access = Some((table_bar, u64::from(offset) % (size + 16), len.len(), write));
+                access = Some((
+                    table_bar,
+                    u64::from(offset) % (size + 16),
+                    len.bytes(),
+                    write,
+                ));
             }
             Op::Decode { on } => {
                 h.dev().write_config(0x04, 0, &[if on { 0x2 } else { 0x0 }]);

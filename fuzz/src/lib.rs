@@ -7,7 +7,6 @@
 //! to remove a trap or a slot it does not hold, or breaks a GSI routing rule, has lost
 //! track of its own state, so those answers panic here instead of being logged.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arbitrary::Arbitrary;
@@ -18,7 +17,7 @@ use devices::pci::host_bridge::{PciRoot, PCI_CONFIG_BASE};
 use devices::pci::{InterruptRouting, MsiMessage, RoutingError};
 use devices::vfio::device::{DeviceContext, RomImage, VfioPciDevice};
 use devices::vfio::testing::{
-    FakeDevice, IrqIndex, IrqInfo, RecordingVm, RegionInfo, CONFIG_REGION,
+    FakeDevice, IrqIndex, IrqInfo, MmapArea, RecordingVm, RegionInfo, CONFIG_REGION,
 };
 use devices::vfio::vm::{AddressSpace, VmOps, VmOpsError};
 use vmm_sys_util::eventfd::EventFd;
@@ -172,12 +171,50 @@ const IRQ_EVENTFD: u32 = 0x1;
 const IRQ_MASKABLE_AUTOMASKED: u32 = 0x6;
 const IRQ_NORESIZE: u32 = 0x8;
 
-/// BAR sizes of the fixture (region index -> bytes).
+/// BAR sizes of the default fixture (region index -> bytes).
 pub const BAR0_SIZE: u64 = 0x1_0000;
 /// The I/O BAR.
 pub const BAR2_SIZE: u64 = 0x20;
 /// A sub-page BAR: mapped as one page.
 pub const BAR3_SIZE: u64 = 0x100;
+
+/// What VFIO reports for BAR0 and BAR3: sizes, region flags and the sparse-mmap list,
+/// so that the mmap plan (what is mapped, what traps around the MSI-X pages) and its
+/// slots are fuzzed too.
+#[derive(Arbitrary, Clone, Debug)]
+pub struct BarShape {
+    /// BAR0 is `1 << (12 + bar0_log2 % 9)` bytes (4 KiB - 1 MiB).
+    pub bar0_log2: u8,
+    /// BAR0's region flags: bit 0 read, 1 write, 2 mmap.
+    pub bar0_flags: u8,
+    /// BAR0's sparse-mmap areas as (offset, size), when VFIO gives a list.
+    pub bar0_sparse: Option<Vec<(u32, u32)>>,
+    /// BAR3 is `1 << (4 + bar3_log2 % 13)` bytes (16 bytes - 64 KiB).
+    pub bar3_log2: u8,
+    /// BAR3's region flags.
+    pub bar3_flags: u8,
+}
+
+impl BarShape {
+    /// The unit tests' BARs.
+    pub fn default_bars() -> Self {
+        Self {
+            bar0_log2: 4,
+            bar0_flags: REGION_RW_MMAP as u8,
+            bar0_sparse: None,
+            bar3_log2: 4,
+            bar3_flags: REGION_RW_MMAP as u8,
+        }
+    }
+    /// BAR0's size.
+    pub fn bar0_size(&self) -> u64 {
+        1 << (12 + self.bar0_log2 % 9)
+    }
+    /// BAR3's size.
+    pub fn bar3_size(&self) -> u64 {
+        1 << (4 + self.bar3_log2 % 13)
+    }
+}
 /// A BAR VFIO does not let us mmap: it always traps.
 pub const BAR4_SIZE: u64 = 0x2000;
 /// The expansion ROM.
@@ -288,7 +325,7 @@ fn put32(cfg: &mut [u8], off: usize, v: u32) {
 /// of ports, BAR3 a 256-byte 32-bit BAR, BAR4 an 8 KiB BAR that VFIO does not let us
 /// mmap, a 32 KiB ROM; PM at 0x40, MSI at 0x50, MSI-X at
 /// 0x70 (both laid out by `msix`), PCIe at 0x90; SR-IOV (hidden) at 0x100 before AER at 0x140.
-pub fn fake_device(msix: MsixShape) -> FakeDevice {
+pub fn fake_device(msix: MsixShape, bars: &BarShape) -> FakeDevice {
     let mut cfg = vec![0u8; 4096];
     put32(&mut cfg, 0x00, 0x1001_1af4);
     put32(&mut cfg, 0x04, 0x0010_0000); // status: capability list
@@ -323,23 +360,36 @@ pub fn fake_device(msix: MsixShape) -> FakeDevice {
         ..Default::default()
     };
     let fill = |size: u64, b: u8| vec![b; size as usize];
-    d.add_region(0, reg(BAR0_SIZE, REGION_RW_MMAP, 0), fill(BAR0_SIZE, 0x5a));
+    // Region offsets in the device fd: BAR0 first (up to 1 MiB), the rest after it.
+    let (b0, b3) = (bars.bar0_size(), bars.bar3_size());
+    let mut bar0 = reg(b0, u32::from(bars.bar0_flags & 7), 0);
+    bar0.sparse_areas = bars.bar0_sparse.as_ref().map(|areas| {
+        areas
+            .iter()
+            .take(8)
+            .map(|&(offset, size)| MmapArea {
+                offset: u64::from(offset),
+                size: u64::from(size),
+            })
+            .collect()
+    });
+    d.add_region(0, bar0, fill(b0, 0x5a));
     d.add_region(
         2,
-        reg(BAR2_SIZE, REGION_RW, 0x1_0000),
+        reg(BAR2_SIZE, REGION_RW, 0x40_0000),
         fill(BAR2_SIZE, 0x11),
     );
     d.add_region(
         3,
-        reg(BAR3_SIZE, REGION_RW_MMAP, 0x1_1000),
-        fill(BAR3_SIZE, 0x22),
+        reg(b3, u32::from(bars.bar3_flags & 7), 0x41_0000),
+        fill(b3, 0x22),
     );
     d.add_region(
         4,
-        reg(BAR4_SIZE, REGION_RW, 0x1_2000),
+        reg(BAR4_SIZE, REGION_RW, 0x42_0000),
         fill(BAR4_SIZE, 0x44),
     );
-    d.add_region(6, reg(ROM_SIZE, 0x1, 0x1_4000), fill(ROM_SIZE, 0x55));
+    d.add_region(6, reg(ROM_SIZE, 0x1, 0x43_0000), fill(ROM_SIZE, 0x55));
     d.irqs.insert(
         IrqIndex::Intx,
         IrqInfo {
@@ -390,8 +440,6 @@ pub struct Harness {
     pub owner: Owner,
     /// Where BARs may decode.
     pub windows: BarWindows,
-    /// BAR index -> size, as the fake device reports (memory BARs only).
-    pub mem_bars: HashMap<usize, u64>,
     probes: Vec<(AddressSpace, u64, &'static str)>,
 }
 
@@ -400,9 +448,15 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Harness {
-    /// The fixture with `msix`'s MSI-X layout, built the way the unit tests build it.
+    /// The fixture with `msix`'s MSI-X and MSI layout, built the way the unit tests
+    /// build it.
     pub fn new(msix: MsixShape) -> Self {
-        let fake = Arc::new(fake_device(msix));
+        Self::with_bars(msix, &BarShape::default_bars())
+    }
+
+    /// [`Harness::new`] with BAR0 and BAR3 as `bars` says.
+    pub fn with_bars(msix: MsixShape, bars: &BarShape) -> Self {
+        let fake = Arc::new(fake_device(msix, bars));
         let vm = Arc::new(RecordingVm::new());
         let mut probes = Vec::new();
         for space in [AddressSpace::Mmio, AddressSpace::Pio] {
@@ -439,12 +493,6 @@ impl Harness {
         let owner = vm
             .owner_at(traps[0].0, traps[0].1)
             .expect("the initial traps are on the buses");
-        let mem_bars = dev
-            .bar_summaries()
-            .iter()
-            .filter(|b| !b.kind.is_io())
-            .map(|b| (b.index, b.size))
-            .collect();
         let dev = Arc::new(Mutex::new(dev));
         let root = Arc::new(Mutex::new(PciRoot::new()));
         lock(&root)
@@ -459,7 +507,6 @@ impl Harness {
             ecam,
             owner,
             windows,
-            mem_bars,
             probes,
         }
     }
@@ -661,7 +708,7 @@ pub enum Width {
 
 impl Width {
     /// Bytes.
-    pub fn len(self) -> usize {
+    pub fn bytes(self) -> usize {
         match self {
             Width::B1 => 1,
             Width::B2 => 2,
@@ -687,7 +734,7 @@ pub enum AccessLen {
 
 impl AccessLen {
     /// Bytes.
-    pub fn len(self) -> usize {
+    pub fn bytes(self) -> usize {
         match self {
             AccessLen::B1 => 1,
             AccessLen::B2 => 2,
