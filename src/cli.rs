@@ -138,6 +138,11 @@ pub struct VmArgs {
     #[arg(long, value_name = "on|log|off")]
     pub seccomp: Option<String>,
 
+    /// PCIe root ports for devices added while the guest runs, each with a native
+    /// hot-plug slot the guest's pciehp drives (0-8) [default: 0].
+    #[arg(long, value_name = "N")]
+    pub pcie_ports: Option<String>,
+
     /// Resolve devices, print the plan (devices, backend, memory layout) and exit without running the VM.
     #[arg(long)]
     pub dry_run: bool,

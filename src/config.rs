@@ -117,6 +117,8 @@ pub struct VmConfig {
     pub api_socket: Option<ApiSocketConfig>,
     /// What the threads' seccomp filters do with a call outside their lists.
     pub seccomp: SeccompMode,
+    /// PCIe root ports with hot-plug slots (0..=[`crate::memory::MAX_PCIE_PORTS`]).
+    pub pcie_ports: u8,
     /// Print the plan and exit.
     pub dry_run: bool,
 }
@@ -248,6 +250,23 @@ impl VmConfig {
             Some(s) => s.parse().map_err(|r| invalid("--seccomp", s, r))?,
             None => SeccompMode::default(),
         };
+        let pcie_ports = match &args.pcie_ports {
+            Some(s) => s
+                .parse::<u8>()
+                .ok()
+                .filter(|n| *n <= crate::memory::MAX_PCIE_PORTS)
+                .ok_or_else(|| {
+                    invalid(
+                        "--pcie-ports",
+                        s,
+                        format!(
+                            "must be a number of root ports from 0 to {}",
+                            crate::memory::MAX_PCIE_PORTS
+                        ),
+                    )
+                })?,
+            None => 0,
+        };
         Ok(Self {
             kernel,
             initramfs: args.initramfs.clone(),
@@ -260,6 +279,7 @@ impl VmConfig {
             iommufd_fd: args.iommufd_fd,
             api_socket,
             seccomp,
+            pcie_ports,
             dry_run: args.dry_run,
         })
     }

@@ -9,6 +9,7 @@ mod config;
 mod console;
 mod dry_run;
 mod exit;
+mod hotplug;
 mod memory;
 mod passthrough;
 mod placement;

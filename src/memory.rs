@@ -84,11 +84,18 @@ pub const ECAM_START: u64 = 0xf000_0000;
 /// room for bridges).
 pub const ECAM_BUSES: u64 = 16;
 /// Buses the firmware tables describe (MCFG, the root bridge's `_CRS`): only the
-/// populated ones. Linux scans every bus up to the MCFG's last for devices behind
-/// "peer bridges" (32 config reads per bus, two exits each over 0xcf8/0xcfc): describing
-/// all 16 cost 960 of the 1797 exits of a boot without a device.
-pub const PCI_BUSES: u8 = 1;
-const _: () = assert!(PCI_BUSES as u64 <= ECAM_BUSES);
+/// populated ones, bus 0 and one secondary bus per hot-plug root port. Linux scans every
+/// bus up to the MCFG's last for devices behind "peer bridges" (32 config reads per bus,
+/// two exits each over 0xcf8/0xcfc): describing all 16 cost 960 of the 1797 exits of a
+/// boot without a device.
+pub fn pci_buses(pcie_ports: u8) -> u8 {
+    1 + pcie_ports.min(ECAM_BUSES as u8 - 1)
+}
+/// Most PCIe root ports a VM gets (`--pcie-ports`): each takes a slot on bus 0 and a bus
+/// number, and the ECAM window has room for 15 buses below bus 0; 8 keeps slots for the
+/// `--device`s.
+pub const MAX_PCIE_PORTS: u8 = 8;
+const _: () = assert!((MAX_PCIE_PORTS as u64) < ECAM_BUSES);
 /// Size of the ECAM window.
 pub const ECAM_SIZE: u64 = ECAM_BUSES << 20;
 /// The 32-bit BAR window: from [`MMIO32_START`] up to the ECAM window (768 MiB).

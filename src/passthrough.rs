@@ -23,7 +23,7 @@
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
 
-use devices::pci::bar::{BarAllocator, Window};
+use devices::pci::bar::{BarAllocator, BarWindows, Window};
 use devices::pci::host_bridge::PciRoot;
 use devices::pci::InterruptRouting;
 use devices::vfio::assignment::{
@@ -41,7 +41,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 use crate::boot::mptable::{self, MpTableError, PciIntx, FIRST_PCI_IOAPIC_PIN};
 use crate::config::{DmaMapTiming, VmConfig};
 use crate::exit::{ExitReason, VmExit};
-use crate::memory::{MemoryError, MemoryLayout};
+use crate::memory::{AddrRange, MemoryError, MemoryLayout};
 use crate::seccomp::ThreadFilter;
 use crate::vcpu::Buses;
 use devices::pci::kvm_routing::Interrupts;
@@ -130,6 +130,23 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, DiscoveryError> {
     })
 }
 
+/// The VM's BAR windows, where a guest may place any BAR (the DSDT's `_CRS`).
+pub fn vm_windows(layout: &MemoryLayout) -> BarWindows {
+    let window = |r: AddrRange| {
+        Some(Window {
+            base: r.start,
+            size: r.size,
+        })
+    };
+    BarAllocator::new(
+        window(layout.mmio32),
+        window(layout.mmio64),
+        Some(IO_WINDOW),
+        layout.mmio64.start + layout.mmio64.size,
+    )
+    .windows()
+}
+
 /// The IOAPIC pin of a slot's INTx line.
 pub fn intx_gsi(slot: u8) -> u32 {
     u32::from(FIRST_PCI_IOAPIC_PIN) + u32::from(slot) % PCI_INTX_PINS
@@ -139,6 +156,9 @@ pub fn intx_gsi(slot: u8) -> u32 {
 pub struct VmParts<'a> {
     /// The VM (its irqchip exists).
     pub vm: &'a Arc<VmFd>,
+    /// The parts of the 32-bit and 64-bit BAR windows the boot devices are placed in
+    /// (the rest is the hot-plug ports', src/hotplug.rs).
+    pub boot_windows: (AddrRange, AddrRange),
     /// KVM's memory slot count.
     pub nr_memslots: usize,
     /// The GSI router.
@@ -166,7 +186,10 @@ pub struct VmParts<'a> {
 #[derive(Default)]
 pub struct PassthroughVm {
     devices: Vec<AttachedDevice>,
-    space: Option<Assignment>,
+    /// Shared with the hot-plug slots (src/hotplug.rs), whose devices join this space.
+    space: Arc<Mutex<Option<Assignment>>>,
+    /// The KVM memory slots of device BARs, shared with hot-plugged devices.
+    slots: Option<Arc<SlotPool>>,
     /// What each device is, for the API's `vm.info`.
     listed: Vec<ListedDevice>,
 }
@@ -239,37 +262,44 @@ pub fn attach(
         return Ok(PassthroughVm::default());
     };
     let layout = parts.layout;
+    let window = |r: AddrRange| {
+        Some(Window {
+            base: r.start,
+            size: r.size,
+        })
+    };
+    // A guest may move a BAR anywhere in the VM's windows; the boot devices are placed
+    // in the part the hot-plug ports leave them (src/hotplug.rs).
+    let limit = layout.mmio64.start + layout.mmio64.size;
+    let windows = vm_windows(layout);
     let mut bars = BarAllocator::new(
-        Some(Window {
-            base: layout.mmio32.start,
-            size: layout.mmio32.size,
-        }),
-        Some(Window {
-            base: layout.mmio64.start,
-            size: layout.mmio64.size,
-        }),
+        window(parts.boot_windows.0),
+        window(parts.boot_windows.1),
         Some(IO_WINDOW),
-        layout.mmio64.start + layout.mmio64.size,
+        limit,
     );
     let first_slot = u32::try_from(parts.mem.num_regions()).unwrap_or(u32::MAX);
     let routing: Arc<dyn InterruptRouting> = parts.interrupts.clone();
+    let slots = Arc::new(SlotPool::new(
+        first_slot,
+        u32::try_from(parts.nr_memslots).unwrap_or(u32::MAX),
+    ));
     let mut ctx = AttachContext {
         vm: parts.vm.clone(),
-        slots: Arc::new(SlotPool::new(
-            first_slot,
-            u32::try_from(parts.nr_memslots).unwrap_or(u32::MAX),
-        )),
+        slots: slots.clone(),
         pio: parts.buses.pio.clone(),
         mmio: parts.buses.mmio.clone(),
         pci: parts.pci,
         routing,
         bars: &mut bars,
+        windows,
         dma: None,
     };
     start_dma_map(&mut space, plan, parts)?;
     let mut out = PassthroughVm {
         devices: Vec::with_capacity(plan.devices.len()),
-        space: None,
+        space: Arc::default(),
+        slots: Some(slots),
         listed: Vec::with_capacity(plan.devices.len()),
     };
     let places = crate::placement::placements(&plan.devices)?;
@@ -284,6 +314,7 @@ pub fn attach(
             source: DeviceSource::from(d),
             rom: assignment::rom_image(&d.rom).map_err(device_err)?,
             placement: Some(placement),
+            port: None,
         };
         let a = space
             .attach_opened(dev, &req, parts.mem, &mut ctx, intx_gsi)
@@ -300,7 +331,7 @@ pub fn attach(
         });
         out.devices.push(a);
     }
-    out.space = Some(space);
+    out.space = Arc::new(Mutex::new(Some(space)));
     let intx = out.intx_lines();
     mptable::write(parts.mem, parts.vcpus, &intx)?;
     Ok(out)
@@ -369,6 +400,13 @@ impl PassthroughVm {
     /// The devices, in attach order, for the API's `vm.info`.
     pub fn listed(&self) -> &[ListedDevice] {
         &self.listed
+    }
+
+    /// What a device plugged in later joins: the VM's IOMMU space (`None` inside until
+    /// a first device opens one) and the KVM slot pool of device BARs (`None` without
+    /// devices at start: the first plugged device makes it).
+    pub fn shared(&self) -> (Arc<Mutex<Option<Assignment>>>, Option<Arc<SlotPool>>) {
+        (self.space.clone(), self.slots.clone())
     }
 
     /// The event-loop hooks, or `None` without devices; a device error stops the VM

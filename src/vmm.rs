@@ -29,10 +29,12 @@ use std::sync::{Arc, Mutex};
 use devices::bus::{BusError, Owner};
 use devices::legacy::{cmos, i8042, serial, Cmos, Serial, Sink, I8042};
 use devices::pci::ecam::EcamWindow;
+use devices::pci::host_bridge::PortEvents;
 use devices::pci::host_bridge::{PciRoot, PCI_CONFIG_BASE, PCI_CONFIG_PORTS};
 use devices::pci::{InterruptRouting, RoutingError};
 use devices::power::{PowerButton, PowerControls, POWER_BASE, POWER_BUTTON_GSI, POWER_PORTS};
 use devices::vfio::discovery::ManagedBinding;
+use devices::vfio::vm::kvm::SlotPool;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
@@ -46,6 +48,7 @@ use crate::cli::VmArgs;
 use crate::config::{DmaMapTiming, SerialConfig, VmConfig};
 use crate::console::{self, ConsoleInput, ConsoleOutput};
 use crate::exit::{ExitReason, VmExit, EXIT_ERROR, EXIT_USAGE};
+use crate::hotplug::{self, HotplugError};
 use crate::memory::{self, MemoryError};
 use crate::passthrough::{self, PassthroughSetupError, PassthroughVm, Prepared, VmParts};
 use crate::seccomp::{Filters, SeccompMode, ThreadKind};
@@ -108,6 +111,9 @@ pub enum VmError {
     /// The control API's socket.
     #[error(transparent)]
     Api(#[from] crate::api::socket::ApiSocketError),
+    /// The hot-plug root ports.
+    #[error(transparent)]
+    Hotplug(#[from] HotplugError),
     /// GSI routing.
     #[error("interrupt routing: {0}")]
     Routing(#[from] RoutingError),
@@ -207,6 +213,8 @@ pub struct Vm {
     filters: Filters,
     _buses: Buses,
     _pci: Arc<Mutex<PciRoot>>,
+    /// The hot-plug slots' event-loop side (with their devices), when the VM has ports.
+    slot_watch: Option<hotplug::SlotWatch>,
     passthrough: PassthroughVm,
     _interrupts: Arc<Interrupts>,
     _vm: Arc<VmFd>,
@@ -385,11 +393,13 @@ impl Vm {
                 cfg.vcpus
             );
         }
+        let windows = hotplug::plan_windows(&layout, cfg.pcie_ports)?;
         let passthrough = passthrough::attach(
             &prepared,
             opened,
             &VmParts {
                 vm: &vm,
+                boot_windows: (windows.boot_mmio32, windows.boot_mmio64),
                 nr_memslots: kvm.get_nr_memslots(),
                 interrupts: &interrupts,
                 buses: &buses,
@@ -403,6 +413,42 @@ impl Vm {
             },
         )?;
 
+        // The hot-plug ports after the boot devices, so those keep their slots.
+        let ports = hotplug::Ports::create(&windows, &pci, &vm)?;
+        let hotplug = if ports.is_empty() {
+            None
+        } else {
+            let events = PortEvents::new().map_err(host_err("root port eventfd"))?;
+            pci.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_port_events(events.clone());
+            let (space, slots) = passthrough.shared();
+            let slots = slots.unwrap_or_else(|| {
+                Arc::new(SlotPool::new(
+                    u32::try_from(mem.num_regions()).unwrap_or(u32::MAX),
+                    u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX),
+                ))
+            });
+            let routing: Arc<dyn InterruptRouting> = interrupts.clone();
+            let hw = hotplug::PlugContext {
+                vm: vm.clone(),
+                slots,
+                pio: buses.pio.clone(),
+                mmio: buses.mmio.clone(),
+                pci: pci.clone(),
+                routing,
+                windows: passthrough::vm_windows(&layout),
+                mem: mem.clone(),
+                backend: cfg.vfio_backend,
+                iommufd_fd: cfg.iommufd_fd,
+                mem_size: cfg.memory.size,
+            };
+            let engine = Arc::new(Mutex::new(
+                hotplug::HotplugSlots::new(ports, space, hw).map_err(host_err("hot-plug timer"))?,
+            ));
+            let watch = hotplug::SlotWatch::new(engine.clone(), events);
+            Some((engine, watch))
+        };
         timings.mark(match dma_map {
             DmaMapTiming::Background => "passthrough",
             DmaMapTiming::BeforeBoot | DmaMapTiming::Auto => "dma map + passthrough",
@@ -431,7 +477,13 @@ impl Vm {
             (SerialConfig::Tty, Some(s)) => Some(ConsoleInput::new(s)),
             _ => None,
         };
-        let api = api::prepare(cfg, &button, passthrough.listed())?;
+        let mut api = api::prepare(cfg, &button, passthrough.listed())?;
+        let slot_watch = hotplug.map(|(engine, watch)| {
+            if let Some(a) = api.as_mut() {
+                a.hotplug = Box::new(hotplug::SharedSlots(engine));
+            }
+            watch
+        });
         // Signals are blocked here, before any thread exists, so every thread inherits it.
         let signals = TerminationSignals::new(exit.clone(), reports.clone(), button.clone())
             .map_err(host_err("signalfd"))?;
@@ -451,6 +503,7 @@ impl Vm {
             filters,
             _buses: buses,
             _pci: pci,
+            slot_watch,
             passthrough,
             _interrupts: interrupts,
             _vm: vm,
@@ -469,6 +522,7 @@ impl Vm {
             _vm,
             passthrough,
             _interrupts,
+            slot_watch,
             _pci,
             _buses,
             filters,
@@ -489,6 +543,9 @@ impl Vm {
         }
         if let Some(pt) = passthrough.subscriber(exit.clone()) {
             em.add_subscriber(Box::new(pt));
+        }
+        if let Some(w) = slot_watch {
+            em.add_subscriber(Box::new(w));
         }
 
         let mut threads = Vec::with_capacity(vcpus.len());

@@ -6,6 +6,8 @@
 #   passvm.l2end=reboot|poweroff      how L2's init ends it (reboot -f or poweroff -f)
 #   passvm.l2args=ARG                 one more L2 kernel argument (e.g. reboot=acpi)
 #   passvm.log=FILTER                 passvm's RUST_LOG (e.g. info)
+#   passvm.vmargs=ARGS                more passvm options, +-separated (e.g.
+#                                     --pcie-ports+2)
 # L2 runs resources/l2/checks/vm-boot.sh (nproc, memory); the host-side test asserts on
 # its markers and on passvm's exit status (marker passvm_rc).
 kernel_name="$(bed_cmdline_arg passvm.l2kernel || echo vmlinux)"
@@ -14,6 +16,7 @@ mem="$(bed_cmdline_arg passvm.l2mem || echo 256M)"
 end="$(bed_cmdline_arg passvm.l2end || echo reboot)"
 extra="$(bed_cmdline_arg passvm.l2args || true)"
 log="$(bed_cmdline_arg passvm.log || true)"
+vmargs="$(bed_cmdline_arg passvm.vmargs | tr '+' ' ')"
 [ -n "$log" ] && export RUST_LOG="$log"
 case "$kernel_name" in
 vmlinux) kernel="$L2_VMLINUX" ;;
@@ -22,6 +25,7 @@ bzImage) kernel="$L2_BZIMAGE" ;;
 esac
 echo "starting passvm: $kernel_name, $cpus vCPU(s), $mem"
 bed_passvm --kernel "$kernel" --initramfs "$L2_INITRD" \
-    --cmdline "$(bed_l2_cmdline vm-boot "passvm.end=$end${extra:+ $extra}")" --cpus "boot=$cpus" --memory "size=$mem"
+    --cmdline "$(bed_l2_cmdline vm-boot "passvm.end=$end${extra:+ $extra}")" --cpus "boot=$cpus" --memory "size=$mem" \
+    $vmargs
 rc=$?
 [ "$rc" -eq 0 ] || bed_fail "passvm exited with $rc"

@@ -169,7 +169,10 @@ pub fn inputs(cfg: &crate::config::VmConfig, layout: &crate::memory::MemoryLayou
                 last(layout.mmio64.start, layout.mmio64.size),
             ),
             intx_gsi: crate::passthrough::intx_gsi,
-            ecam: (crate::memory::ECAM_START, crate::memory::PCI_BUSES),
+            ecam: (
+                crate::memory::ECAM_START,
+                crate::memory::pci_buses(cfg.pcie_ports),
+            ),
             power_button_gsi: POWER_BUTTON_GSI,
         },
     }

@@ -10,8 +10,8 @@
 //! (its start, the VMM's whole setup) is not listed: it cannot be denied.
 
 use kvm_bindings::{
-    kvm_irq_routing, kvm_irqfd, kvm_lapic_state, kvm_msrs, kvm_regs, kvm_sregs, kvm_translation,
-    kvm_userspace_memory_region, kvm_vcpu_events, KVMIO,
+    kvm_irq_routing, kvm_irqfd, kvm_lapic_state, kvm_msi, kvm_msrs, kvm_regs, kvm_sregs,
+    kvm_translation, kvm_userspace_memory_region, kvm_vcpu_events, KVMIO,
 };
 use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
 use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
@@ -33,6 +33,7 @@ ioctl_iow_nr!(
 );
 ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
 ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+ioctl_iow_nr!(KVM_SIGNAL_MSI, KVMIO, 0xa5, kvm_msi);
 ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE as u32, VFIO_BASE + 10);
 ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO_TYPE as u32, VFIO_BASE + 13);
 ioctl_io_nr!(
@@ -87,6 +88,20 @@ pub const COMMON: &[(&str, i64)] = &[
 
 /// The VMM thread (main: the event loop, then the teardown) beyond [`COMMON`].
 pub const VMM: &[(&str, i64)] = &[
+    // Hot-plug (src/hotplug.rs): the removal timer, and the prefault threads the first
+    // device plugged into a VM without devices starts to map guest RAM.
+    ("timerfd_settime", libc::SYS_timerfd_settime),
+    ("clone3", libc::SYS_clone3),
+    ("clone", libc::SYS_clone),
+    ("set_robust_list", libc::SYS_set_robust_list),
+    ("rseq", libc::SYS_rseq),
+    ("sched_getaffinity", libc::SYS_sched_getaffinity),
+    // ... and the device's discovery and RAM map: RLIMIT_MEMLOCK (prlimit64), a
+    // descriptor passed with the request (dup), the prefault's residency check
+    // (mincore).
+    ("prlimit64", libc::SYS_prlimit64),
+    ("dup", libc::SYS_dup),
+    ("mincore", libc::SYS_mincore),
     // The event loop: epoll, stdin, the signalfd, eventfds.
     ("epoll_wait", libc::SYS_epoll_wait),
     ("epoll_pwait", libc::SYS_epoll_pwait),
@@ -180,6 +195,9 @@ pub fn vcpu_ioctls() -> Vec<Ioctl> {
         Ioctl::Request("KVM_SET_USER_MEMORY_REGION", KVM_SET_USER_MEMORY_REGION()),
         Ioctl::Request("KVM_SET_GSI_ROUTING", KVM_SET_GSI_ROUTING()),
         Ioctl::Request("KVM_IRQFD", KVM_IRQFD()),
+        // A root port's hot-plug MSI, raised when a guest write enables it with an
+        // event pending (src/hotplug.rs).
+        Ioctl::Request("KVM_SIGNAL_MSI", KVM_SIGNAL_MSI()),
         Ioctl::Request("VFIO_DEVICE_SET_IRQS", VFIO_DEVICE_SET_IRQS()),
         Ioctl::Request("TCSETS", TCSETS),
         Ioctl::Request("TCSETS2", TCSETS2),
@@ -236,6 +254,7 @@ mod tests {
         assert_eq!(KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
         assert_eq!(KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
         assert_eq!(KVM_IRQFD(), 0x4020_ae76);
+        assert_eq!(KVM_SIGNAL_MSI(), 0x4020_aea5);
         assert_eq!(VFIO_DEVICE_SET_IRQS(), 0x3b6e);
         assert_eq!(VFIO_IOMMU_MAP_DMA(), 0x3b71);
         assert_eq!(IOMMU_IOAS_MAP(), 0x3b85);

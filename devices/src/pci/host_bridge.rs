@@ -3,12 +3,20 @@
 //! direct-probe sanity check looks for a host bridge class on bus 0); every other slot is
 //! empty until a device is added with [`PciRoot::add_device`].
 //!
-//! Only bus 0 exists, with up to 8 functions per slot; absent functions read all-ones, which is
-//! how a guest learns there is nothing there. Mechanism #1 reaches the first 256 bytes of
-//! each function's config space; the ECAM window ([`super::ecam`]) reaches all 4 KiB.
+//! Bus 0 has up to 8 functions per slot; absent functions read all-ones, which is how a
+//! guest learns there is nothing there. PCIe root ports on bus 0
+//! ([`super::root_port::RootPort`], added with [`PciRoot::add_root_port`]) each have a
+//! secondary bus whose device 0 holds the card in their slot; the secondary bus number
+//! is the one the port's header says now (the guest may renumber), so routing follows
+//! it. Mechanism #1 reaches the first 256 bytes of each function's config space; the
+//! ECAM window ([`super::ecam`]) reaches all 4 KiB.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use vmm_sys_util::eventfd::EventFd;
+
+use super::root_port::{RootPort, SlotEvent, MAX_QUEUED_EVENTS};
 use super::PciDevice;
 use crate::bus::BusDevice;
 
@@ -54,6 +62,19 @@ pub enum PciRootError {
         /// The function.
         function: u8,
     },
+    /// No root port has this index.
+    #[error("no PCIe root port {0}")]
+    NoSuchPort(usize),
+    /// The port's slot already holds a card.
+    #[error("the slot of PCIe root port {0} already holds a device")]
+    PortInUse(usize),
+}
+
+/// A root port on bus 0 and the functions of the card in its slot (device 0 of its
+/// secondary bus: a PCIe link has one device).
+struct Downstream {
+    port: Arc<Mutex<RootPort>>,
+    card: [Option<SharedPciDevice>; PCI_FUNCTIONS as usize],
 }
 
 /// Functions in a slot.
@@ -80,6 +101,62 @@ pub struct PciRoot {
     config_address: u32,
     /// `slots[slot][function]`.
     slots: Vec<[Option<SharedPciDevice>; PCI_FUNCTIONS as usize]>,
+    /// The root ports, in the order they were added (their index).
+    ports: Vec<Downstream>,
+    /// Where the ports' slot events go once a config write produced them.
+    events: Option<PortEvents>,
+}
+
+/// The root ports' slot events as they happen in guest config writes (on vCPU
+/// threads), for the VMM's event loop: a queue of `(port index, event)` and an eventfd
+/// that says it is not empty.
+#[derive(Clone)]
+pub struct PortEvents {
+    queue: Arc<Mutex<VecDeque<(usize, SlotEvent)>>>,
+    ready: Arc<EventFd>,
+}
+
+impl PortEvents {
+    /// An empty queue with its (non-blocking) eventfd.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            queue: Arc::default(),
+            ready: Arc::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?),
+        })
+    }
+
+    /// The eventfd the event loop watches.
+    pub fn ready(&self) -> &EventFd {
+        &self.ready
+    }
+
+    /// Everything queued so far (and the eventfd read, so its watch calms down).
+    pub fn drain(&self) -> Vec<(usize, SlotEvent)> {
+        let _ = self.ready.read();
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect()
+    }
+
+    fn push(&self, port: usize, events: Vec<SlotEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        for e in events {
+            // Bounded like the port's own queue: a guest looping on Slot Control costs
+            // at most this much until the event loop drains it.
+            if q.len() >= MAX_QUEUED_EVENTS {
+                q.pop_front();
+            }
+            q.push_back((port, e));
+        }
+        if let Err(e) = self.ready.write(1) {
+            crate::warn_limited!("PCIe root port events: {e}");
+        }
+    }
 }
 
 impl Default for PciRoot {
@@ -97,7 +174,75 @@ impl PciRoot {
         Self {
             config_address: 0,
             slots,
+            ports: Vec::new(),
+            events: None,
         }
+    }
+
+    /// Sends the root ports' slot events to `events` from now on.
+    pub fn set_port_events(&mut self, events: PortEvents) {
+        self.events = Some(events);
+    }
+
+    /// Puts a root port at function 0 of an empty `slot`; returns its index, by which
+    /// [`PciRoot::insert_card`] and [`PciRoot::remove_card`] name it.
+    pub fn add_root_port(
+        &mut self,
+        slot: u8,
+        port: Arc<Mutex<RootPort>>,
+    ) -> Result<usize, PciRootError> {
+        self.add_device(slot, port.clone())?;
+        self.ports.push(Downstream {
+            port,
+            card: Default::default(),
+        });
+        Ok(self.ports.len() - 1)
+    }
+
+    /// The root ports, by index.
+    pub fn root_ports(&self) -> Vec<Arc<Mutex<RootPort>>> {
+        self.ports.iter().map(|d| d.port.clone()).collect()
+    }
+
+    /// Puts the functions of a card in the slot of port `index` (function `i` of the
+    /// card is `functions[i]`; `None` leaves a function absent). The port's slot state
+    /// (presence, the hot-plug interrupt) is the caller's, through the port.
+    pub fn insert_card(
+        &mut self,
+        index: usize,
+        functions: Vec<Option<SharedPciDevice>>,
+    ) -> Result<(), PciRootError> {
+        let d = self
+            .ports
+            .get_mut(index)
+            .ok_or(PciRootError::NoSuchPort(index))?;
+        if d.card.iter().any(Option::is_some) {
+            return Err(PciRootError::PortInUse(index));
+        }
+        if functions.len() > usize::from(PCI_FUNCTIONS) {
+            return Err(PciRootError::NoSuchFunction(PCI_FUNCTIONS));
+        }
+        for (slot, f) in d.card.iter_mut().zip(functions) {
+            *slot = f;
+        }
+        Ok(())
+    }
+
+    /// Takes the card out of the slot of port `index`: its functions no longer answer
+    /// config cycles. Returns them (the caller tears them down).
+    pub fn remove_card(&mut self, index: usize) -> Result<Vec<SharedPciDevice>, PciRootError> {
+        let d = self
+            .ports
+            .get_mut(index)
+            .ok_or(PciRootError::NoSuchPort(index))?;
+        Ok(d.card.iter_mut().filter_map(Option::take).collect())
+    }
+
+    /// Whether the slot of port `index` holds a card.
+    pub fn port_has_card(&self, index: usize) -> bool {
+        self.ports
+            .get(index)
+            .is_some_and(|d| d.card.iter().any(Option::is_some))
     }
 
     /// Puts `device` at function 0 of an empty `slot`.
@@ -158,13 +303,32 @@ impl PciRoot {
         Ok(slot)
     }
 
-    /// The function at `bus:slot.function`, if one exists (bus 0 only).
+    /// The function at `bus:slot.function`, if one exists: on bus 0, or device 0 of the
+    /// secondary bus of a root port (by the bus number its header holds now; bus 0 is
+    /// never a secondary bus).
     fn function(&self, bus: u32, slot: u32, function: u32) -> Option<&SharedPciDevice> {
-        if bus != 0 {
+        if bus == 0 {
+            return self
+                .slots
+                .get(slot as usize)?
+                .get(function as usize)?
+                .as_ref();
+        }
+        if slot != 0 {
             return None;
         }
-        self.slots
-            .get(slot as usize)?
+        self.ports
+            .iter()
+            .find(|d| {
+                let secondary = d
+                    .port
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .bus_numbers()
+                    .secondary;
+                secondary != 0 && u32::from(secondary) == bus
+            })?
+            .card
             .get(function as usize)?
             .as_ref()
     }
@@ -196,6 +360,26 @@ impl PciRoot {
             dev.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .write_config_register(reg, offset as u64, data);
+        }
+        // A write to a root port may have moved its slot (power, indicators, reset).
+        if bus == 0 {
+            if let Some(dev) = self.function(bus, slot, function) {
+                let target = Arc::as_ptr(dev) as *const ();
+                if let Some(i) = self
+                    .ports
+                    .iter()
+                    .position(|d| Arc::as_ptr(&d.port) as *const () == target)
+                {
+                    let events = self.ports[i]
+                        .port
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take_events();
+                    if let Some(q) = &self.events {
+                        q.push(i, events);
+                    }
+                }
+            }
         }
     }
 
@@ -270,6 +454,83 @@ mod tests {
         let mut b = [0u8; 4];
         root.read(PCI_CONFIG_BASE, offset, &mut b[..len]);
         u32::from_le_bytes(b)
+    }
+
+    struct NoSignal;
+    impl crate::pci::root_port::HotplugSignal for NoSignal {
+        fn signal(&self, _msg: crate::pci::MsiMessage) {}
+    }
+
+    #[test]
+    fn a_card_behind_a_root_port_answers_on_the_port_s_secondary_bus() {
+        let mut root = PciRoot::new();
+        let port = Arc::new(Mutex::new(RootPort::new(1, 1, Box::new(NoSignal)).unwrap()));
+        port.lock().unwrap().set_bus_numbers(0, 1, 1).unwrap();
+        assert_eq!(root.add_root_port(4, port.clone()), Ok(0));
+        assert_eq!(
+            root.config_read(0, 4, 0, 0),
+            0x000c_1b36,
+            "the port on bus 0"
+        );
+        assert_eq!(root.config_read(1, 0, 0, 0), u32::MAX, "an empty slot");
+        let mut regs = vec![0u32; 64];
+        regs[0] = 0x1234_abcd;
+        root.insert_card(0, vec![Some(Arc::new(Mutex::new(Regs(regs))))])
+            .unwrap();
+        assert!(root.port_has_card(0));
+        assert_eq!(root.config_read(1, 0, 0, 0), 0x1234_abcd);
+        assert_eq!(
+            root.config_read(1, 1, 0, 0),
+            u32::MAX,
+            "one device per link"
+        );
+        assert_eq!(root.config_read(1, 0, 1, 0), u32::MAX, "absent function");
+        assert_eq!(root.config_read(2, 0, 0, 0), u32::MAX, "no such bus");
+        assert_eq!(
+            root.insert_card(0, vec![None]),
+            Err(PciRootError::PortInUse(0))
+        );
+        // The guest renumbers the port: the card follows.
+        port.lock().unwrap().set_bus_numbers(0, 5, 5).unwrap();
+        assert_eq!(root.config_read(1, 0, 0, 0), u32::MAX);
+        assert_eq!(root.config_read(5, 0, 0, 0), 0x1234_abcd);
+        // A port whose secondary bus reads 0 routes nothing (bus 0 is the root's).
+        let _ = port.lock().unwrap().set_bus_numbers(0, 0, 0);
+        assert_eq!(root.config_read(0, 0, 0, 0), 0x0008_1b36, "the host bridge");
+        port.lock().unwrap().set_bus_numbers(0, 5, 5).unwrap();
+        assert_eq!(root.remove_card(0).unwrap().len(), 1);
+        assert_eq!(root.config_read(5, 0, 0, 0), u32::MAX, "gone");
+        assert!(!root.port_has_card(0));
+        assert!(matches!(
+            root.remove_card(3),
+            Err(PciRootError::NoSuchPort(3))
+        ));
+    }
+
+    #[test]
+    fn a_guest_write_that_powers_a_slot_off_reaches_the_event_queue() {
+        let mut root = PciRoot::new();
+        let port = Arc::new(Mutex::new(RootPort::new(1, 1, Box::new(NoSignal)).unwrap()));
+        root.add_root_port(2, port.clone()).unwrap();
+        let events = PortEvents::new().unwrap();
+        root.set_port_events(events.clone());
+        // Slot Control is at the PCIe capability (0x40) + 0x18: power controller
+        // control (bit 10) on = slot off; the slot starts off, so turn it on first.
+        let sltctl = 0x58usize;
+        let write16 = |root: &PciRoot, v: u16| {
+            root.config_write(0, 2, 0, sltctl / 4, sltctl % 4, &v.to_le_bytes())
+        };
+        write16(&root, 0);
+        assert!(events
+            .drain()
+            .iter()
+            .any(|(i, e)| *i == 0 && *e == SlotEvent::PowerOn));
+        write16(&root, 1 << 10);
+        assert!(events
+            .drain()
+            .iter()
+            .any(|(i, e)| *i == 0 && *e == SlotEvent::PowerOff));
+        assert!(events.drain().is_empty(), "drained");
     }
 
     #[test]

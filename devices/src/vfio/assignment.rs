@@ -37,7 +37,7 @@ use super::naming::RomChoice;
 use super::vm::kvm::{KvmVmOps, SlotPool};
 use super::vm::VmOpsError;
 use crate::bus::{BusDevice, SharedBus};
-use crate::pci::bar::BarAllocator;
+use crate::pci::bar::{BarAllocator, BarWindows};
 use crate::pci::host_bridge::{PciRoot, PciRootError};
 use crate::pci::InterruptRouting;
 
@@ -100,8 +100,11 @@ pub struct AttachContext<'a> {
     pub pci: &'a Mutex<PciRoot>,
     /// The GSI routing owner.
     pub routing: Arc<dyn InterruptRouting>,
-    /// The VM's BAR windows.
+    /// Where this device's BARs are placed at start (the boot devices' part of the
+    /// VM's windows, or a root port's).
     pub bars: &'a mut BarAllocator,
+    /// The VM's whole BAR windows: where a guest may move a BAR ([`BarWindows`]).
+    pub windows: BarWindows,
     /// The guest RAM map that the devices' Bus Master Enable waits for ([`DmaGate`]);
     /// [`Assignment`]'s attach calls fill it in.
     pub dma: Option<Arc<DmaGate>>,
@@ -119,6 +122,8 @@ pub struct AttachedDevice {
     pub function: u8,
     /// `(interrupt pin 1-4, IOAPIC GSI)` for the MP table, when it has INTx.
     pub intx: Option<(u8, u32)>,
+    /// The root port whose slot holds it (hot-plugged), by the PCI root's port index.
+    pub port: Option<usize>,
 }
 
 /// Where a function goes on the guest's bus 0.
@@ -145,30 +150,69 @@ pub struct DeviceRequest<'a> {
     pub rom: RomImage,
     /// Where it goes on bus 0.
     pub placement: Option<Placement>,
+    /// Instead: the slot of this root port (`(port index, the port's slot on bus 0)`),
+    /// as device 0 of its secondary bus; its INTx swizzles to the port's slot.
+    pub port: Option<(usize, u8)>,
 }
 
-/// Puts an opened VFIO device on the VM at `placement` (see [`DeviceRequest`]): its
+/// Where [`attach_device`] puts a function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// On bus 0 (`None`: function 0 of the lowest free slot).
+    Bus0(Option<Placement>),
+    /// In the slot of root port `index`, which sits at `slot` on bus 0.
+    Port {
+        /// The PCI root's port index.
+        index: usize,
+        /// The port's own slot on bus 0.
+        slot: u8,
+    },
+}
+
+impl DeviceRequest<'_> {
+    /// Where the request says the function goes.
+    pub fn target(&self) -> Target {
+        match self.port {
+            Some((index, slot)) => Target::Port { index, slot },
+            None => Target::Bus0(self.placement),
+        }
+    }
+}
+
+/// Puts an opened VFIO device on the VM at `target` (see [`DeviceRequest`]): its
 /// BARs, its traps, INTx on `intx_gsi(slot)` (an IOAPIC pin, shared by the functions of
-/// a slot), and returns what the event loop and the MP table need.
+/// a slot; behind a root port, the port's slot: device 0's pins swizzle to themselves),
+/// and returns what the event loop and the MP table need.
 pub fn attach_device(
     name: &str,
     dev: Arc<dyn VfioDeviceOps>,
     rom: RomImage,
-    placement: Option<Placement>,
+    target: Target,
     ctx: &mut AttachContext<'_>,
     intx_gsi: impl Fn(u8) -> u32,
 ) -> Result<AttachedDevice, AssignError> {
-    let place = match placement {
-        Some(p) => p,
-        None => Placement {
-            slot: ctx
-                .pci
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .free_slot()?,
-            function: 0,
-            multifunction: false,
-        },
+    let (place, port) = match target {
+        Target::Bus0(Some(p)) => (p, None),
+        Target::Bus0(None) => (
+            Placement {
+                slot: ctx
+                    .pci
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .free_slot()?,
+                function: 0,
+                multifunction: false,
+            },
+            None,
+        ),
+        Target::Port { index, slot } => (
+            Placement {
+                slot,
+                function: 0,
+                multifunction: false,
+            },
+            Some(index),
+        ),
     };
     let (slot, function) = (place.slot, place.function);
     let gsi = intx_gsi(slot);
@@ -177,7 +221,7 @@ pub fn attach_device(
         ctx.slots.clone(),
         &ctx.pio,
         &ctx.mmio,
-        ctx.bars.windows(),
+        ctx.windows,
     ));
     let device_ctx = DeviceContext {
         rom,
@@ -195,12 +239,24 @@ pub fn attach_device(
     let as_bus: Arc<Mutex<dyn BusDevice>> = device.clone();
     ops.set_device(&as_bus);
     ops.insert_traps(&ranges)?;
-    ctx.pci
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .add_function(slot, function, device.clone())?;
+    let placed = {
+        let mut pci = ctx.pci.lock().unwrap_or_else(|p| p.into_inner());
+        match port {
+            Some(index) => pci.insert_card(index, vec![Some(device.clone())]),
+            None => pci.add_function(slot, function, device.clone()),
+        }
+    };
+    if let Err(e) = placed {
+        // Nothing of the device may stay on the buses.
+        ops.remove_all_traps();
+        return Err(e.into());
+    }
     log::info!(
-        "{name}: at PCI 00:{slot:02x}.{function}{}",
+        "{name}: at PCI {}{}",
+        match port {
+            Some(index) => format!("root port {} (behind 00:{slot:02x}.0)", index + 1),
+            None => format!("00:{slot:02x}.{function}"),
+        },
         match intx {
             Some((_, g)) => format!(", INTx on GSI {g}"),
             None => String::new(),
@@ -212,6 +268,7 @@ pub fn attach_device(
         slot,
         function,
         intx,
+        port,
     })
 }
 
@@ -375,7 +432,7 @@ impl Assignment {
         intx_gsi: impl Fn(u8) -> u32,
     ) -> Result<AttachedDevice, AssignError> {
         ctx.dma = Some(self.map_guest_memory(mem)?);
-        attach_device(req.name, dev, req.rom.clone(), req.placement, ctx, intx_gsi)
+        attach_device(req.name, dev, req.rom.clone(), req.target(), ctx, intx_gsi)
     }
 
     /// Opens the device, maps guest RAM if no mapping was started, and attaches it
@@ -389,7 +446,7 @@ impl Assignment {
     ) -> Result<AttachedDevice, AssignError> {
         let dev = Arc::new(self.space.open_device(&req.source)?);
         ctx.dma = Some(self.map_guest_memory(mem)?);
-        attach_device(req.name, dev, req.rom.clone(), req.placement, ctx, intx_gsi)
+        attach_device(req.name, dev, req.rom.clone(), req.target(), ctx, intx_gsi)
     }
 }
 
@@ -513,6 +570,7 @@ mod attach_tests {
             mmio: Arc::new(SharedBus::new()),
             pci: &pci,
             routing: Arc::new(RecordingVm::new()),
+            windows: bars.windows(),
             bars: &mut bars,
             dma: None,
         };
@@ -520,7 +578,7 @@ mod attach_tests {
             "mtty-like",
             Arc::new(f),
             RomImage::FromDevice,
-            None,
+            Target::Bus0(None),
             &mut ctx,
             |slot| 16 + u32::from(slot % 8),
         )

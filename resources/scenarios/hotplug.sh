@@ -1,0 +1,78 @@
+# Hot-plug through the API (issue 14, docs/hotplug.md): L2 boots with no device and two
+# PCIe root ports (--pcie-ports 2); L1 adds disk h0 with `passvm remote add-device`, L2's
+# pciehp and virtio driver take it and L2 writes to it; `remove-device` makes it leave
+# L2, after which L1 binds it to its own driver (virtio-pci) and back to vfio-pci; the
+# second add works again, and L2 ends the VM (resources/l2/checks/hotplug.sh).
+# Markers: host_bdf; add1_rc, add1_out (the JSON answer); remove1_rc; removed_ms (from
+# the remove request to passvm letting the device go); l1_driver (the disk's L1 driver
+# between the rounds); add2_rc, add2_out; passvm_rc; L2's hp_* markers (replayed).
+export RUST_LOG=info
+sock=/tmp/passvm-hp.sock
+remote() { "$PASSVM" remote --api-socket "$sock" "$@"; }
+now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
+# L2's console and passvm's stderr go to files the waits below read, and live to the
+# bed's console as bed_passvm routes them ("L2| ", "VMM| ").
+stream() {
+    : >/tmp/.l2
+    : >/tmp/.vmm
+    tail -f /tmp/.l2 | awk '{ print "L2| " $0; fflush() }' >&3 &
+    s_l2=$!
+    tail -f /tmp/.vmm | awk '{ print "VMM| " $0; fflush() }' >&3 &
+    s_vmm=$!
+}
+# The streams end with the scenario: their tail processes hold the console open, and
+# L1's init waits for it to close.
+dump() {
+    sleep 1
+    kill "$s_l2" "$s_vmm" 2>/dev/null
+    for t in $(pidof tail); do kill "$t" 2>/dev/null; done
+    return 0
+}
+# ask KEY ARGS...: passvm remote ARGS, markers KEY_rc and KEY_out (the answer).
+ask() {
+    key="$1"
+    shift
+    out="$(remote "$@" 2>/tmp/.remote-err)"
+    rc=$?
+    bed_report "${key}_rc" "$rc"
+    bed_report "${key}_out" "$(echo "$out" | tr '\n' ' ')"
+    sed 's/^/REMOTE| /' /tmp/.remote-err
+}
+# wait_for FILE PATTERN WHAT: until FILE has a line matching PATTERN (passvm running).
+wait_for() {
+    i=0
+    until grep -q "$2" "$1" 2>/dev/null; do
+        i=$((i + 1))
+        [ "$i" -le 900 ] || { kill -9 "$pid"; dump; bed_fail "timed out waiting for $3"; }
+        kill -0 "$pid" 2>/dev/null || { dump; bed_fail "passvm exited while waiting for $3"; }
+        sleep 0.2
+    done
+}
+name_of() { c="$(bed_vfio_cdev "$1")"; echo "${c:-$1}"; }
+
+bdf="$(bed_bdf h0)"
+bed_report host_bdf "$bdf"
+bed_bind_vfio "$bdf"
+echo "passvm with no device, two PCIe root ports and --api-socket path=$sock"
+stream
+"$PASSVM" --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --cpus boot=1 --memory size=256M \
+    --pcie-ports 2 --api-socket "path=$sock" --cmdline "$(bed_l2_cmdline hotplug)" \
+    </dev/null >/tmp/.l2 2>/tmp/.vmm &
+pid=$!
+wait_for /tmp/.l2 "BED hp_ready=" "L2 to boot"
+ask add1 add-device "$(name_of "$bdf"),id=hp0"
+wait_for /tmp/.l2 "BED hp_disk=1 " "L2 to use the disk"
+t0="$(now_ms)"
+ask remove1 remove-device id=hp0
+wait_for /tmp/.l2 "BED hp_gone=1" "the disk to leave L2"
+wait_for /tmp/.vmm "hp0: removed from root port" "passvm to let the disk go"
+bed_report removed_ms "$(($(now_ms) - t0))"
+# Released to the host: L1's own driver takes it, then it goes back to vfio-pci.
+bed_unbind_vfio "$bdf"
+bed_report l1_driver "$bdf $(bed_driver "$bdf")"
+bed_bind_vfio "$bdf"
+ask add2 add-device "$(name_of "$bdf"),id=hp0"
+wait_for /tmp/.l2 "BED hp_disk=2 " "L2 to use the disk again"
+wait "$pid"
+bed_report passvm_rc "$?"
+dump
