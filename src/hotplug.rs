@@ -251,6 +251,10 @@ pub struct HotplugSlots {
     powered_off: Vec<Option<Instant>>,
     /// The event loop's 1 s tick while something waits (shared with [`SlotWatch`]).
     tick: Arc<Mutex<TimerFd>>,
+    /// Wakes [`SlotWatch`], which watches each new device's request eventfd.
+    kick: PortEvents,
+    /// Devices taken out, kept until [`SlotWatch`] stops watching their eventfds.
+    gone: Vec<Plugged>,
     space: Arc<Mutex<Option<Assignment>>>,
     hw: PlugContext,
 }
@@ -295,6 +299,8 @@ struct Plugged {
     attached: AttachedDevice,
     info: DeviceInfo,
     port: usize,
+    /// [`SlotWatch`] watches its request eventfd.
+    watched: bool,
     /// The slot says "card present" (else it waits for [`SLOT_SETTLE`]).
     inserted: bool,
     removing: Option<Instant>,
@@ -312,9 +318,12 @@ impl HotplugSlots {
         ports: Ports,
         space: Arc<Mutex<Option<Assignment>>>,
         hw: PlugContext,
+        kick: PortEvents,
     ) -> std::io::Result<Self> {
         Ok(Self {
             plugged: Vec::new(),
+            kick,
+            gone: Vec::new(),
             powered_off: vec![None; ports.len()],
             tick: Arc::new(Mutex::new(TimerFd::new()?)),
             ports,
@@ -368,6 +377,29 @@ impl HotplugSlots {
         let pci = self.hw.pci.lock().unwrap_or_else(|p| p.into_inner());
         (0..self.ports.len())
             .find(|i| !pci.port_has_card(*i) && !self.plugged.iter().any(|p| p.port == *i))
+    }
+
+    /// The host asks for the device in `port` back (VFIO's request interrupt: its
+    /// driver is being unbound from vfio-pci): it is unplugged from the guest, which
+    /// lets the host's unbind finish once the slot is off.
+    pub fn on_request(&mut self, port: usize) {
+        let Some(p) = self.plugged.iter().find(|p| p.port == port) else {
+            return;
+        };
+        let asked = p
+            .attached
+            .device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_request();
+        if !asked || p.removing.is_some() {
+            return;
+        }
+        let id = p.info.id.clone();
+        log::warn!("{id}: the host asks for the device back (its driver is being unbound); unplugging it from the guest");
+        if let Err(e) = self.remove(&id) {
+            log::warn!("{id}: cannot unplug it: {e}");
+        }
     }
 
     /// The slot events of a guest config write (drained by the event loop).
@@ -561,6 +593,7 @@ impl Hotplug for HotplugSlots {
             attached,
             info: info.clone(),
             port,
+            watched: false,
             inserted: false,
             removing: None,
             _fd: fd,
@@ -572,6 +605,8 @@ impl Hotplug for HotplugSlots {
             self.insert(last);
         }
         self.retick();
+        // SlotWatch starts watching its request eventfd.
+        self.kick.kick();
         Ok(info)
     }
 
@@ -660,6 +695,9 @@ impl SlotWatch {
     }
 }
 
+/// Event data of a plugged device's request eventfd: this plus its port index.
+const REQUEST_DATA: u32 = 1 << 16;
+
 impl MutEventSubscriber for SlotWatch {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(self.events.ready(), EventSet::IN)) {
@@ -670,14 +708,41 @@ impl MutEventSubscriber for SlotWatch {
         }
     }
 
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if events.fd() == self.tick_fd {
+        if events.data() >= REQUEST_DATA {
+            slots.on_request((events.data() - REQUEST_DATA) as usize);
+        } else if events.fd() == self.tick_fd {
             let _ = self.tick.lock().unwrap_or_else(|p| p.into_inner()).wait();
             slots.check_timeouts();
             slots.insert_due();
         } else {
             slots.on_slot_events(self.events.drain());
+        }
+        // New devices' request eventfds in, those of devices taken out off (before
+        // their fds close with them).
+        for p in slots.plugged.iter_mut().filter(|p| !p.watched) {
+            p.watched = true;
+            let device = p.attached.device.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(fd) = device.request_fd() {
+                let data = REQUEST_DATA + u32::try_from(p.port).unwrap_or(0);
+                if let Err(e) = ops.add(Events::with_data(fd, data, EventSet::IN)) {
+                    log::warn!(
+                        "{}: cannot watch the host's requests for it: {e:?}",
+                        p.info.id
+                    );
+                }
+            }
+        }
+        for p in std::mem::take(&mut slots.gone) {
+            if p.watched {
+                let device = p.attached.device.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(fd) = device.request_fd() {
+                    let data = REQUEST_DATA + u32::try_from(p.port).unwrap_or(0);
+                    let _ = ops.remove(Events::with_data(fd, data, EventSet::IN));
+                }
+            }
+            drop(p);
         }
         slots.retick();
     }

@@ -439,11 +439,16 @@ pub struct PassthroughEvents {
 
 /// Event-data bit of a device's error eventfd (below it: the device's index).
 const ERROR_EVENT: u32 = 1 << 31;
+/// Event-data bit of a device's request eventfd (the host wants it back).
+const REQUEST_EVENT: u32 = 1 << 30;
 
 impl MutEventSubscriber for PassthroughEvents {
     fn init(&mut self, ops: &mut EventOps) {
         for (i, dev) in self.devices.iter().enumerate() {
-            let Some(i) = u32::try_from(i).ok().filter(|i| i & ERROR_EVENT == 0) else {
+            let Some(i) = u32::try_from(i)
+                .ok()
+                .filter(|i| i & (ERROR_EVENT | REQUEST_EVENT) == 0)
+            else {
                 break;
             };
             let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
@@ -451,6 +456,15 @@ impl MutEventSubscriber for PassthroughEvents {
                 let data = i | ERROR_EVENT;
                 if let Err(e) = ops.add(Events::with_data_raw(fd.as_raw_fd(), data, EventSet::IN)) {
                     log::error!("{}: cannot watch for device errors: {e:?}", dev.name());
+                }
+            }
+            if let Some(fd) = dev.request_fd() {
+                let data = i | REQUEST_EVENT;
+                if let Err(e) = ops.add(Events::with_data_raw(fd.as_raw_fd(), data, EventSet::IN)) {
+                    log::error!(
+                        "{}: cannot watch the host's requests for it: {e:?}",
+                        dev.name()
+                    );
                 }
             }
             if let Some(fd) = dev.intx_eoi_fd() {
@@ -467,11 +481,25 @@ impl MutEventSubscriber for PassthroughEvents {
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let data = events.data();
-        let Some(dev) = self.devices.get((data & !ERROR_EVENT) as usize) else {
+        let Some(dev) = self
+            .devices
+            .get((data & !(ERROR_EVENT | REQUEST_EVENT)) as usize)
+        else {
             return;
         };
         let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
-        if data & ERROR_EVENT != 0 {
+        if data & REQUEST_EVENT != 0 {
+            // The kernel repeats the request until the fd closes: say it once in a while.
+            if dev.take_request() {
+                devices::warn_limited!(
+                    "{}: the host asks for the device back (its driver is being unbound), \
+                     but a device given with --device cannot leave a running guest; the \
+                     host's unbind waits until the VM ends (add devices through the API \
+                     with --pcie-ports to be able to give them back)",
+                    dev.name()
+                );
+            }
+        } else if data & ERROR_EVENT != 0 {
             if let Some(count) = dev.take_error() {
                 log::error!("{}: VFIO signalled a device error (AER)", dev.name());
                 self.exit.request(ExitReason::DeviceError {

@@ -55,3 +55,33 @@ fn a_disk_joins_a_running_guest_leaves_it_and_joins_again() {
     assert_eq!(out.marker("passvm_rc"), Some("0"));
     assert!(out.l2_wrote("h0"), "L0's image holds L2's line");
 }
+
+/// The host takes a device back (issues 13 and 14): while L2 uses a hot-added disk, L1
+/// unbinds vfio-pci from it; VFIO's request interrupt makes passvm unplug it from L2
+/// through its slot, the host's unbind completes, and L2 keeps running.
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_hotplug -- --ignored"]
+fn the_host_unbinding_a_device_in_use_gets_it_back_and_the_guest_runs_on() {
+    let out = Scenario::new("hotplug")
+        .l1(L1Kernel::Own)
+        .timeout(Duration::from_secs(480))
+        .device(Device::blk("h0"))
+        .l1_append("passvm.hp.unbind=1")
+        .run();
+    out.assert_ok();
+    assert_eq!(out.marker("add2_rc"), Some("0"));
+    assert_eq!(
+        out.l2_markers("hp_gone"),
+        vec!["1", "2"],
+        "the disk left L2 after remove-device, then after the host's unbind"
+    );
+    let l1 = out.marker("l1_driver2").unwrap_or("?");
+    assert_eq!(
+        l1.split_whitespace().nth(1),
+        None,
+        "the host's unbind completed: no driver on the device: {l1}"
+    );
+    assert!(out.marker("unbind_ms").is_some());
+    assert_eq!(out.l2_marker("hp_after"), Some("alive"), "L2 ran on");
+    assert_eq!(out.marker("passvm_rc"), Some("0"));
+}

@@ -321,7 +321,7 @@ bed_dry_run() {
     dr_rc=$?
     echo "$BED_DRY_OUT" | sed 's/^/    /'
     dr_line="$(echo "$BED_DRY_OUT" | grep -F -- ' -> ' | head -n 1)"
-    [ -n "$dr_line" ] || dr_line="$(echo "$BED_DRY_OUT" | grep -F 'passvm' | head -n 1)"
+    [ -n "$dr_line" ] || dr_line="$(echo "$BED_DRY_OUT" | grep '^passvm: ' | head -n 1)"
     bed_report plan "$dr_name|rc=$dr_rc|$dr_line"
 }
 

@@ -3,6 +3,9 @@
 # pciehp and virtio driver take it and L2 writes to it; `remove-device` makes it leave
 # L2, after which L1 binds it to its own driver (virtio-pci) and back to vfio-pci; the
 # second add works again, and L2 ends the VM (resources/l2/checks/hotplug.sh).
+# passvm.hp.unbind=1: then L1 unbinds vfio-pci from the disk while L2 uses it: VFIO's
+# request interrupt makes passvm unplug it from L2, the unbind completes (unbind_ms,
+# l1_driver2) and L2 runs on (its hp_gone=2, hp_after=alive).
 # Markers: host_bdf; add1_rc, add1_out (the JSON answer); remove1_rc; removed_ms (from
 # the remove request to passvm letting the device go); l1_driver (the disk's L1 driver
 # between the rounds); add2_rc, add2_out; passvm_rc; L2's hp_* markers (replayed).
@@ -50,13 +53,15 @@ wait_for() {
 }
 name_of() { c="$(bed_vfio_cdev "$1")"; echo "${c:-$1}"; }
 
+unbind="$(bed_cmdline_arg passvm.hp.unbind || echo 0)"
 bdf="$(bed_bdf h0)"
 bed_report host_bdf "$bdf"
 bed_bind_vfio "$bdf"
 echo "passvm with no device, two PCIe root ports and --api-socket path=$sock"
 stream
 "$PASSVM" --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --cpus boot=1 --memory size=256M \
-    --pcie-ports 2 --api-socket "path=$sock" --cmdline "$(bed_l2_cmdline hotplug)" \
+    --pcie-ports 2 --api-socket "path=$sock" \
+    --cmdline "$(bed_l2_cmdline hotplug "passvm.hp.last_leaves=$unbind")" \
     </dev/null >/tmp/.l2 2>/tmp/.vmm &
 pid=$!
 wait_for /tmp/.l2 "BED hp_ready=" "L2 to boot"
@@ -73,6 +78,17 @@ bed_report l1_driver "$bdf $(bed_driver "$bdf")"
 bed_bind_vfio "$bdf"
 ask add2 add-device "$(name_of "$bdf"),id=hp0"
 wait_for /tmp/.l2 "BED hp_disk=2 " "L2 to use the disk again"
+if [ "$unbind" = 1 ]; then
+    # The host takes the device back while L2 uses it: the unbind blocks in the kernel
+    # until passvm has let go.
+    t0="$(now_ms)"
+    echo "$bdf" >/sys/bus/pci/drivers/vfio-pci/unbind &
+    upid=$!
+    wait_for /tmp/.l2 "BED hp_gone=2" "the disk to leave L2 after the host's unbind"
+    wait "$upid"
+    bed_report unbind_ms "$(($(now_ms) - t0))"
+    bed_report l1_driver2 "$bdf $(bed_driver "$bdf")"
+fi
 wait "$pid"
 bed_report passvm_rc "$?"
 dump

@@ -13,8 +13,8 @@ pub use vfio_bindings::bindings::vfio::VFIO_IRQ_INFO_NORESIZE;
 use vfio_bindings::bindings::vfio::{
     vfio_device_info, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_SET_ACTION_TRIGGER,
     VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
-    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::EventFd;
@@ -38,6 +38,8 @@ pub enum IrqIndex {
     Msix,
     /// The device's error signal (PCIe AER, raised by the host's AER driver).
     Err,
+    /// The host asks for the device back (its driver is being unbound from vfio-pci).
+    Req,
 }
 
 impl IrqIndex {
@@ -48,6 +50,7 @@ impl IrqIndex {
             IrqIndex::Msi => VFIO_PCI_MSI_IRQ_INDEX,
             IrqIndex::Msix => VFIO_PCI_MSIX_IRQ_INDEX,
             IrqIndex::Err => VFIO_PCI_ERR_IRQ_INDEX,
+            IrqIndex::Req => VFIO_PCI_REQ_IRQ_INDEX,
         }
     }
 }

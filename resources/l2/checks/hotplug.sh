@@ -4,6 +4,12 @@
 # name is read and the disk check's line written ("hp_disk=ROUND DISK NAME BDF"), then
 # the check waits for it to leave (L1's remove-device: "hp_gone=1"). Round 2: the disk
 # comes back (added again) and is used the same way; init then reboots, ending the VM.
+# With passvm.hp.last_leaves=1 round 2 also waits for the disk to leave (the host's
+# unbind takes it back) and reports "hp_after=alive" before the end.
+last_leaves=0
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in passvm.hp.last_leaves=1) last_leaves=1 ;; esac
+done
 bed_report hp_ready yes
 round=1
 while [ "$round" -le 2 ]; do
@@ -20,7 +26,7 @@ while [ "$round" -le 2 ]; do
         dd of="/dev/$d" bs=512 seek=$BED_WRITE_OFFSET_SECTORS conv=notrunc,sync,fsync 2>/dev/null ||
         bed_fail "write to $d failed in round $round"
     bed_report hp_disk "$round $d $name $(basename "$(readlink -f "/sys/block/$d/device/..")")"
-    [ "$round" = 2 ] && break
+    [ "$round" = 2 ] && [ "$last_leaves" = 0 ] && break
     i=0
     while [ -e "/sys/block/$d" ]; do
         i=$((i + 1))
@@ -30,3 +36,5 @@ while [ "$round" -le 2 ]; do
     bed_report hp_gone "$round"
     round=$((round + 1))
 done
+[ "$last_leaves" = 1 ] && bed_report hp_after alive
+true

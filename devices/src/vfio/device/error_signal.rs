@@ -1,4 +1,11 @@
-//! Errors the host reports for the device: VFIO's error interrupt.
+//! What the host signals about the device: VFIO's error interrupt, and its request
+//! interrupt (the host asks for the device back).
+//!
+//! The request: unbinding vfio-pci from a device whose fd is open blocks in the kernel,
+//! which signals the eventfd given to `VFIO_PCI_REQ_IRQ_INDEX` (again every few seconds)
+//! until the fd is closed. A hot-plugged device can then be taken from the guest through
+//! its slot (src/hotplug.rs); one on bus 0 cannot, and the host's unbind waits for the
+//! VM to end.
 //!
 //! When the host's PCIe AER driver sees an error from a device bound to vfio-pci, it
 //! calls vfio-pci's `error_detected`, which signals the eventfd given to
@@ -24,7 +31,12 @@ impl ErrorSignal {
     /// Gives VFIO an eventfd for the device's errors, or `None` when the device has no
     /// error index (conventional PCI) or the kernel refuses it (said once, in the log).
     pub(crate) fn wire(name: &str, dev: &dyn VfioDeviceOps) -> Option<Self> {
-        if dev.irq_info(IrqIndex::Err).is_none_or(|i| i.count == 0) {
+        Self::wire_index(name, dev, IrqIndex::Err)
+    }
+
+    /// The same for `index` (the error or the request index).
+    pub(crate) fn wire_index(name: &str, dev: &dyn VfioDeviceOps, index: IrqIndex) -> Option<Self> {
+        if dev.irq_info(index).is_none_or(|i| i.count == 0) {
             return None;
         }
         let fd = match EventFd::new(EFD_NONBLOCK) {
@@ -36,7 +48,7 @@ impl ErrorSignal {
                 return None;
             }
         };
-        match dev.enable_irq(IrqIndex::Err, &[&fd]) {
+        match dev.enable_irq(index, &[&fd]) {
             Ok(()) => Some(Self { fd }),
             Err(e) => {
                 log::warn!("{name}: {e}; AER errors will go unnoticed");
@@ -57,5 +69,19 @@ impl VfioPciDevice {
     /// clears the eventfd, so a level-triggered watch calms down.
     pub fn take_error(&self) -> Option<u64> {
         self.error.as_ref()?.fd.read().ok().filter(|n| *n > 0)
+    }
+
+    /// The eventfd VFIO signals when the host asks for the device back.
+    pub fn request_fd(&self) -> Option<&EventFd> {
+        self.request.as_ref().map(|e| &e.fd)
+    }
+
+    /// Whether the host asked for the device back since the last call (reads the
+    /// eventfd).
+    pub fn take_request(&self) -> bool {
+        self.request
+            .as_ref()
+            .and_then(|r| r.fd.read().ok())
+            .is_some_and(|n| n > 0)
     }
 }

@@ -171,6 +171,8 @@ pub struct VfioPciDevice {
     d3hot: bool,
     /// Where VFIO signals the device's errors (AER), when it can.
     error: Option<ErrorSignal>,
+    /// Where VFIO signals that the host wants the device back, when it can.
+    request: Option<ErrorSignal>,
 }
 
 fn rd32(cfg: &[u8], off: usize) -> u32 {
@@ -408,8 +410,10 @@ impl VfioPciDevice {
             pmcsr,
             d3hot: false,
             error: None,
+            request: None,
         };
         d.error = ErrorSignal::wire(&d.name, d.dev.as_ref());
+        d.request = ErrorSignal::wire_index(&d.name, d.dev.as_ref(), IrqIndex::Req);
         // Whatever the host left enabled stays off until the guest's driver enables it.
         d.stop_decode_and_dma();
         d.sync_bar_mappings();
