@@ -27,6 +27,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::api::error::ApiError;
@@ -251,10 +252,9 @@ pub struct HotplugSlots {
     powered_off: Vec<Option<Instant>>,
     /// The event loop's 1 s tick while something waits (shared with [`SlotWatch`]).
     tick: Arc<Mutex<TimerFd>>,
-    /// Wakes [`SlotWatch`], which watches each new device's request eventfd.
-    kick: PortEvents,
-    /// Devices taken out, kept until [`SlotWatch`] stops watching their eventfds.
-    gone: Vec<Plugged>,
+    /// Each port's eventfd for VFIO's request interrupt of the device in its slot: the
+    /// port's, so the event loop watches it once, whatever comes and goes.
+    requests: Vec<EventFd>,
     space: Arc<Mutex<Option<Assignment>>>,
     hw: PlugContext,
 }
@@ -299,8 +299,6 @@ struct Plugged {
     attached: AttachedDevice,
     info: DeviceInfo,
     port: usize,
-    /// [`SlotWatch`] watches its request eventfd.
-    watched: bool,
     /// The slot says "card present" (else it waits for [`SLOT_SETTLE`]).
     inserted: bool,
     removing: Option<Instant>,
@@ -318,12 +316,12 @@ impl HotplugSlots {
         ports: Ports,
         space: Arc<Mutex<Option<Assignment>>>,
         hw: PlugContext,
-        kick: PortEvents,
     ) -> std::io::Result<Self> {
         Ok(Self {
             plugged: Vec::new(),
-            kick,
-            gone: Vec::new(),
+            requests: (0..ports.len())
+                .map(|_| EventFd::new(EFD_NONBLOCK))
+                .collect::<Result<_, _>>()?,
             powered_off: vec![None; ports.len()],
             tick: Arc::new(Mutex::new(TimerFd::new()?)),
             ports,
@@ -383,15 +381,14 @@ impl HotplugSlots {
     /// driver is being unbound from vfio-pci): it is unplugged from the guest, which
     /// lets the host's unbind finish once the slot is off.
     pub fn on_request(&mut self, port: usize) {
+        let asked = self
+            .requests
+            .get(port)
+            .and_then(|r| r.read().ok())
+            .is_some_and(|n| n > 0);
         let Some(p) = self.plugged.iter().find(|p| p.port == port) else {
             return;
         };
-        let asked = p
-            .attached
-            .device
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take_request();
         if !asked || p.removing.is_some() {
             return;
         }
@@ -562,6 +559,13 @@ impl Hotplug for HotplugSlots {
             a.attach(&req, &self.hw.mem, &mut ctx, crate::passthrough::intx_gsi)
                 .map_err(|e| bad(format!("{}: {e}", d.given_as)))?
         };
+        if let Some(fd) = self.requests.get(port) {
+            attached
+                .device
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .signal_requests_to(fd);
+        }
         let secondary = self
             .ports
             .port(port)
@@ -593,7 +597,6 @@ impl Hotplug for HotplugSlots {
             attached,
             info: info.clone(),
             port,
-            watched: false,
             inserted: false,
             removing: None,
             _fd: fd,
@@ -605,8 +608,6 @@ impl Hotplug for HotplugSlots {
             self.insert(last);
         }
         self.retick();
-        // SlotWatch starts watching its request eventfd.
-        self.kick.kick();
         Ok(info)
     }
 
@@ -703,12 +704,23 @@ impl MutEventSubscriber for SlotWatch {
         if let Err(e) = ops.add(Events::new(self.events.ready(), EventSet::IN)) {
             log::error!("cannot watch the root ports' slot events: {e:?}");
         }
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, fd) in slots.requests.iter().enumerate() {
+            let data = REQUEST_DATA + u32::try_from(i).unwrap_or(0);
+            if let Err(e) = ops.add(Events::with_data(fd, data, EventSet::IN)) {
+                log::error!(
+                    "cannot watch the host's requests for root port {}: {e:?}",
+                    i + 1
+                );
+            }
+        }
+        drop(slots);
         if let Err(e) = ops.add(Events::new_raw(self.tick_fd, EventSet::IN)) {
             log::error!("cannot watch the hot-plug timer: {e:?}");
         }
     }
 
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if events.data() >= REQUEST_DATA {
             slots.on_request((events.data() - REQUEST_DATA) as usize);
@@ -718,31 +730,6 @@ impl MutEventSubscriber for SlotWatch {
             slots.insert_due();
         } else {
             slots.on_slot_events(self.events.drain());
-        }
-        // New devices' request eventfds in, those of devices taken out off (before
-        // their fds close with them).
-        for p in slots.plugged.iter_mut().filter(|p| !p.watched) {
-            p.watched = true;
-            let device = p.attached.device.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(fd) = device.request_fd() {
-                let data = REQUEST_DATA + u32::try_from(p.port).unwrap_or(0);
-                if let Err(e) = ops.add(Events::with_data(fd, data, EventSet::IN)) {
-                    log::warn!(
-                        "{}: cannot watch the host's requests for it: {e:?}",
-                        p.info.id
-                    );
-                }
-            }
-        }
-        for p in std::mem::take(&mut slots.gone) {
-            if p.watched {
-                let device = p.attached.device.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(fd) = device.request_fd() {
-                    let data = REQUEST_DATA + u32::try_from(p.port).unwrap_or(0);
-                    let _ = ops.remove(Events::with_data(fd, data, EventSet::IN));
-                }
-            }
-            drop(p);
         }
         slots.retick();
     }

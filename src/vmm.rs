@@ -444,8 +444,7 @@ impl Vm {
                 mem_size: cfg.memory.size,
             };
             let engine = Arc::new(Mutex::new(
-                hotplug::HotplugSlots::new(ports, space, hw, events.clone())
-                    .map_err(host_err("hot-plug timer"))?,
+                hotplug::HotplugSlots::new(ports, space, hw).map_err(host_err("hot-plug timer"))?,
             ));
             let watch = hotplug::SlotWatch::new(engine.clone(), events);
             Some((engine, watch))

@@ -130,13 +130,6 @@ impl PortEvents {
         &self.ready
     }
 
-    /// Wakes the event loop's watcher with nothing queued (it looks at its slots again).
-    pub fn kick(&self) {
-        if let Err(e) = self.ready.write(1) {
-            crate::warn_limited!("PCIe root port events: {e}");
-        }
-    }
-
     /// Everything queued so far (and the eventfd read, so its watch calms down).
     pub fn drain(&self) -> Vec<(usize, SlotEvent)> {
         let _ = self.ready.read();

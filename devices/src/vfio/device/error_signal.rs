@@ -76,6 +76,28 @@ impl VfioPciDevice {
         self.request.as_ref().map(|e| &e.fd)
     }
 
+    /// Points VFIO's request interrupt at `fd` instead of the device's own eventfd (a
+    /// hot-plug slot's, which outlives the devices plugged into it); false when the
+    /// device has no request index or the kernel refused.
+    pub fn signal_requests_to(&mut self, fd: &EventFd) -> bool {
+        if self.request.is_none() {
+            return false;
+        }
+        match self.dev.enable_irq(IrqIndex::Req, &[fd]) {
+            Ok(()) => {
+                self.request = None;
+                true
+            }
+            Err(e) => {
+                log::warn!(
+                    "{}: {e}; the host's requests for it go unanswered",
+                    self.name
+                );
+                false
+            }
+        }
+    }
+
     /// Whether the host asked for the device back since the last call (reads the
     /// eventfd).
     pub fn take_request(&self) -> bool {
