@@ -312,6 +312,19 @@ PASSVM-BED-RESULT scenario=demo rc=3
     );
     crashed.log = "L2| [    1.0] Oops: general protection fault\n".into();
     assert_eq!(crashed.cpu_crash(), None, "L2's oops is not L1's");
+    // L2's kernel faulting on `iret` until a double fault (CI of 2026-12-03, a boot
+    // with no device): its CPU state broke under it, as L1's did above.
+    crashed.log = "L2| [    1.741417]  </#DF>\n\
+                   L2| [    1.741417] WARNING: stack recursion on stack type 5\n\
+                   L2| [    1.741417] Kernel panic - not syncing: Fatal exception in interrupt\n"
+        .into();
+    assert_eq!(
+        crashed.cpu_crash(),
+        Some("[    1.741417] WARNING: stack recursion on stack type 5")
+    );
+    assert!(bed::exception_stack_recursion(
+        "[    1.7] Oops: double fault: 0000 [#1] PREEMPT SMP NOPTI"
+    ));
 
     // The two L0 crashes of the 2026-12-01 CI run, as their logs ended.
     let mut l0 = crashed;

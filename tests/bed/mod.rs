@@ -87,6 +87,16 @@ pub fn is_lockup_report(line: &str) -> bool {
     LOCKUP_SIGNS.iter().any(|sign| line.contains(sign))
 }
 
+/// Whether an L2 console line reports a kernel dying of a fault in its own exception
+/// path (a double fault, or the recursion hitting the stack guard page). A guest
+/// kernel only does that when its CPU state was broken under it; L2's other oopses
+/// can be its own doing (a driver's bug) and stay failures.
+pub fn exception_stack_recursion(line: &str) -> bool {
+    line.contains("Oops: double fault")
+        || line.contains("stack recursion on stack type")
+        || line.contains("BUG: TASK stack guard page was hit")
+}
+
 /// Why the bed stopped a run that had not ended by itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stopped {
@@ -659,12 +669,15 @@ impl Outcome {
     /// exception handler (its console lines carry no prefix; seen once, 2026-12-02: a
     /// page fault on `iret` whose handler faulted again on a zero per-CPU base until the
     /// stack guard page, in a vCPU thread, i.e. L1's kernel state broken after a world
-    /// switch). How the nested emulation's state corruption shows when it does not hang
-    /// (docs/test-bed.md, "Known hangs"). No scenario expects one, so such a run is
-    /// retried like a hung one.
+    /// switch), or L2's kernel dying of the same recursion: a page fault on `iret` until
+    /// a double fault on the exception stack (seen once, CI of 2026-12-03, in a boot
+    /// with no device at 1.7 s, "stack recursion on stack type 5"). How the nested
+    /// emulation's state corruption shows when it does not hang (docs/test-bed.md,
+    /// "Known hangs"). No scenario expects one, so such a run is retried like a hung one.
     pub fn cpu_crash(&self) -> Option<&str> {
         self.vmm_lines()
             .find(|l| l.contains("guest triple-faulted") || l.contains("KVM internal error"))
+            .or_else(|| self.l2_lines().find(|l| exception_stack_recursion(l)))
             .or_else(|| {
                 self.log.lines().find(|l| {
                     !l.starts_with("L1| ")
