@@ -43,6 +43,9 @@ Examples:
     passvm devices
     passvm bind 0000:0a:03.1
 
+  Give every VFIO device a per-bus name any program can open (/dev/vfio/pci/0000:0a:03.1):
+    sudo passvm udev install                 (remove: sudo passvm udev remove)
+
 The console: with --serial tty on a terminal, the terminal is in raw mode and every key,
 Ctrl-C included, goes to the guest; end the VM from the guest (reboot, poweroff), with
 SIGTERM (at once), or with SIGPWR (presses the guest's ACPI power button: a clean shutdown
@@ -174,6 +177,13 @@ pub enum Command {
         /// PCI address (DDDD:BB:DD.F or BB:DD.F).
         bdf: String,
     },
+    /// The udev rule that links /dev/vfio/<bus>/<name> (e.g. /dev/vfio/pci/0000:0a:03.1)
+    /// to each VFIO device cdev, so any program can open a device by its bus and name.
+    Udev {
+        /// What to do with the rule.
+        #[command(subcommand)]
+        action: UdevAction,
+    },
     /// Ask a running passvm's control API (its --api-socket) and print the JSON answer.
     ///
     /// Exit status: 0 when the API did it, 1 when it answered with an error (the error and
@@ -187,6 +197,26 @@ pub enum Command {
         #[command(subcommand)]
         action: RemoteAction,
     },
+}
+
+/// What `passvm udev` does (docs/devices.md, "The udev rule").
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum UdevAction {
+    /// Write the rule to the rules directory, reload udev and replay the VFIO cdevs'
+    /// events, so every bound device gets its link now (as root).
+    Install {
+        /// The udev rules directory.
+        #[arg(long, value_name = "DIR", default_value = "/etc/udev/rules.d")]
+        rules_dir: std::path::PathBuf,
+    },
+    /// Remove the rule and make udev drop the links it made (as root).
+    Remove {
+        /// The udev rules directory.
+        #[arg(long, value_name = "DIR", default_value = "/etc/udev/rules.d")]
+        rules_dir: std::path::PathBuf,
+    },
+    /// Print the rule (to install it by hand or ship it in a package).
+    Rule,
 }
 
 /// What `passvm remote` asks (each is one endpoint of docs/api.md).
@@ -326,6 +356,36 @@ mod tests {
         assert!(help.contains("stopped by SIGHUP, SIGINT, SIGTERM"));
         assert!(help.contains("--seccomp <on|log|off>"), "{help}");
         assert!(help.contains("seccomp filter denies"));
+    }
+
+    #[test]
+    fn udev_commands_parse() {
+        let udev = |args: &[&str]| {
+            let mut all = vec!["udev"];
+            all.extend_from_slice(args);
+            match cli(&all).map(|c| c.command) {
+                Ok(Some(Command::Udev { action })) => Ok(action),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(
+            udev(&["install"]).unwrap(),
+            UdevAction::Install {
+                rules_dir: "/etc/udev/rules.d".into()
+            }
+        );
+        assert_eq!(
+            udev(&["remove", "--rules-dir", "/run/udev/rules.d"]).unwrap(),
+            UdevAction::Remove {
+                rules_dir: "/run/udev/rules.d".into()
+            }
+        );
+        assert_eq!(udev(&["rule"]).unwrap(), UdevAction::Rule);
+        assert!(udev(&[]).is_err(), "an action is needed");
+        assert!(udev(&["reload"]).is_err());
+        let help = cli(&["--help"]).unwrap_err().to_string();
+        assert!(help.contains("sudo passvm udev install"), "{help}");
     }
 
     #[test]

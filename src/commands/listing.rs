@@ -5,6 +5,7 @@ use devices::size::human;
 use devices::vfio::discovery::class_names::class_name;
 use devices::vfio::discovery::inventory::{BarSize, Entry, Inventory};
 use devices::vfio::discovery::irq_remap::Remapping;
+use devices::vfio::discovery::links::LinkState;
 use devices::vfio::discovery::{inventory, DiscoveryError, Roots};
 
 use super::json::Json;
@@ -132,9 +133,29 @@ pub fn table(inv: &Inventory, roots: &Roots, all: bool) -> String {
     let mut out = line(&header.map(str::to_string));
     for (e, r) in &rows {
         out.push_str(&line(r));
+        match &e.link {
+            LinkState::Absent => {}
+            LinkState::Valid { path, cdev } => {
+                out.push_str(&format!("    link: {} -> {cdev}\n", path.display()));
+            }
+            LinkState::Bad { path, why } => out.push_str(&format!(
+                "    - link {} {why}\n      fix: {}\n",
+                path.display(),
+                LinkState::fix(path)
+            )),
+        }
         for p in &e.problems {
             out.push_str(&format!("    - {}\n      fix: {}\n", p.reason, p.fix));
         }
+    }
+    let unlinked = rows
+        .iter()
+        .filter(|(e, _)| e.device.cdev.is_some() && e.link == LinkState::Absent)
+        .count();
+    if unlinked > 0 {
+        out.push_str(&format!(
+            "({unlinked} with a cdev but no /dev/vfio/<bus>/<name> link; `sudo passvm udev install` makes them)\n"
+        ));
     }
     let hidden = inv.entries.iter().filter(|e| !shown(e, all)).count();
     if hidden > 0 {
@@ -233,6 +254,20 @@ pub fn to_json(inv: &Inventory, roots: &Roots, all: bool) -> Json {
                 (
                     "cdev_node",
                     Json::opt_str(d.cdev.as_ref().map(|c| show(&c.node))),
+                ),
+                (
+                    "link",
+                    match &e.link {
+                        LinkState::Valid { path, .. } => Json::Str(path.display().to_string()),
+                        _ => Json::Null,
+                    },
+                ),
+                (
+                    "link_problem",
+                    match &e.link {
+                        LinkState::Bad { why, .. } => Json::Str(why.clone()),
+                        _ => Json::Null,
+                    },
                 ),
                 ("bridge", Json::Bool(e.bridge)),
                 (
@@ -347,6 +382,10 @@ mod tests {
                     device: dev("0000:00:10.0", "vfio-pci", 0x010000, 0),
                     problems: vec![],
                     bridge: false,
+                    link: LinkState::Valid {
+                        path: "/dev/vfio/pci/0000:00:10.0".into(),
+                        cdev: "vfio0".into(),
+                    },
                     bars: vec![
                         BarSize {
                             index: 0,
@@ -383,12 +422,17 @@ mod tests {
                     problems: vec![problem],
                     bridge: false,
                     bars: Vec::new(),
+                    link: LinkState::Bad {
+                        path: "/dev/vfio/pci/0000:00:11.0".into(),
+                        why: "points to ../devices/vfio9, which does not exist".into(),
+                    },
                 },
                 Entry {
                     device: dev("0000:00:00.0", "-", 0x060000, 2),
                     problems: vec![],
                     bridge: true,
                     bars: Vec::new(),
+                    link: LinkState::Absent,
                 },
             ],
             isolation: InterruptIsolation {
@@ -416,13 +460,16 @@ mod tests {
             lines[1]
         );
         assert!(
-            lines[2].contains("virtio-pci") && lines[2].contains(" -  "),
+            lines[3].contains("virtio-pci") && lines[3].contains(" -  "),
             "{}",
-            lines[2]
+            lines[3]
         );
-        assert!(lines[2].starts_with("0000:00:11.0") && lines[2].ends_with(" no"));
-        assert!(lines[3].contains("- bound to the host driver virtio-pci"));
-        assert!(lines[4].contains("fix: bind it with `passvm bind 0000:00:11.0`"));
+        assert_eq!(lines[2], "    link: /dev/vfio/pci/0000:00:10.0 -> vfio0");
+        assert!(lines[3].starts_with("0000:00:11.0") && lines[3].ends_with(" no"));
+        assert!(lines[4].contains("- link /dev/vfio/pci/0000:00:11.0 points to ../devices/vfio9"));
+        assert!(lines[5].contains("fix: refresh the links with `sudo passvm udev install`"));
+        assert!(lines[6].contains("- bound to the host driver virtio-pci"));
+        assert!(lines[7].contains("fix: bind it with `passvm bind 0000:00:11.0`"));
         assert!(t.contains("(1 bridge hidden; --all shows them)"));
         assert!(!t.contains("Host bridge"));
         assert!(t.contains("RLIMIT_MEMLOCK 8 MiB"));
@@ -448,6 +495,8 @@ mod tests {
             "\"kind\": \"mem64\"",
             "\"kind\": \"rom\"",
             "\"kind\": \"not-vfio-driver\"",
+            "\"link\": \"/dev/vfio/pci/0000:00:10.0\"",
+            "\"link_problem\": \"points to ../devices/vfio9, which does not exist\"",
         ] {
             assert!(j.contains(field), "missing {field} in\n{j}");
         }

@@ -1,10 +1,12 @@
-//! Host-side helper commands: `passvm devices`, `passvm bind`, `passvm unbind`, and
-//! `passvm remote` (the control API's client).
+//! Host-side helper commands: `passvm devices`, `passvm bind`, `passvm unbind`,
+//! `passvm udev` (the /dev/vfio/<bus>/<name> rule), and `passvm remote` (the control
+//! API's client).
 
 mod bind;
 mod json;
 mod listing;
 mod remote;
+mod udev;
 
 use std::process::ExitCode;
 
@@ -19,6 +21,7 @@ pub fn run(cmd: Command) -> ExitCode {
         Command::Bind { bdf, force } => bind::bind(&bdf, force),
         Command::Unbind { bdf } => bind::unbind(&bdf),
         Command::Remote { api_socket, action } => return remote::run(&api_socket, &action),
+        Command::Udev { action } => return udev::run(&action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

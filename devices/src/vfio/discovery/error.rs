@@ -51,6 +51,17 @@ pub enum DiscoveryError {
         /// `MAJ:MIN` in sysfs.
         sysfs_dev: String,
     },
+    /// A `/dev/vfio/<bus>/<name>` link that does not lead to that device's own cdev:
+    /// dangling, to something that is not a VFIO cdev, or to another device's cdev.
+    #[error("{given}: {link} {why}; passvm does not follow it. Fix: {fix}", link = .link.display(), fix = super::links::LinkState::fix(.link))]
+    BadLink {
+        /// What the user gave.
+        given: String,
+        /// The link (host view).
+        link: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// `fd=N` is not a usable VFIO cdev fd.
     #[error("fd={fd}: {why}")]
     BadFd {

@@ -173,6 +173,14 @@ impl FakeHost {
         dir
     }
 
+    /// `/dev/vfio/<bus>/<name>` as the udev rule makes it: a symlink to `target`
+    /// (relative to the link's directory, like udev's `../devices/vfioN`).
+    pub fn bus_link(&self, bus: &str, name: &str, target: &str) -> PathBuf {
+        let at = self.roots.dev.join("vfio").join(bus).join(name);
+        link(Path::new(target), &at);
+        at
+    }
+
     /// `/sys/dev/char/MAJ:MIN` pointing at a sysfs directory.
     pub fn char_link(&self, devnum: (u32, u32), target: &Path) {
         fs::create_dir_all(target).unwrap();

@@ -8,6 +8,7 @@ use log::warn;
 use super::assignable::{device_problems, CheckContext};
 use super::class_names::is_host_side_bridge;
 use super::irq_remap::{self, InterruptIsolation};
+use super::links::{self, LinkState};
 use super::model::Problem;
 use super::model::ResolvedDevice;
 use super::resolve::describe;
@@ -25,6 +26,8 @@ pub struct Entry {
     pub bridge: bool,
     /// Its BARs and ROM, from sysfs `resource` (what the guest's windows must hold).
     pub bars: Vec<BarSize>,
+    /// Its `/dev/vfio/<bus>/<name>` link (passvm's udev rule), checked.
+    pub link: LinkState,
 }
 
 /// One implemented BAR of a PCI function, as the host kernel placed it.
@@ -107,11 +110,13 @@ pub fn inventory(roots: &Roots) -> Inventory {
                     let bars = fs::read_to_string(device.sysfs.join("resource"))
                         .map(|t| parse_resource(&t))
                         .unwrap_or_default();
+                    let link = links::check(roots, bus, &device.name, Some(&device.sysfs));
                     entries.push(Entry {
                         device,
                         problems,
                         bridge,
                         bars,
+                        link,
                     });
                 }
                 Err(e) => warn!("skipping {name}: {e}"),

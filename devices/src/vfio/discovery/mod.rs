@@ -36,6 +36,7 @@ pub mod group;
 pub mod host_use;
 pub mod inventory;
 pub mod irq_remap;
+pub mod links;
 pub(crate) mod model;
 pub(crate) mod plan;
 pub(crate) mod resolve;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::DiscoveryError;
 use super::group;
+use super::links::{self, LinkState};
 use super::model::{Cdev, DeviceKind, ResolvedDevice};
 use super::sysfs::{
     attr, char_devnum, dir_names, file_name, link_name, parse_devnum, parse_hex, split_rdev, Roots,
@@ -70,7 +71,17 @@ fn device_dir(
                 ));
             }
             let p = bus_dir.join("devices").join(name);
-            canonical(given, &p, roots, &format!("/sys/bus/{bus}/devices/{name}"))
+            let by_name = canonical(given, &p, roots, &format!("/sys/bus/{bus}/devices/{name}"));
+            // A real link at /dev/vfio/<bus>/<name> (passvm's udev rule) is followed only
+            // when it leads to this very device's cdev; without one, sysfs alone decides.
+            match links::check(roots, bus, name, by_name.as_deref().ok()) {
+                LinkState::Absent | LinkState::Valid { .. } => by_name,
+                LinkState::Bad { path, why } => Err(DiscoveryError::BadLink {
+                    given: given.to_string(),
+                    link: path,
+                    why,
+                }),
+            }
         }
         DeviceName::Cdev { name } => cdev_device_dir(given, name, roots),
         DeviceName::Sysfs { path } => {

@@ -306,11 +306,14 @@ fn fd_form_checks_the_descriptor() {
     let e = err(&h, "fd=987654");
     assert!(e.contains("not an open file descriptor"), "{e}");
 
-    // The plan wants the iommufd fd too, and it must be /dev/iommu.
+    // Without --iommufd-fd passvm opens /dev/iommu itself; with it, it must be /dev/iommu.
     let spec = vec![format!("fd={}", null.as_raw_fd())];
+    let p = plan_with_limits(&spec, BackendChoice::Auto, None, 0, &h.roots, &UNLIMITED).unwrap();
+    assert_eq!(p.backend(), Backend::Iommufd);
+    fs::remove_file(h.roots.dev.join("iommu")).unwrap();
     let e =
         plan_with_limits(&spec, BackendChoice::Auto, None, 0, &h.roots, &UNLIMITED).unwrap_err();
-    assert!(e.to_string().contains("--iommufd-fd"), "{e}");
+    assert!(e.to_string().contains("/dev/iommu"), "{e}");
     let e = plan_with_limits(
         &spec,
         BackendChoice::Auto,
@@ -895,4 +898,223 @@ fn bind_refuses_a_device_the_host_uses_unless_forced() {
             previous: Some("e1000e".into())
         }
     );
+}
+
+// --- /dev/vfio/<bus>/<name> links (passvm's udev rule) -----------------------------
+
+use super::links::{self, LinkState};
+
+/// The rule as shipped (and as `passvm udev install` writes it).
+const UDEV_RULE: &str = include_str!("../../../../resources/udev/70-passvm-vfio.rules");
+
+#[test]
+fn udev_link_name_for_each_bus() {
+    let h = FakeHost::new();
+    let pci = h.pci("0000:00:03.0", STORAGE, Some("vfio-pci"), Some(0));
+    let mdev = h.mdev(&h.sys("devices/virtual/mtty/mtty"), UUID, 5);
+    let platform = h.other_bus_device("platform", "fff51000.ethernet");
+    let fsl = h.other_bus_device("fsl-mc", "dprc.1");
+    for (dir, want) in [
+        (&pci, "/dev/vfio/pci/0000:00:03.0".to_string()),
+        (&mdev, format!("/dev/vfio/mdev/{UUID}")),
+        (
+            &platform,
+            "/dev/vfio/platform/fff51000.ethernet".to_string(),
+        ),
+        (&fsl, "/dev/vfio/fsl-mc/dprc.1".to_string()),
+    ] {
+        let dir = fs::canonicalize(dir).unwrap();
+        let (bus, name) = links::bus_and_name(&dir).unwrap();
+        assert_eq!(links::link_path(&bus, &name).unwrap(), Path::new(&want));
+    }
+}
+
+#[test]
+fn names_that_need_care_get_no_link() {
+    for (bus, name) in [
+        ("platform", "a b"),
+        ("platform", "tab\there"),
+        ("platform", "new\nline"),
+        ("platform", "x*y"),
+        ("platform", "$(reboot)"),
+        ("platform", "quote\"d"),
+        ("platform", "back\\slash"),
+        ("platform", "ünïcode"),
+        ("platform", ".."),
+        ("platform", ""),
+        ("odd bus", "dev0"),
+    ] {
+        let why = links::unlinkable(bus, name).unwrap_or_else(|| panic!("{name:?} linked"));
+        assert!(why.contains("sysfs path"), "{why}");
+        assert!(links::link_path(bus, name).is_err());
+    }
+    for (bus, name) in [
+        ("pci", "0000:00:03.0"),
+        ("pci", "10000:ff:1f.7"),
+        ("mdev", UUID),
+        ("platform", "ff000000.dma-controller"),
+        ("platform", "a+b=c@d#e_f-g"),
+        ("fsl-mc", "dprc.1"),
+    ] {
+        assert_eq!(links::unlinkable(bus, name), None, "{name}");
+    }
+}
+
+#[test]
+fn the_rule_and_passvm_agree_on_which_names_get_a_link() {
+    // The rule's shell pattern refuses any character outside its bracket (which also
+    // holds the '/' joining bus and name); passvm's constant must be the same set.
+    let start = UDEV_RULE
+        .find("*[!A-Za-z0-9")
+        .expect("the rule's character check")
+        + 12;
+    let end = start + UDEV_RULE[start..].find(']').unwrap();
+    let mut rule: Vec<char> = UDEV_RULE[start..end]
+        .chars()
+        .filter(|c| *c != '/')
+        .collect();
+    let mut ours: Vec<char> = links::LINK_NAME_EXTRA_CHARS.chars().collect();
+    rule.sort_unstable();
+    ours.sort_unstable();
+    assert_eq!(rule, ours);
+    // Only cdevs, never the group nodes; nothing of passvm's at run time.
+    assert!(UDEV_RULE.contains("SUBSYSTEM!=\"vfio-dev\", GOTO"));
+    assert!(UDEV_RULE.contains("KERNEL!=\"vfio[0-9]*\", GOTO"));
+    assert!(UDEV_RULE.contains("IMPORT{program}=\"/bin/sh -c '"));
+    let code: Vec<&str> = UDEV_RULE
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert!(code
+        .iter()
+        .all(|l| !l.contains("passvm ") || l.contains("echo passvm:")));
+}
+
+#[test]
+fn a_link_to_the_device_s_own_cdev_is_followed() {
+    let (h, dir) = cdev_host();
+    h.bus_link("pci", "0000:00:03.0", "../devices/vfio0");
+    let canon = fs::canonicalize(&dir).unwrap();
+    for s in ["/dev/vfio/pci/0000:00:03.0", "/dev/vfio/pci/00:03.0"] {
+        assert_eq!(one(&h, s).sysfs, canon, "{s}");
+    }
+    assert_eq!(
+        links::check(&h.roots, "pci", "0000:00:03.0", Some(&canon)),
+        LinkState::Valid {
+            path: "/dev/vfio/pci/0000:00:03.0".into(),
+            cdev: "vfio0".into()
+        }
+    );
+
+    // An mdev's link, and a platform device's (which passvm checks, then refuses to
+    // assign: it passes PCI devices and mdevs only).
+    let m = h.mdev(&h.sys("devices/virtual/mtty/mtty"), UUID, 5);
+    h.cdev(&m, 1, ZERO, Some(ZERO));
+    h.bus_link("mdev", UUID, "../devices/vfio1");
+    assert_eq!(
+        one(&h, &format!("/dev/vfio/mdev/{UUID}")).sysfs,
+        fs::canonicalize(&m).unwrap()
+    );
+    let p = h.other_bus_device("platform", "fff51000.ethernet");
+    h.cdev(&p, 2, (1, 7), Some((1, 7)));
+    h.bus_link("platform", "fff51000.ethernet", "../devices/vfio2");
+    let p = fs::canonicalize(&p).unwrap();
+    assert!(matches!(
+        links::check(&h.roots, "platform", "fff51000.ethernet", Some(&p)),
+        LinkState::Valid { .. }
+    ));
+    let e = err(&h, "/dev/vfio/platform/fff51000.ethernet");
+    assert!(e.contains("is a platform device"), "{e}");
+
+    // The listing shows each device's link.
+    let inv = super::inventory::inventory(&h.roots);
+    let link_of = |name: &str| {
+        inv.entries
+            .iter()
+            .find(|e| e.device.name == name)
+            .map(|e| e.link.clone())
+            .unwrap()
+    };
+    assert!(matches!(link_of("0000:00:03.0"), LinkState::Valid { cdev, .. } if cdev == "vfio0"));
+    assert!(matches!(link_of(UUID), LinkState::Valid { cdev, .. } if cdev == "vfio1"));
+}
+
+#[test]
+fn a_link_to_another_device_s_cdev_is_refused() {
+    let (h, _) = cdev_host();
+    let b = h.pci("0000:00:04.0", STORAGE, Some("vfio-pci"), Some(1));
+    h.cdev(&b, 1, ZERO, Some(ZERO));
+    h.bus_link("pci", "0000:00:03.0", "../devices/vfio1");
+    let e = err(&h, "/dev/vfio/pci/0000:00:03.0");
+    assert!(
+        e.contains("/dev/vfio/pci/0000:00:03.0 points to /dev/vfio/devices/vfio1")
+            && e.contains("the cdev of pci device 0000:00:04.0, not of pci device 0000:00:03.0")
+            && e.contains("passvm udev install")
+            && e.contains("sudo rm /dev/vfio/pci/0000:00:03.0"),
+        "{e}"
+    );
+    // The same device by any other name still resolves: only the link is refused.
+    assert_eq!(one(&h, "0000:00:03.0").name, "0000:00:03.0");
+    // And the listing says what is wrong with it.
+    let inv = super::inventory::inventory(&h.roots);
+    let bad = inv
+        .entries
+        .iter()
+        .find(|e| e.device.name == "0000:00:03.0")
+        .unwrap();
+    assert!(matches!(&bad.link, LinkState::Bad { why, .. } if why.contains("0000:00:04.0")));
+}
+
+#[test]
+fn dangling_stale_and_foreign_links_are_refused() {
+    let (h, _) = cdev_host();
+    // Dangling: the cdev it names is gone (the device was unbound while udev was away).
+    h.bus_link("pci", "0000:00:03.0", "../devices/vfio9");
+    let e = err(&h, "/dev/vfio/pci/0000:00:03.0");
+    assert!(
+        e.contains("points to ../devices/vfio9") && e.contains("dangling"),
+        "{e}"
+    );
+
+    // Left behind for a device that is gone from sysfs.
+    h.bus_link("pci", "0000:00:09.0", "../devices/vfio0");
+    let e = err(&h, "/dev/vfio/pci/0000:00:09.0");
+    assert!(
+        e.contains("no /sys/bus/pci/devices/0000:00:09.0") && e.contains("stale"),
+        "{e}"
+    );
+
+    // To something that is not a VFIO cdev.
+    fs::write(h.roots.dev.join("sda"), "").unwrap();
+    h.bus_link("pci", "0000:00:03.0", "../../sda");
+    let e = err(&h, "/dev/vfio/pci/0000:00:03.0");
+    assert!(
+        e.contains("points to /dev/sda, which is not a VFIO device cdev"),
+        "{e}"
+    );
+    h.bus_link("pci", "0000:00:03.0", "../0");
+    h.group_node(0);
+    let e = err(&h, "/dev/vfio/pci/0000:00:03.0");
+    assert!(
+        e.contains("points to /dev/vfio/0, which is not a VFIO device cdev"),
+        "{e}"
+    );
+
+    // A cdev name whose node is not the one sysfs registers.
+    let b = h.pci("0000:00:04.0", STORAGE, Some("vfio-pci"), Some(1));
+    h.cdev(&b, 1, ZERO, None);
+    crate::vfio::discovery::fake_tree::mknod_char(&h.roots.dev.join("vfio/devices/vfio1"), 1, 3);
+    h.bus_link("pci", "0000:00:04.0", "../devices/vfio1");
+    let e = err(&h, "/dev/vfio/pci/0000:00:04.0");
+    assert!(e.contains("a stale node"), "{e}");
+    // A regular file where the link belongs.
+    fs::remove_file(h.roots.dev.join("vfio/pci/0000:00:03.0")).unwrap();
+    fs::write(h.roots.dev.join("vfio/pci/0000:00:03.0"), "").unwrap();
+    let e = err(&h, "/dev/vfio/pci/0000:00:03.0");
+    assert!(e.contains("is not a symlink"), "{e}");
+    // Every refusal is a user error (exit 2) with the fix.
+    let spec = parse_device_spec("/dev/vfio/pci/0000:00:03.0").unwrap();
+    let e = resolve(&spec, &h.roots).unwrap_err();
+    assert!(matches!(e, DiscoveryError::BadLink { .. }));
+    assert_eq!(e.exit_code(), 2);
 }
