@@ -2,7 +2,8 @@
 # Build the initramfs images (busybox-static + cpio + gzip):
 #   l2.cpio.gz           L2's init and checks (resources/l2)
 #   l1-own.cpio.gz       L1 for the bed kernel: init, scenario library and
-#                        scenarios, static passvm, L2's kernel and initramfs
+#                        scenarios, static passvm, L2's kernel and initramfs,
+#                        Debian's udev (l1/udev.sh) and a static VFIO client
 #   l1-debian.cpio.gz    the same plus the Debian kernel's modules (a second
 #                        cpio appended: the kernel unpacks concatenated archives)
 # Each image is rebuilt only when the hash of its inputs changes.
@@ -46,9 +47,20 @@ if ! stamp_ok "$L2" "$l2_hash"; then
 fi
 
 # --- L1 (bed kernel) ----------------------------------------------------------
+# A real udev for the udev-links scenario: Debian's udevadm (systemd-udevd is the
+# same binary) with the libraries it links, copied from this host at the paths
+# ldd finds them, and a static VFIO client that is not passvm (l1/vfio-open.c).
+UDEV_ROOT="$("$BED_RESOURCES/l1/udev.sh")/root" || bed_die "fetching udev for L1 failed"
+UDEVADM="$UDEV_ROOT/bin/udevadm"
+udev_libs="$(ldd "$UDEVADM" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')"
+if ldd "$UDEVADM" | grep -q 'not found'; then
+    bed_die "udevadm needs libraries this host lacks: $(ldd "$UDEVADM" | grep 'not found' | tr -s ' \t\n' ' ')"
+fi
 L1="$IMAGES/l1-own.cpio.gz"
+# shellcheck disable=SC2086 # udev_libs is a word list of paths
 l1_hash="$(bed_hash "$BUSYBOX" "$BED_RESOURCES/images.sh" "$BED_RESOURCES/l1/init" "$BED_RESOURCES/l1/lib.sh" \
-    "$BED_RESOURCES/lib/read-bench.sh" "$BED_RESOURCES/lib/pci-caps.sh" "$BED_RESOURCES"/scenarios/*.sh "$PASSVM_BIN" -- "$KERNEL_DIR" "$l2_hash")"
+    "$BED_RESOURCES/lib/read-bench.sh" "$BED_RESOURCES/lib/pci-caps.sh" "$BED_RESOURCES"/scenarios/*.sh "$PASSVM_BIN" \
+    "$BED_RESOURCES/l1/vfio-open.c" "$UDEVADM" $udev_libs -- "$KERNEL_DIR" "$l2_hash")"
 if ! stamp_ok "$L1" "$l1_hash"; then
     bed_log "building L1 initramfs"
     stage="$(mktemp -d)"
@@ -58,6 +70,15 @@ if ! stamp_ok "$L1" "$l1_hash"; then
     cat "$BED_RESOURCES/l1/lib.sh" "$BED_RESOURCES/lib/read-bench.sh" "$BED_RESOURCES/lib/pci-caps.sh" >"$stage/bed/lib.sh"
     cp "$BED_RESOURCES"/scenarios/*.sh "$stage/bed/scenarios/"
     install -m 755 "$PASSVM_BIN" "$stage/bin/passvm"
+    gcc -static -O2 -Wall -Wextra -Werror -o "$stage/bin/vfio-open" "$BED_RESOURCES/l1/vfio-open.c" ||
+        bed_die "cannot build l1/vfio-open.c (gcc and libc6-dev: resources/setup.sh)"
+    install -m 755 "$UDEVADM" "$stage/bin/udevadm"
+    mkdir -p "$stage/lib/systemd" "$stage/etc/udev/rules.d"
+    ln -s /bin/udevadm "$stage/lib/systemd/systemd-udevd"
+    for f in $udev_libs; do
+        mkdir -p "$stage$(dirname "$f")"
+        cp -L "$f" "$stage$f"
+    done
     cp "$KERNEL_DIR/vmlinux" "$KERNEL_DIR/bzImage" "$stage/bed/l2/"
     # L1 and L2 run this kernel, built without kallsyms: the text symbols let
     # L1's trace dump name the hrtimer functions (bed_trace_dump).

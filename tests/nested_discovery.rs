@@ -1,7 +1,8 @@
 //! Device discovery in the nested bed (issue 4): every `--device` naming form on the
 //! bed's kernel (iommufd) and on Debian's (groups only), `passvm devices`, a
-//! non-viable group, and `passvm bind`/`unbind`. The scenarios live in
-//! `resources/scenarios/discovery-*.sh`; assertions are on their markers.
+//! non-viable group, `passvm bind`/`unbind`, and the udev rule's /dev/vfio/<bus>/<name>
+//! links (issue 15). The scenarios live in `resources/scenarios/discovery-*.sh` and
+//! `udev-links.sh`; assertions are on their markers.
 
 mod bed;
 
@@ -289,4 +290,97 @@ fn bind_then_unbind_restores_the_original_driver() {
         block.starts_with("vd"),
         "the disk is a block device in L1 again: {block:?}"
     );
+}
+
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_discovery -- --ignored"]
+fn udev_rule_makes_per_bus_links_that_any_program_and_passvm_use() {
+    let out = Scenario::new("udev-links")
+        .l1(L1Kernel::Own)
+        .disk("d0")
+        .run();
+    out.assert_ok();
+    assert_eq!(
+        out.marker("udevd"),
+        Some("up"),
+        "a real systemd-udevd in L1"
+    );
+    assert_eq!(out.marker("install_rc"), Some("0"), "passvm udev install");
+    assert_eq!(
+        out.marker("link_unbound"),
+        Some("none"),
+        "no link while the disk is on virtio-pci"
+    );
+    let bdf = out
+        .marker("bound")
+        .and_then(|b| b.split_whitespace().next())
+        .expect("bound marker");
+    let link = format!("/dev/vfio/pci/{bdf}");
+    let cdev = out.marker("cdev").expect("cdev marker");
+    let vfio_n = cdev.rsplit('/').next().unwrap_or("");
+    // The rule's link, relative as udev makes it, reaches the device's own cdev.
+    assert_eq!(
+        out.marker("link"),
+        Some(format!("../devices/{vfio_n}").as_str())
+    );
+    assert_eq!(out.marker("link_cdev"), Some(cdev));
+    assert_eq!(
+        out.marker("group_node"),
+        Some("char"),
+        "the group node is left alone"
+    );
+    // A program that is not passvm opens the device by its link and asks VFIO about it.
+    let open = out.marker("open").unwrap_or("");
+    assert!(
+        open.starts_with(&format!("vfio-open {link}: ok")) && open.contains("pci=yes"),
+        "{open}"
+    );
+    assert_eq!(
+        out.marker("devices_link"),
+        Some(format!("link: {link} -> {vfio_n}").as_str()),
+        "passvm devices shows the link"
+    );
+    assert_resolves(&out, &link, bdf, "iommufd");
+    // The mdev's link, by its UUID.
+    let mdev_link = out.marker("mdev_link").unwrap_or("");
+    assert!(
+        mdev_link.starts_with("../devices/vfio") && mdev_link != format!("../devices/{vfio_n}"),
+        "{mdev_link}"
+    );
+    let mdev_plan = plans(&out)
+        .into_iter()
+        .find(|p| p.name.starts_with("/dev/vfio/mdev/"))
+        .expect("a plan for the mdev's link");
+    assert_eq!(mdev_plan.rc, 0, "{}", mdev_plan.line);
+    assert!(
+        mdev_plan.line.contains("(mdev mtty-2 on mtty)"),
+        "{}",
+        mdev_plan.line
+    );
+    // A link to another device's cdev is refused with the fix; reinstalling repairs it.
+    let tampered = out.marker("tampered").unwrap_or("");
+    assert!(
+        tampered.starts_with("rc=2|")
+            && tampered.contains("which is the cdev of mdev device")
+            && tampered.contains(&format!("not of pci device {bdf}"))
+            && tampered.contains("passvm udev install"),
+        "{tampered}"
+    );
+    assert_eq!(
+        out.marker("refreshed"),
+        Some(format!("../devices/{vfio_n}").as_str())
+    );
+    assert_eq!(out.marker("mdev_link_gone"), Some("none"));
+    let dangling = out.marker("dangling").unwrap_or("");
+    assert!(
+        dangling.starts_with("rc=2|") && dangling.contains("dangling"),
+        "{dangling}"
+    );
+    // L2 got the disk by its link and wrote to it with its own virtio driver.
+    assert_eq!(out.marker("passvm_rc"), Some("0"));
+    assert!(out.l2_wrote("d0"), "L2's write is in L0's disk image");
+    // Unbinding removes the link; `passvm udev remove` removes the rule.
+    assert_eq!(out.marker("link_gone"), Some("none"));
+    assert_eq!(out.marker("removed_rc"), Some("0"));
+    assert_eq!(out.marker("rule_left"), Some("no"));
 }
