@@ -9,6 +9,16 @@
 # Markers: host_bdf; add1_rc, add1_out (the JSON answer); remove1_rc; removed_ms (from
 # the remove request to passvm letting the device go); l1_driver (the disk's L1 driver
 # between the rounds); add2_rc, add2_out; passvm_rc; L2's hp_* markers (replayed).
+# passvm.hp.mode=pair: two disks, h0 and h1 (h1 left on L1's driver at first). Adds that
+# must fail come first: a path naming no device (bad_path_*), h1 not bound to vfio-pci
+# (unbound_*), a descriptor that is no VFIO device (not_vfio_*), and removing an id the
+# VM does not have (no_such_*); L2 must answer after each (L2's hp_set markers go on).
+# Then h0 is added as a descriptor the scenario opened on its cdev (fd_*: passvm is
+# given the fd, not the node), a second add of h0 must be refused (again_*), h1 is
+# bound and added by its address (pair_*); info_* is vm.info with both; h0, added
+# first, is removed first while h1 keeps working (L2 reads it again after h0 left),
+# h0 comes back on the freed port (back_*), then h1 and h0 leave in turn and the power
+# button ends the VM (power_*, passvm_rc).
 export RUST_LOG=info
 sock=/tmp/passvm-hp.sock
 remote() { "$PASSVM" remote --api-socket "$sock" "$@"; }
@@ -53,18 +63,93 @@ wait_for() {
 }
 name_of() { c="$(bed_vfio_cdev "$1")"; echo "${c:-$1}"; }
 
+# set_is NAMES WHAT: until L2's latest disk set (its last hp_set marker) is NAMES.
+set_is() {
+    i=0
+    # The guest's console ends its lines with CR LF.
+    until [ "$(tr -d '\r' </tmp/.l2 | sed -n 's/^BED hp_set=//p' | tail -n 1)" = "$1" ]; do
+        i=$((i + 1))
+        [ "$i" -le 900 ] || { kill -9 "$pid"; dump; bed_fail "timed out waiting for $2 (L2's disks: $1)"; }
+        kill -0 "$pid" 2>/dev/null || { dump; bed_fail "passvm exited while waiting for $2"; }
+        sleep 0.2
+    done
+}
+# alive KEY: L2 still answers (a fresh hp_set line after asking it to look again: its
+# loop reports its set every 5 s anyway, so a new line within 15 s says it runs).
+alive() {
+    n="$(grep -c '^BED hp_set=' /tmp/.l2)"
+    i=0
+    until [ "$(grep -c '^BED hp_set=' /tmp/.l2)" -gt "$n" ]; do
+        i=$((i + 1))
+        [ "$i" -le 75 ] || { bed_report "$1" stuck; return 0; }
+        sleep 0.2
+    done
+    bed_report "$1" alive
+}
+
 unbind="$(bed_cmdline_arg passvm.hp.unbind || echo 0)"
+mode="$(bed_cmdline_arg passvm.hp.mode || echo single)"
 bdf="$(bed_bdf h0)"
 bed_report host_bdf "$bdf"
 bed_bind_vfio "$bdf"
+end=
+[ "$mode" = pair ] && end=passvm.end=poweroff
 echo "passvm with no device, two PCIe root ports and --api-socket path=$sock"
 stream
 "$PASSVM" --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --cpus boot=1 --memory size=256M \
     --pcie-ports 2 --api-socket "path=$sock" \
-    --cmdline "$(bed_l2_cmdline hotplug "passvm.hp.last_leaves=$unbind")" \
+    --cmdline "$(bed_l2_cmdline hotplug "passvm.hp.last_leaves=$unbind passvm.hp.mode=$mode $end")" \
     </dev/null >/tmp/.l2 2>/tmp/.vmm &
 pid=$!
 wait_for /tmp/.l2 "BED hp_ready=" "L2 to boot"
+if [ "$mode" = pair ]; then
+    bdf1="$(bed_bdf h1)"
+    bed_report host_bdf1 "$bdf1"
+    ask bad_path add-device /dev/vfio/pci/0000:00:1f.6,id=x
+    alive bad_path_l2
+    ask unbound add-device "$bdf1,id=x"
+    alive unbound_l2
+    exec 8</dev/null
+    ask not_vfio add-device fd=8,id=x
+    exec 8<&-
+    alive not_vfio_l2
+    ask no_such remove-device id=nope
+    # h0 as a descriptor opened here: passvm gets the fd, never the node's path.
+    cdev="$(bed_vfio_cdev "$bdf")"
+    [ -n "$cdev" ] || bed_fail "$bdf has no VFIO cdev (the own kernel has them)"
+    exec 7<>"$cdev"
+    ask fd add-device fd=7,id=a
+    exec 7<&-
+    set_is "h0@0000:01:00.0" "h0 in L2 (added as a descriptor)"
+    ask again add-device "$bdf,id=c"
+    bed_bind_vfio "$bdf1"
+    ask pair add-device "$bdf1,id=b"
+    set_is "h0@0000:01:00.0 h1@0000:02:00.0" "both disks in L2"
+    ask info info
+    ask remove_a remove-device id=a
+    set_is "h1@0000:02:00.0" "h0 to leave L2 while h1 stays"
+    wait_for /tmp/.vmm "a: removed from root port" "passvm to let h0 go"
+    ask back add-device "$bdf,id=a"
+    set_is "h0@0000:01:00.0 h1@0000:02:00.0" "h0 back on the freed port"
+    ask remove_b remove-device id=b
+    set_is "h0@0000:01:00.0" "h1 to leave L2"
+    ask remove_a2 remove-device id=a
+    set_is "none" "h0 to leave L2 again"
+    # L2 loses the disk when pciehp unbinds its driver; passvm lets it go at the slot's
+    # power-off just after.
+    i=0
+    until [ "$(grep -c 'a: removed from root port' /tmp/.vmm)" -ge 2 ]; do
+        i=$((i + 1))
+        [ "$i" -le 300 ] || { kill -9 "$pid"; dump; bed_fail "passvm did not let h0 go the second time"; }
+        sleep 0.2
+    done
+    ask info_end info
+    ask power power-button
+    wait "$pid"
+    bed_report passvm_rc "$?"
+    dump
+    exit 0
+fi
 ask add1 add-device "$(name_of "$bdf"),id=hp0"
 wait_for /tmp/.l2 "BED hp_disk=1 " "L2 to use the disk"
 t0="$(now_ms)"

@@ -6,11 +6,65 @@
 # comes back (added again) and is used the same way; init then reboots, ending the VM.
 # With passvm.hp.last_leaves=1 round 2 also waits for the disk to leave (the host's
 # unbind takes it back) and reports "hp_after=alive" before the end.
+# passvm.hp.mode=pair: L1 adds and removes two disks in turn, so this check follows the
+# set of disks instead: each time it changes, every disk present is read from the
+# device (caches dropped) and a disk that just arrived gets the check's line; the set is
+# reported as "hp_set=NAME@BDF ..." (sorted; "none" when empty), and again every 5 s
+# so L1 can tell L2 still runs. It returns when the power button is pressed (the
+# ACPI GED's interrupt) and init powers off (passvm.end=poweroff).
 last_leaves=0
+mode=single
 for arg in $(cat /proc/cmdline); do
-    case "$arg" in passvm.hp.last_leaves=1) last_leaves=1 ;; esac
+    case "$arg" in
+    passvm.hp.last_leaves=1) last_leaves=1 ;;
+    passvm.hp.mode=*) mode="${arg#passvm.hp.mode=}" ;;
+    esac
 done
 bed_report hp_ready yes
+if [ "$mode" = pair ]; then
+    ged_count() { awk '/ACPI:Ged/ { n = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i; print n; found = 1 } END { if (!found) print -1 }' /proc/interrupts; }
+    [ "$(ged_count)" -ge 0 ] || bed_fail "no ACPI:Ged line in /proc/interrupts: the GED driver did not bind"
+    last=
+    ticks=0
+    while [ "$(ged_count)" -le 0 ]; do
+        now=
+        for d in $(bed_disks); do
+            now="$now $d@$(basename "$(readlink -f "/sys/block/$d/device/..")")"
+        done
+        if [ "$now" != "$last" ] || [ "$ticks" -ge 25 ]; then
+            echo 3 >/proc/sys/vm/drop_caches
+            set=
+            for e in $now; do
+                d="${e%@*}"
+                name="$(bed_disk_name "$d")"
+                if [ -z "$name" ]; then
+                    # A disk on its way out reads nothing for a moment before it goes.
+                    sleep 1
+                    [ -e "/sys/block/$d" ] || { now=; continue; }
+                    bed_fail "$d has no name in sector 0"
+                fi
+                case " $last " in
+                *" $e "*) ;;
+                *)
+                    printf 'PASSVM-L2-WROTE name=%s\n' "$name" |
+                        dd of="/dev/$d" bs=512 seek=$BED_WRITE_OFFSET_SECTORS conv=notrunc,sync,fsync 2>/dev/null ||
+                        bed_fail "write to $d ($name) failed"
+                    ;;
+                esac
+                set="$set $name@${e#*@}"
+            done
+            set="$(echo $set | tr ' ' '\n' | sort | tr '\n' ' ')"
+            set="${set% }"
+            bed_report hp_set "${set:-none}"
+            last="$now"
+            ticks=0
+        fi
+        ticks=$((ticks + 1))
+        sleep 0.2
+    done
+    bed_report hp_power pressed
+    return 0
+fi
 round=1
 while [ "$round" -le 2 ]; do
     i=0

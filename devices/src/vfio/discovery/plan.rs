@@ -14,7 +14,7 @@ use super::resolve::{check_iommufd_fd, resolve};
 use super::sysfs::Roots;
 use crate::size::human;
 use crate::vfio::memlock::HostLimits;
-use crate::vfio::naming::{DeviceName, DeviceSpec};
+use crate::vfio::naming::DeviceSpec;
 
 /// The devices of one VM, resolved and checked, and the backend they will use.
 #[derive(Debug, Clone)]
@@ -63,9 +63,7 @@ pub fn plan_with_limits(
     limits: &HostLimits,
 ) -> Result<Plan, DiscoveryError> {
     let mut devices: Vec<ResolvedDevice> = Vec::new();
-    let mut has_fd_device = false;
     for spec in specs {
-        has_fd_device |= matches!(spec.name, DeviceName::Fd(_));
         for d in resolve(spec, roots)? {
             if let Some(prev) = devices.iter().find(|p| p.sysfs == d.sysfs) {
                 return Err(DiscoveryError::Duplicate {
@@ -77,17 +75,11 @@ pub fn plan_with_limits(
             devices.push(d);
         }
     }
-    match iommufd_fd {
-        Some(fd) => check_iommufd_fd(fd, roots)?,
-        None if has_fd_device => {
-            return Err(DiscoveryError::BadFd {
-                fd: devices.iter().find_map(|d| d.fd).unwrap_or(-1),
-                why:
-                    "a device passed as fd=N needs the matching /dev/iommu fd too: add --iommufd-fd"
-                        .into(),
-            })
-        }
-        None => {}
+    // A cdev descriptor binds to any iommufd: the launcher's (--iommufd-fd) when it
+    // gave one, else the one passvm opens on /dev/iommu (checked below with the other
+    // nodes), as for a hot-added descriptor in a VM whose IOAS already exists.
+    if let Some(fd) = iommufd_fd {
+        check_iommufd_fd(fd, roots)?;
     }
     // Device problems first: a device on a host driver also lacks a cdev, and "bind it"
     // is the message that helps, not "iommufd cannot be used".
