@@ -1118,3 +1118,70 @@ fn dangling_stale_and_foreign_links_are_refused() {
     assert!(matches!(e, DiscoveryError::BadLink { .. }));
     assert_eq!(e.exit_code(), 2);
 }
+
+/// Runs the rule's own program (its `IMPORT{program}`, `$$` unescaped as udev does)
+/// under /bin/sh for the cdev at `vfio_dev`, as udevd would with the event's DEVPATH.
+fn rule_program_output(vfio_dev: &Path) -> (String, String) {
+    let start = UDEV_RULE.find("IMPORT{program}=\"").unwrap() + "IMPORT{program}=\"".len();
+    let end = start + UDEV_RULE[start..].find("'\"").unwrap();
+    let cmd = &UDEV_RULE[start..end];
+    let script = cmd
+        .strip_prefix("/bin/sh -c '")
+        .expect("the program is /bin/sh -c '...'")
+        .replace("$$", "$");
+    // The program reads /sys$DEVPATH; "/.." climbs from the host's /sys to the fake
+    // tree, physically, which is how the program's `cd -P` resolves it.
+    let devpath = format!("/..{}", fs::canonicalize(vfio_dev).unwrap().display());
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .env_clear()
+        .env("DEVPATH", devpath)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_rule_s_program_names_every_bus_and_refuses_names_that_need_care() {
+    if !Path::new("/sys").is_dir() || !Path::new("/bin/sh").exists() {
+        eprintln!("skipped: needs /sys and /bin/sh");
+        return;
+    }
+    let h = FakeHost::new();
+    let pci = h.pci("0000:00:03.0", STORAGE, Some("vfio-pci"), Some(0));
+    h.cdev(&pci, 0, NULL, None);
+    let mdev = h.mdev(&h.sys("devices/virtual/mtty/mtty"), UUID, 5);
+    h.cdev(&mdev, 1, ZERO, None);
+    let plat = h.other_bus_device("platform", "fff51000.ethernet");
+    h.cdev(&plat, 2, (1, 7), None);
+    for (dir, n, want) in [
+        (&pci, 0, "vfio/pci/0000:00:03.0".to_string()),
+        (&mdev, 1, format!("vfio/mdev/{UUID}")),
+        (&plat, 2, "vfio/platform/fff51000.ethernet".to_string()),
+    ] {
+        let (out, err) = rule_program_output(&dir.join(format!("vfio-dev/vfio{n}")));
+        assert_eq!(out, format!("PASSVM_VFIO_LINK={want}\n"), "{err}");
+        // passvm names the same link.
+        let (bus, name) = links::bus_and_name(&fs::canonicalize(dir).unwrap()).unwrap();
+        assert_eq!(
+            links::link_path(&bus, &name).unwrap(),
+            Path::new("/dev").join(want)
+        );
+    }
+    for (i, odd) in ["a b", "x*y", "t\tab", "$(id)", "ünï"].iter().enumerate() {
+        let n = 10 + i as u32;
+        let dir = h.other_bus_device("platform", odd);
+        h.cdev(&dir, n, (1, 20 + n), None);
+        let (out, err) = rule_program_output(&dir.join(format!("vfio-dev/vfio{n}")));
+        assert_eq!(out, "", "{odd:?} got a link");
+        assert!(
+            err.contains("characters udev would change"),
+            "{odd:?}: {err}"
+        );
+        assert!(links::unlinkable("platform", odd).is_some());
+    }
+}
