@@ -370,6 +370,11 @@ fn udev_rule_makes_per_bus_links_that_any_program_and_passvm_use() {
         out.marker("refreshed"),
         Some(format!("../devices/{vfio_n}").as_str())
     );
+    assert_eq!(
+        out.marker("install_line"),
+        Some(format!("{vfio_n}: {link}").as_str()),
+        "passvm udev install lists each cdev's link"
+    );
     assert_eq!(out.marker("mdev_link_gone"), Some("none"));
     let dangling = out.marker("dangling").unwrap_or("");
     assert!(
@@ -379,8 +384,14 @@ fn udev_rule_makes_per_bus_links_that_any_program_and_passvm_use() {
     // L2 got the disk by its link and wrote to it with its own virtio driver.
     assert_eq!(out.marker("passvm_rc"), Some("0"));
     assert!(out.l2_wrote("d0"), "L2's write is in L0's disk image");
-    // Unbinding removes the link; `passvm udev remove` removes the rule.
-    assert_eq!(out.marker("link_gone"), Some("none"));
+    // `passvm udev remove` removes the rule and the links it made; unbinding removes
+    // the link of a device.
     assert_eq!(out.marker("removed_rc"), Some("0"));
     assert_eq!(out.marker("rule_left"), Some("no"));
+    assert_eq!(out.marker("link_after_remove"), Some("none"));
+    assert_eq!(
+        out.marker("link_reinstalled"),
+        Some(format!("../devices/{vfio_n}").as_str())
+    );
+    assert_eq!(out.marker("link_gone"), Some("none"));
 }

@@ -88,8 +88,9 @@ fn the_host_unbinding_a_device_in_use_gets_it_back_and_the_guest_runs_on() {
 
 /// Two disks on two ports, taken out in another order than they came, with the adds
 /// that must fail first (issue 14, scenarios 2, 3 and 6): a path naming no device, a
-/// device still on L1's driver and a descriptor that is no VFIO device each get a JSON
-/// error with the fix while L2 runs on; the first disk then comes as a cdev descriptor
+/// device still on L1's driver, a descriptor that is no VFIO device and a function
+/// whose group sibling is on L1's driver each get a JSON error with the fix while L2
+/// runs on; the first disk then comes as a cdev descriptor
 /// the caller opened, a second add of it is refused, the second disk comes by its
 /// address; the first leaves while the second keeps serving reads, comes back on the
 /// freed port, and the power button ends the VM.
@@ -101,6 +102,7 @@ fn two_disks_on_two_ports_leave_in_another_order_after_adds_that_fail() {
         .timeout(Duration::from_secs(600))
         .device(Device::blk("h0"))
         .device(Device::blk("h1"))
+        .device(Device::blk_multifunction("mfa", "mfb"))
         .l1_append("passvm.hp.mode=pair")
         .run();
     out.assert_ok();
@@ -111,6 +113,7 @@ fn two_disks_on_two_ports_leave_in_another_order_after_adds_that_fail() {
         ("not_vfio", "fd", "hint"),
         ("no_such", "nope", "hint"),
         ("again", "already", "hint"),
+        ("not_viable", out.marker("host_mfb").unwrap_or("?"), "virtio-pci"),
     ] {
         let answer = out.marker(&format!("{key}_out")).unwrap_or("");
         assert_eq!(
@@ -123,7 +126,7 @@ fn two_disks_on_two_ports_leave_in_another_order_after_adds_that_fail() {
             "{key}: a JSON error naming {says:?} with a hint: {answer}"
         );
     }
-    for key in ["bad_path_l2", "unbound_l2", "not_vfio_l2"] {
+    for key in ["bad_path_l2", "unbound_l2", "not_vfio_l2", "not_viable_l2"] {
         assert_eq!(out.marker(key), Some("alive"), "{key}: L2 runs on");
     }
     for key in [

@@ -11,8 +11,10 @@
 # between the rounds); add2_rc, add2_out; passvm_rc; L2's hp_* markers (replayed).
 # passvm.hp.mode=pair: two disks, h0 and h1 (h1 left on L1's driver at first). Adds that
 # must fail come first: a path naming no device (bad_path_*), h1 not bound to vfio-pci
-# (unbound_*), a descriptor that is no VFIO device (not_vfio_*), and removing an id the
-# VM does not have (no_such_*); L2 must answer after each (L2's hp_set markers go on).
+# (unbound_*), a descriptor that is no VFIO device (not_vfio_*), removing an id the VM
+# does not have (no_such_*), and function mfa of a group whose other function (mfb)
+# stays on L1's driver (not_viable_*); L2 must answer after each (its hp_set markers
+# go on).
 # Then h0 is added as a descriptor the scenario opened on its cdev (fd_*: passvm is
 # given the fd, not the node), a second add of h0 must be refused (again_*), h1 is
 # bound and added by its address (pair_*); info_* is vm.info with both; h0, added
@@ -114,6 +116,12 @@ if [ "$mode" = pair ]; then
     exec 8<&-
     alive not_vfio_l2
     ask no_such remove-device id=nope
+    # One function of a two-function group on vfio-pci, its sibling on L1's driver.
+    mfa="$(bed_bdf mfa)"
+    bed_report host_mfb "$(bed_bdf mfb)"
+    bed_bind_vfio "$mfa"
+    ask not_viable add-device "$mfa,id=x"
+    alive not_viable_l2
     # h0 as a descriptor opened here: passvm gets the fd, never the node's path.
     cdev="$(bed_vfio_cdev "$bdf")"
     [ -n "$cdev" ] || bed_fail "$bdf has no VFIO cdev (the own kernel has them)"

@@ -16,9 +16,12 @@
 #   plan=NAME|rc=N|LINE      dry runs naming the links (bed_dry_run)
 #   tampered=rc=N|LINE       d0's link pointed at the mdev's cdev: refused
 #   refreshed=T              d0's link after a second `passvm udev install`
+#   install_line=LINE        that install's report line for d0's cdev
 #   dangling=rc=N|LINE       the mdev's link planted again after the mdev is gone
+#   removed_rc=N, rule_left=yes|no, link_after_remove=T|none   passvm udev remove
+#                            while d0 is bound
+#   link_reinstalled=T       d0's link after installing the rule once more
 #   link_gone=T|none         d0's link after unbinding it
-#   removed_rc=N, rule_left=yes|no   passvm udev remove
 # plus bed_passvm's passvm_rc (L2 runs the pt-blk check on d0, named by its link).
 export RUST_LOG=info
 
@@ -83,9 +86,11 @@ mcdev="$(readlink "$mlink")"
 ln -sfn "$mcdev" "$link"
 bed_dry_run "$link"
 bed_report tampered "rc=$dr_rc|$dr_line"
-"$PASSVM" udev install >/dev/null
+report="$("$PASSVM" udev install 2>&1)"
+echo "$report" | sed 's/^/    /'
 settle
 bed_report refreshed "$(target "$link")"
+bed_report install_line "$(echo "$report" | grep "^${cdev##*/}: ")"
 
 # Dangling: the mdev goes (udev drops its link), then a link is planted in its place.
 echo 1 >"$mdev/remove" || bed_fail "cannot remove the mdev"
@@ -107,12 +112,17 @@ bed_passvm --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --memory size=256M \
 rc=$?
 [ "$rc" -eq 0 ] || bed_fail "passvm exited with $rc"
 
+# `passvm udev remove` while d0 is bound: the rule goes, and so does its link.
+"$PASSVM" udev remove
+bed_report removed_rc "$?"
+if [ -e /etc/udev/rules.d/70-passvm-vfio.rules ]; then bed_report rule_left yes; else bed_report rule_left no; fi
+bed_report link_after_remove "$(target "$link")"
+"$PASSVM" udev install >/dev/null || bed_fail "passvm udev install failed the second time"
+settle
+bed_report link_reinstalled "$(target "$link")"
+
 # Unbound: the cdev goes, and udev takes the link with it.
 bed_unbind_vfio "$bdf"
 settle
 bed_report link_gone "$(target "$link")"
-
-"$PASSVM" udev remove
-bed_report removed_rc "$?"
-if [ -e /etc/udev/rules.d/70-passvm-vfio.rules ]; then bed_report rule_left yes; else bed_report rule_left no; fi
 exit 0

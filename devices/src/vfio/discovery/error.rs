@@ -130,7 +130,7 @@ pub enum DiscoveryError {
 }
 
 fn not_assignable_text(problems: &[(String, Problem)]) -> String {
-    let mut s = String::from("cannot start: ");
+    let mut s = String::from("not assignable: ");
     if problems.len() > 1 {
         s.push_str(&format!("{} problems:", problems.len()));
         for (dev, p) in problems {
