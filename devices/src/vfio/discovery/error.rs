@@ -1,7 +1,7 @@
 //! Discovery errors: each says what is wrong and how to fix it.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
@@ -53,7 +53,7 @@ pub enum DiscoveryError {
     },
     /// A `/dev/vfio/<bus>/<name>` link that does not lead to that device's own cdev:
     /// dangling, to something that is not a VFIO cdev, or to another device's cdev.
-    #[error("{given}: {link} {why}; passvm does not follow it. Fix: {fix}", link = .link.display(), fix = super::links::LinkState::fix(.link))]
+    #[error("{}", bad_link_text(.given, .link, .why))]
     BadLink {
         /// What the user gave.
         given: String,
@@ -127,6 +127,19 @@ pub enum DiscoveryError {
         /// The error.
         source: io::Error,
     },
+}
+
+fn bad_link_text(given: &str, link: &Path, why: &str) -> String {
+    // The link is usually the very path given; name it only when it is not.
+    let which = if Path::new(given) == link {
+        "the link".to_string()
+    } else {
+        format!("the link {}", link.display())
+    };
+    format!(
+        "{given}: {which} {why}; passvm does not follow it. Fix: {}",
+        super::links::LinkState::fix(link)
+    )
 }
 
 fn not_assignable_text(problems: &[(String, Problem)]) -> String {

@@ -81,7 +81,7 @@ impl LinkState {
         format!(
             "refresh the links with `sudo passvm udev install` (it reloads the rule and replays \
              the cdevs' events), or remove it (`sudo rm {}`); the device can always be named by \
-             its PCI address or sysfs path",
+             its sysfs path (or a PCI device by its address)",
             path.display()
         )
     }

@@ -1047,7 +1047,7 @@ fn a_link_to_another_device_s_cdev_is_refused() {
     h.bus_link("pci", "0000:00:03.0", "../devices/vfio1");
     let e = err(&h, "/dev/vfio/pci/0000:00:03.0");
     assert!(
-        e.contains("/dev/vfio/pci/0000:00:03.0 points to /dev/vfio/devices/vfio1")
+        e.starts_with("/dev/vfio/pci/0000:00:03.0: the link points to /dev/vfio/devices/vfio1")
             && e.contains("the cdev of pci device 0000:00:04.0, not of pci device 0000:00:03.0")
             && e.contains("passvm udev install")
             && e.contains("sudo rm /dev/vfio/pci/0000:00:03.0"),
@@ -1073,6 +1073,12 @@ fn dangling_stale_and_foreign_links_are_refused() {
     let e = err(&h, "/dev/vfio/pci/0000:00:03.0");
     assert!(
         e.contains("points to ../devices/vfio9") && e.contains("dangling"),
+        "{e}"
+    );
+    // The short PCI form finds the link at the full address, and says which link.
+    let e = err(&h, "/dev/vfio/pci/00:03.0");
+    assert!(
+        e.starts_with("/dev/vfio/pci/00:03.0: the link /dev/vfio/pci/0000:00:03.0 points to"),
         "{e}"
     );
 
