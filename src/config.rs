@@ -267,6 +267,29 @@ impl VmConfig {
                 })?,
             None => 0,
         };
+        let mut taken: Vec<(u8, &str)> = Vec::new();
+        for d in &devices {
+            let Some(port) = d.port else { continue };
+            if port > pcie_ports {
+                return Err(invalid(
+                    "--device",
+                    &d.given,
+                    format!(
+                        "port={port} names a PCIe root port the VM does not have (--pcie-ports {pcie_ports}); pass --pcie-ports {port} or more"
+                    ),
+                ));
+            }
+            if let Some((_, first)) = taken.iter().find(|(p, _)| *p == port) {
+                return Err(invalid(
+                    "--device",
+                    &d.given,
+                    format!(
+                        "port={port} already holds {first}; a root port's slot takes one device"
+                    ),
+                ));
+            }
+            taken.push((port, &d.given));
+        }
         Ok(Self {
             kernel,
             initramfs: args.initramfs.clone(),
@@ -516,6 +539,16 @@ mod tests {
             e.starts_with("--device \"00:01.0,colour=red\": unknown option \"colour\""),
             "{e}"
         );
+        let e = err_for(|a| a.device = vec!["00:01.0,port=1".into()]);
+        assert!(
+            e.contains("port=1") && e.contains("pass --pcie-ports 1 or more"),
+            "{e}"
+        );
+        let e = err_for(|a| {
+            a.pcie_ports = Some("2".into());
+            a.device = vec!["00:01.0,port=2".into(), "00:02.0,port=2".into()];
+        });
+        assert!(e.contains("already holds 00:01.0,port=2"), "{e}");
         let e = err_for(|a| a.device = vec![" ".into()]);
         assert!(e.contains("--device needs a value"), "{e}");
         let e = err_for(|a| a.vfio_backend = "vfio".into());

@@ -84,6 +84,14 @@ pub enum HotplugError {
     /// No slot on bus 0 for a port.
     #[error("PCIe root port: {0}; pass fewer --device or --pcie-ports")]
     Slot(#[from] PciRootError),
+    /// A `--device ...,port=N` could not go into its port.
+    #[error("--device {given}: {why}")]
+    Boot {
+        /// The `--device` value.
+        given: String,
+        /// What went wrong, with the fix.
+        why: String,
+    },
 }
 
 /// Splits the layout's windows: each port's from the top (naturally aligned, so a BAR
@@ -466,9 +474,40 @@ impl HotplugSlots {
     }
 }
 
-impl Hotplug for HotplugSlots {
-    fn add(&mut self, spec: DeviceSpec, fd: Option<OwnedFd>) -> Result<DeviceInfo, ApiError> {
-        let port = self.free_port().ok_or_else(ApiError::no_hotplug_slot)?;
+/// How a device comes into its port's slot.
+enum Arrival {
+    /// Through the API while the guest runs: the slot announces the card.
+    Hot,
+    /// With the VM (`--device ...,port=N`): the card is in its powered slot before the
+    /// guest looks, with the `managed=on` binding the start-up plan made for it.
+    Boot(Vec<ManagedBinding>),
+}
+
+impl HotplugSlots {
+    /// Puts a `--device ...,port=N` device (already planned, checked and bound by the
+    /// start-up plan, whose `managed=on` bindings for it are `managed`) in port N's
+    /// slot before the guest runs. It then leaves like a hot-added one
+    /// (`vm.remove-device`, or the host asking for it back).
+    pub fn plug_at_boot(
+        &mut self,
+        spec: DeviceSpec,
+        managed: Vec<ManagedBinding>,
+    ) -> Result<DeviceInfo, ApiError> {
+        let port = spec
+            .port
+            .map(|n| usize::from(n) - 1)
+            .filter(|i| *i < self.ports.len())
+            .ok_or_else(|| ApiError::Internal(format!("{}: no such root port", spec.given)))?;
+        self.plug(spec, None, port, Arrival::Boot(managed))
+    }
+
+    fn plug(
+        &mut self,
+        spec: DeviceSpec,
+        fd: Option<OwnedFd>,
+        port: usize,
+        arrival: Arrival,
+    ) -> Result<DeviceInfo, ApiError> {
         let port_slot = self
             .ports
             .slot(port)
@@ -492,10 +531,13 @@ impl Hotplug for HotplugSlots {
             &Roots::host(),
         )
         .map_err(bad)?;
-        let (managed, plan) = if plan.needs_binding() {
-            plan.bind_managed().map_err(bad)?
-        } else {
-            (Vec::new(), plan)
+        let (managed, plan, boot) = match arrival {
+            Arrival::Hot if plan.needs_binding() => {
+                let (managed, plan) = plan.bind_managed().map_err(bad)?;
+                (managed, plan, false)
+            }
+            Arrival::Hot => (Vec::new(), plan, false),
+            Arrival::Boot(managed) => (managed, plan, true),
         };
         let d = plan
             .devices
@@ -586,7 +628,7 @@ impl Hotplug for HotplugSlots {
             given_as: d.given_as.clone(),
             guest_bdf: format!("0000:{secondary:02x}:00.0"),
             backend: plan.backend().to_string(),
-            hotplugged: true,
+            hotplugged: !boot,
         };
         log::info!(
             "{id}: plugged into root port {} as {}",
@@ -597,18 +639,35 @@ impl Hotplug for HotplugSlots {
             attached,
             info: info.clone(),
             port,
-            inserted: false,
+            inserted: boot,
             removing: None,
             _fd: fd,
             _managed: managed,
         });
-        // Now, or once the slot has settled (SlotWatch's tick).
-        if self.settled(port) {
+        if boot {
+            let placed = self
+                .ports
+                .port(port)
+                .map(|p| p.lock().unwrap_or_else(|p| p.into_inner()).coldplug_card());
+            if let Some(Err(e)) = placed {
+                let last = self.plugged.len() - 1;
+                self.take_out(last, "its slot refused it");
+                return Err(ApiError::Internal(format!("root port {}: {e:?}", port + 1)));
+            }
+        } else if self.settled(port) {
+            // Now, or once the slot has settled (SlotWatch's tick).
             let last = self.plugged.len() - 1;
             self.insert(last);
         }
         self.retick();
         Ok(info)
+    }
+}
+
+impl Hotplug for HotplugSlots {
+    fn add(&mut self, spec: DeviceSpec, fd: Option<OwnedFd>) -> Result<DeviceInfo, ApiError> {
+        let port = self.free_port().ok_or_else(ApiError::no_hotplug_slot)?;
+        self.plug(spec, fd, port, Arrival::Hot)
     }
 
     fn remove(&mut self, id: &str) -> Result<(), ApiError> {

@@ -93,8 +93,8 @@ pub fn pci_buses(pcie_ports: u8) -> u8 {
 }
 /// Most PCIe root ports a VM gets (`--pcie-ports`): each takes a slot on bus 0 and a bus
 /// number, and the ECAM window has room for 15 buses below bus 0; 8 keeps slots for the
-/// `--device`s.
-pub const MAX_PCIE_PORTS: u8 = 8;
+/// `--device`s (the same bound `--device ...,port=N` is checked against).
+pub const MAX_PCIE_PORTS: u8 = devices::vfio::naming::MAX_PORT;
 const _: () = assert!((MAX_PCIE_PORTS as u64) < ECAM_BUSES);
 /// Size of the ECAM window.
 pub const ECAM_SIZE: u64 = ECAM_BUSES << 20;

@@ -32,7 +32,7 @@ use devices::vfio::assignment::{
 use devices::vfio::device::VfioPciDevice;
 use devices::vfio::discovery::{self, Backend, DiscoveryError, ManagedBinding, Plan, Roots};
 use devices::vfio::iommu::{all_cores, DeviceSource, OwnedVfioDevice};
-use devices::vfio::naming::Bdf;
+use devices::vfio::naming::{Bdf, DeviceSpec};
 use devices::vfio::vm::kvm::SlotPool;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_ioctls::VmFd;
@@ -82,11 +82,22 @@ pub enum PassthroughSetupError {
     MpTable(#[from] MpTableError),
 }
 
-/// What [`prepare`] found: the plan (when there are devices) and the `managed=on` guards.
+/// What [`prepare`] found: the plan of the devices on bus 0 (when there are any), the
+/// `managed=on` guards, and the devices that go behind root ports (`port=N`).
 pub struct Prepared {
     plan: Option<Plan>,
     /// Dropping these gives the devices back to their original drivers.
     guards: Vec<ManagedBinding>,
+    on_ports: Vec<PortDevice>,
+}
+
+/// A `--device ...,port=N`: checked with the others, then plugged into its root port's
+/// slot (src/hotplug.rs) once the ports exist.
+pub struct PortDevice {
+    /// The `--device` value.
+    pub spec: DeviceSpec,
+    /// Its `managed=on` binding, which then leaves with it.
+    pub guards: Vec<ManagedBinding>,
 }
 
 impl Prepared {
@@ -95,12 +106,18 @@ impl Prepared {
         Self {
             plan: None,
             guards: Vec::new(),
+            on_ports: Vec::new(),
         }
     }
 
     /// Splits off the guards, which the VM must drop after everything else.
     pub fn take_guards(&mut self) -> Vec<ManagedBinding> {
         std::mem::take(&mut self.guards)
+    }
+
+    /// Splits off the devices that go behind root ports.
+    pub fn take_port_devices(&mut self) -> Vec<PortDevice> {
+        std::mem::take(&mut self.on_ports)
     }
 }
 
@@ -119,14 +136,34 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, DiscoveryError> {
         &roots,
     )?;
     eprint!("{p}");
-    let (guards, p) = if p.needs_binding() {
+    let (mut guards, mut p) = if p.needs_binding() {
         p.bind_managed()?
     } else {
         (Vec::new(), p)
     };
+    // The port devices leave the bus-0 plan (resolve gave each exactly one function)
+    // and take their bindings with them.
+    let mut on_ports = Vec::new();
+    for spec in cfg.devices.iter().filter(|s| s.port.is_some()) {
+        let bdfs: Vec<_> = p
+            .devices
+            .iter()
+            .filter(|d| d.port == spec.port)
+            .filter_map(|d| d.bdf)
+            .collect();
+        let (theirs, rest): (Vec<_>, Vec<_>) =
+            guards.into_iter().partition(|g| bdfs.contains(&g.bdf()));
+        guards = rest;
+        on_ports.push(PortDevice {
+            spec: spec.clone(),
+            guards: theirs,
+        });
+    }
+    p.devices.retain(|d| d.port.is_none());
     Ok(Prepared {
-        plan: Some(p),
+        plan: (!p.devices.is_empty()).then_some(p),
         guards,
+        on_ports,
     })
 }
 

@@ -176,6 +176,7 @@ mod tests {
             managed_force: false,
             rom: Default::default(),
             addr: None,
+            port: None,
         }
     }
 

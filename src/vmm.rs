@@ -302,6 +302,7 @@ impl Vm {
     ) -> Result<Self, VmError> {
         // Dropped after every local below on an error, i.e. after the devices.
         let managed = prepared.take_guards();
+        let on_ports = prepared.take_port_devices();
         let kvm = open_kvm()?;
         check_capabilities(&kvm)?;
         let max = kvm.get_max_vcpus();
@@ -443,9 +444,18 @@ impl Vm {
                 iommufd_fd: cfg.iommufd_fd,
                 mem_size: cfg.memory.size,
             };
-            let engine = Arc::new(Mutex::new(
-                hotplug::HotplugSlots::new(ports, space, hw).map_err(host_err("hot-plug timer"))?,
-            ));
+            let mut slots =
+                hotplug::HotplugSlots::new(ports, space, hw).map_err(host_err("hot-plug timer"))?;
+            for d in on_ports {
+                let given = d.spec.given.clone();
+                slots
+                    .plug_at_boot(d.spec, d.guards)
+                    .map_err(|e| HotplugError::Boot {
+                        given,
+                        why: e.to_string(),
+                    })?;
+            }
+            let engine = Arc::new(Mutex::new(slots));
             let watch = hotplug::SlotWatch::new(engine.clone(), events);
             Some((engine, watch))
         };

@@ -113,7 +113,11 @@ fn two_disks_on_two_ports_leave_in_another_order_after_adds_that_fail() {
         ("not_vfio", "fd", "hint"),
         ("no_such", "nope", "hint"),
         ("again", "already", "hint"),
-        ("not_viable", out.marker("host_mfb").unwrap_or("?"), "virtio-pci"),
+        (
+            "not_viable",
+            out.marker("host_mfb").unwrap_or("?"),
+            "virtio-pci",
+        ),
     ] {
         let answer = out.marker(&format!("{key}_out")).unwrap_or("");
         assert_eq!(
@@ -194,4 +198,46 @@ fn two_disks_on_two_ports_leave_in_another_order_after_adds_that_fail() {
         out.l2_wrote("h0") && out.l2_wrote("h1"),
         "L0's images hold L2's lines"
     );
+}
+
+/// A disk given at start behind a root port (`--device ...,port=2`): L2 finds it there
+/// at boot, vm.info lists it as a boot device on that port, and it leaves and comes
+/// back (on the free port 1) as a hot-added one would.
+#[test]
+#[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_hotplug -- --ignored"]
+fn a_boot_disk_behind_a_root_port_leaves_and_comes_back() {
+    let out = Scenario::new("hotplug")
+        .l1(L1Kernel::Own)
+        .timeout(Duration::from_secs(480))
+        .device(Device::blk("h0"))
+        .l1_append("passvm.hp.mode=boot")
+        .run();
+    out.assert_ok();
+    let info = out.marker("info0_out").unwrap_or("");
+    assert!(
+        info.contains("\"hp0\"")
+            && info.contains("0000:02:00.0")
+            && info.contains("\"hotplugged\": false"),
+        "vm.info: hp0, a boot device behind port 2: {info}"
+    );
+    let disks = out.l2_markers("hp_disk");
+    assert_eq!(disks.len(), 2, "{disks:?}");
+    assert!(
+        disks[0].ends_with(" h0 0000:02:00.0"),
+        "at boot behind port 2: {}",
+        disks[0]
+    );
+    assert!(
+        disks[1].ends_with(" h0 0000:01:00.0"),
+        "back on the free port 1: {}",
+        disks[1]
+    );
+    assert_eq!(out.marker("remove1_rc"), Some("0"));
+    assert_eq!(out.l2_markers("hp_gone"), vec!["1"]);
+    assert!(out
+        .marker("l1_driver")
+        .unwrap_or("")
+        .ends_with(" virtio-pci"));
+    assert_eq!(out.marker("passvm_rc"), Some("0"));
+    assert!(out.l2_wrote("h0"));
 }

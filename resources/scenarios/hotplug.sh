@@ -96,10 +96,14 @@ bed_report host_bdf "$bdf"
 bed_bind_vfio "$bdf"
 end=
 [ "$mode" = pair ] && end=passvm.end=poweroff
-echo "passvm with no device, two PCIe root ports and --api-socket path=$sock"
+# passvm.hp.mode=boot: the disk comes with the VM, behind port 2 (--device ...,port=2),
+# instead of the first add-device; the rest is the same.
+set --
+[ "$mode" = boot ] && set -- --device "$(name_of "$bdf"),id=hp0,port=2"
+echo "passvm with two PCIe root ports, --api-socket path=$sock and $# boot device option(s)"
 stream
 "$PASSVM" --kernel "$L2_VMLINUX" --initramfs "$L2_INITRD" --cpus boot=1 --memory size=256M \
-    --pcie-ports 2 --api-socket "path=$sock" \
+    --pcie-ports 2 --api-socket "path=$sock" "$@" \
     --cmdline "$(bed_l2_cmdline hotplug "passvm.hp.last_leaves=$unbind passvm.hp.mode=$mode $end")" \
     </dev/null >/tmp/.l2 2>/tmp/.vmm &
 pid=$!
@@ -158,7 +162,11 @@ if [ "$mode" = pair ]; then
     dump
     exit 0
 fi
-ask add1 add-device "$(name_of "$bdf"),id=hp0"
+if [ "$mode" = boot ]; then
+    ask info0 info
+else
+    ask add1 add-device "$(name_of "$bdf"),id=hp0"
+fi
 wait_for /tmp/.l2 "BED hp_disk=1 " "L2 to use the disk"
 t0="$(now_ms)"
 ask remove1 remove-device id=hp0

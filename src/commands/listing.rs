@@ -367,6 +367,7 @@ mod tests {
             managed_force: false,
             rom: Default::default(),
             addr: None,
+            port: None,
         }
     }
 

@@ -33,10 +33,11 @@ accepted forms:
   /dev/vfio/<bus>/<name>               bus type + device name, e.g. /dev/vfio/pci/0000:0a:03.1
   /dev/vfio/N                          an IOMMU group (every device in it; add ,bdf=... for one)
   /sys/bus/mdev/devices/<uuid>         a mediated device
-  fd=N                                 an open VFIO cdev fd from a launcher (with --iommufd-fd)
+  fd=N                                 an open VFIO cdev fd from a launcher (and --iommufd-fd, optional)
 options: path=FORM, id=NAME, bdf=BDF (with a group), managed=on|off|force,
          rombar=on|off, romfile=PATH (the guest's expansion ROM),
-         addr=SLOT[.FN] (hex: where the guest sees it on bus 0)";
+         addr=SLOT[.FN] (hex: where the guest sees it on bus 0),
+         port=N (behind PCIe root port N of --pcie-ports, removable at run time)";
 
 /// A syntax error in a `--device` value.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -223,7 +224,13 @@ pub struct DeviceSpec {
     pub rom: RomChoice,
     /// `addr=SLOT[.FN]`: where the guest sees it.
     pub addr: Option<GuestAddr>,
+    /// `port=N`: behind PCIe root port N (1 to [`MAX_PORT`], of `--pcie-ports`) from
+    /// the start, where the guest can later have it removed as it would a hot-added one.
+    pub port: Option<u8>,
 }
+
+/// The highest root port a `port=` can name (passvm creates at most this many).
+pub const MAX_PORT: u8 = 8;
 
 /// A guest PCI address on bus 0 (`addr=SLOT[.FN]`, hex as QEMU takes it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,8 +291,8 @@ impl FromStr for DeviceSpec {
     }
 }
 
-const KEYS: [&str; 8] = [
-    "path", "fd", "id", "bdf", "managed", "rombar", "romfile", "addr",
+const KEYS: [&str; 9] = [
+    "path", "fd", "id", "bdf", "managed", "rombar", "romfile", "addr", "port",
 ];
 
 /// Parses one `--device` value.
@@ -298,7 +305,7 @@ pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, NamingError> {
     if s.trim().is_empty() {
         return Err(NamingError::Empty);
     }
-    let mut values: [Option<&str>; 8] = [None; 8];
+    let mut values: [Option<&str>; 9] = [None; 9];
     let pairs = option_list::parse(s, &KEYS).map_err(|source| NamingError::List {
         given: given.clone(),
         source,
@@ -308,7 +315,7 @@ pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, NamingError> {
             values[slot] = Some(value);
         }
     }
-    let [path, fd, id, bdf, managed, rombar, romfile, addr] = values;
+    let [path, fd, id, bdf, managed, rombar, romfile, addr, port] = values;
 
     let (name_given, name) =
         match (path, fd) {
@@ -427,6 +434,27 @@ pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, NamingError> {
         ),
     };
 
+    let port = match port {
+        None => None,
+        Some(v) => Some(
+            v.parse::<u8>()
+                .ok()
+                .filter(|n| (1..=MAX_PORT).contains(n))
+                .ok_or_else(|| NamingError::BadValue {
+                    given: given.clone(),
+                    key: "port",
+                    value: v.to_string(),
+                    why: format!("expected a root port number, 1 to {MAX_PORT} (of --pcie-ports)"),
+                })?,
+        ),
+    };
+    if addr.is_some() && port.is_some() {
+        return Err(NamingError::Shape {
+            given,
+            why: "addr= places a device on bus 0 and port= behind a root port; give one".into(),
+        });
+    }
+
     Ok(DeviceSpec {
         given,
         name_given,
@@ -437,6 +465,7 @@ pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, NamingError> {
         managed_force,
         rom,
         addr,
+        port,
     })
 }
 
@@ -712,6 +741,22 @@ mod tests {
                 function: None
             })
         );
+    }
+
+    #[test]
+    fn port_names_a_root_port_and_excludes_addr() {
+        assert_eq!(parse_device_spec("00:04.1,port=2").unwrap().port, Some(2));
+        assert_eq!(parse_device_spec("00:04.1").unwrap().port, None);
+        for (bad, why) in [
+            ("00:04.1,port=0", "1 to 8"),
+            ("00:04.1,port=9", "1 to 8"),
+            ("00:04.1,port=x", "1 to 8"),
+            ("00:04.1,port=-1", "1 to 8"),
+            ("00:04.1,port=1,addr=5", "give one"),
+        ] {
+            let e = parse_device_spec(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct ResolvedDevice {
     pub rom: RomChoice,
     /// `addr=`.
     pub addr: Option<GuestAddr>,
+    /// `port=`: the PCIe root port it sits behind from the start.
+    pub port: Option<u8>,
 }
 
 impl ResolvedDevice {

@@ -24,6 +24,16 @@ pub fn resolve(spec: &DeviceSpec, roots: &Roots) -> Result<Vec<ResolvedDevice>, 
         DeviceName::Group { id } => group_devices(&given, *id, spec.bdf, roots)?,
         other => vec![device_dir(&given, other, roots, 0)?],
     };
+    if spec.port.is_some() && sysfs_dirs.len() > 1 {
+        return Err(DiscoveryError::Unusable {
+            given,
+            why: format!(
+                "the group holds {} devices and a root port's slot takes one; name one with bdf=, \
+                 and give each of the others a --device of its own",
+                sysfs_dirs.len()
+            ),
+        });
+    }
     let mut out = Vec::with_capacity(sysfs_dirs.len());
     for dir in sysfs_dirs {
         let mut d = describe(&given, dir, roots)?;
@@ -33,6 +43,7 @@ pub fn resolve(spec: &DeviceSpec, roots: &Roots) -> Result<Vec<ResolvedDevice>, 
         d.managed_force = spec.managed_force;
         d.rom = spec.rom.clone();
         d.addr = spec.addr;
+        d.port = spec.port;
         out.push(d);
     }
     Ok(out)
@@ -394,6 +405,7 @@ pub(crate) fn describe(
         managed_force: false,
         rom: RomChoice::Device,
         addr: None,
+        port: None,
         sysfs,
     })
 }

@@ -189,6 +189,10 @@ fn groups_expand_skip_bridges_and_narrow() {
     assert_eq!(names, ["0000:00:04.0", "0000:00:04.1"]);
     assert_eq!(all[0].group_members.len(), 3);
     assert_eq!(one(&h, "/dev/vfio/3,bdf=00:04.1").name, "0000:00:04.1");
+    // A root port's slot takes one function: a group needs bdf= there.
+    let e = err(&h, "/dev/vfio/3,port=1");
+    assert!(e.contains("holds 2 devices") && e.contains("bdf="), "{e}");
+    assert_eq!(one(&h, "/dev/vfio/3,bdf=00:04.1,port=1").port, Some(1));
     let e = err(&h, "/dev/vfio/3,bdf=00:05.0");
     assert!(
         e.contains("not in IOMMU group 3") && e.contains("0000:00:04.1"),
