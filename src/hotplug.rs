@@ -22,6 +22,7 @@ use devices::vfio::assignment::{self, Assignment, AttachContext, AttachedDevice,
 use devices::vfio::discovery::{self, BackendChoice, ManagedBinding, Roots};
 use devices::vfio::iommu::DeviceSource;
 use devices::vfio::naming::DeviceSpec;
+use devices::vfio::unplug::unplug_from_port;
 use devices::vfio::vm::kvm::SlotPool;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_bindings::kvm_msi;
@@ -446,31 +447,32 @@ impl HotplugSlots {
     }
 
     fn take_out(&mut self, i: usize, why: &str) {
-        let p = self.plugged.remove(i);
-        let cards = self
-            .hw
-            .pci
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove_card(p.port);
-        if let Err(e) = &cards {
-            log::warn!("{}: {e}", p.info.id);
-        }
-        drop(cards);
-        p.attached.ops.remove_all_traps();
-        if let Some(port) = self.ports.port(p.port) {
-            if let Err(e) = port.lock().unwrap_or_else(|p| p.into_inner()).remove_card() {
-                log::warn!("{}: {e:?}", p.info.id);
-            }
-        }
-        log::info!(
-            "{}: removed from root port {} ({why})",
-            p.info.id,
-            p.port + 1
+        let Plugged {
+            attached,
+            info,
+            port,
+            _fd,
+            _managed,
+            ..
+        } = self.plugged.remove(i);
+        let ops = attached.ops.clone();
+        // The device model goes in there, quiesced and reset (devices::vfio::unplug);
+        // its descriptor closes after it, and a managed=on device goes back to its driver
+        // last, as unbinding vfio-pci waits for every descriptor to close.
+        let problems = unplug_from_port(
+            &self.hw.pci,
+            port,
+            self.ports.port(port).map(AsRef::as_ref),
+            || ops.remove_all_traps(),
+            attached,
         );
-        // Dropping it resets the device and releases its interrupts and slots; then the
-        // descriptor closes and a managed=on device goes back to its driver.
-        drop(p);
+        drop(ops);
+        for e in problems {
+            log::warn!("{}: {e}", info.id);
+        }
+        log::info!("{}: removed from root port {} ({why})", info.id, port + 1);
+        drop(_fd);
+        drop(_managed);
     }
 }
 

@@ -8,7 +8,8 @@
 //!    INTx, reset), over the [`device_fd`] seam to the kernel's VFIO device.
 //! 4. [`vm`]: the seam to the VMM (memslots, MMIO/PIO traps) and its KVM implementation.
 //!
-//! [`assignment`] runs the stages for every `--device` of a VM (docs/passthrough.md).
+//! [`assignment`] runs the stages for every `--device` of a VM (docs/passthrough.md);
+//! [`unplug`] takes one out of a running VM in the order that keeps it unreachable.
 //! [`device_fd`], [`memlock`] and `sys` are shared by several stages and import none.
 
 pub mod assignment;
@@ -27,4 +28,5 @@ mod sys;
 pub mod testing;
 #[cfg(all(test, not(feature = "fuzzing")))]
 pub(crate) mod testing;
+pub mod unplug;
 pub mod vm;

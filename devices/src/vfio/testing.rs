@@ -431,6 +431,16 @@ impl RecordingVm {
             s.bus(space).insert(owner, dev, base, len).unwrap();
         }
     }
+    /// What the VMM does when the device leaves (`KvmVmOps::remove_all_traps`): its
+    /// ranges come off the buses; returns how many there were.
+    pub fn remove_traps(&self) -> usize {
+        let mut s = self.state.lock().unwrap();
+        let owner = s.owner();
+        [AddressSpace::Pio, AddressSpace::Mmio]
+            .into_iter()
+            .map(|space| s.bus(space).remove_owner(owner))
+            .sum()
+    }
     /// Puts a range of the VMM's own on a bus (a platform device the guest may aim at).
     pub fn occupy(&self, space: AddressSpace, base: u64, len: u64) {
         let dev: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(NoDevice));

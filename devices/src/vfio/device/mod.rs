@@ -32,7 +32,7 @@ pub(crate) mod msix;
 mod reset;
 pub mod rom;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod vector;
 
 use std::sync::Arc;

@@ -16,7 +16,9 @@ fn put32(cfg: &mut [u8], off: usize, v: u32) {
 /// and PBA at 0x3000; BAR2 I/O 32 bytes; BAR3 32-bit 256 bytes; a ROM; MSI (64-bit,
 /// per-vector mask) at 0x50, MSI-X (4 vectors) at 0x70, PCIe at 0x90; SR-IOV hidden
 /// at 0x100 between nothing and AER at 0x140.
-fn fake() -> FakeDevice {
+/// A function with every capability the model handles (MSI, MSI-X, PCIe, SR-IOV, AER),
+/// three BARs and a ROM: what the other unit tests of `vfio` build on.
+pub(crate) fn fake() -> FakeDevice {
     let mut cfg = vec![0u8; 4096];
     put32(&mut cfg, 0, 0x1001_1af4);
     put32(&mut cfg, 4, 0x0010_0000); // status: capability list
@@ -71,7 +73,8 @@ fn allocator() -> BarAllocator {
     )
 }
 
-fn build(d: FakeDevice) -> (VfioPciDevice, Arc<FakeDevice>, Arc<RecordingVm>) {
+/// The model of `d` on a recording VM, its traps on the VM's buses.
+pub(crate) fn build(d: FakeDevice) -> (VfioPciDevice, Arc<FakeDevice>, Arc<RecordingVm>) {
     build_with_dma(d, None)
 }
 
