@@ -66,26 +66,36 @@ mod tests {
         fn signal(&self, _msg: MsiMessage) {}
     }
 
-    /// The last reference to the device model: records what the guest could still
-    /// reach at the moment the model is dropped.
+    /// What the guest could still reach when the model was dropped, and how many
+    /// references to the model there were then.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Reachable {
+        config_space: bool,
+        bar_trap: bool,
+        card_in_slot: bool,
+        refs: usize,
+    }
+
+    /// The last reference to the device model: records [`Reachable`] at the moment
+    /// the model is dropped.
     struct LastRef {
         dev: Option<Arc<Mutex<VfioPciDevice>>>,
         pci: Arc<Mutex<PciRoot>>,
         port: Arc<Mutex<RootPort>>,
         vm: Arc<RecordingVm>,
         bar0: u64,
-        seen: Arc<Mutex<Option<(bool, bool, bool, usize)>>>,
+        seen: Arc<Mutex<Option<Reachable>>>,
     }
 
     impl Drop for LastRef {
         fn drop(&mut self) {
             let dev = self.dev.take();
-            *self.seen.lock().unwrap() = Some((
-                self.pci.lock().unwrap().port_has_card(0),
-                self.vm.owner_at(AddressSpace::Mmio, self.bar0).is_some(),
-                self.port.lock().unwrap().card_present(),
-                dev.as_ref().map_or(0, Arc::strong_count),
-            ));
+            *self.seen.lock().unwrap() = Some(Reachable {
+                config_space: self.pci.lock().unwrap().port_has_card(0),
+                bar_trap: self.vm.owner_at(AddressSpace::Mmio, self.bar0).is_some(),
+                card_in_slot: self.port.lock().unwrap().card_present(),
+                refs: dev.as_ref().map_or(0, Arc::strong_count),
+            });
             drop(dev);
         }
     }
@@ -136,7 +146,12 @@ mod tests {
 
         assert_eq!(
             *seen.lock().unwrap(),
-            Some((false, false, false, 1)),
+            Some(Reachable {
+                config_space: false,
+                bar_trap: false,
+                card_in_slot: false,
+                refs: 1
+            }),
             "when the model went: off the PCI root, off the buses, the slot empty, \
              and the last reference"
         );
