@@ -15,10 +15,12 @@ set -euo pipefail
 # make, gcc and libc6-dev are usually there already (Rust needs a linker); the
 # kernel build needs them too. The second line is what L0's QEMU build
 # (resources/qemu/build.sh) needs besides them; acpica-tools is iasl, which the
-# ACPI unit tests disassemble the DSDT with.
+# ACPI unit tests disassemble the DSDT with. The third: the libraries Debian's udevadm
+# links, which L1's image copies from this host (resources/l1/udev.sh; usually there).
 PACKAGES=(make gcc libc6-dev bison flex libelf-dev bc cpio busybox-static xz-utils zstd linux-source-6.12
     ninja-build pkg-config python3-venv libglib2.0-dev libpixman-1-dev libslirp-dev zlib1g-dev
-    acpica-tools)
+    acpica-tools
+    libkmod2 libacl1 libblkid1 libcap2 libselinux1)
 # qemu-system-x86: the packaged QEMU (the built one's firmware, and the one to
 # compare it with); meson >= 1.5 and pycotap for building QEMU 10.
 BACKPORTS_PACKAGES=(qemu-system-x86 meson python3-pycotap)
