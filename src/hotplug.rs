@@ -303,6 +303,10 @@ pub const SLOT_SETTLE: Duration = Duration::from_secs(2);
 /// 5 s attention-button delay, then its driver's teardown.
 pub const REMOVAL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The shortest time between two resets of a card by its port's secondary bus reset:
+/// Linux waits at least 100 ms for the link after each one it does.
+pub const MIN_RESET_INTERVAL: Duration = Duration::from_millis(100);
+
 struct Plugged {
     /// First: the device goes before its descriptor and its binding record.
     attached: AttachedDevice,
@@ -311,6 +315,8 @@ struct Plugged {
     /// The slot says "card present" (else it waits for [`SLOT_SETTLE`]).
     inserted: bool,
     removing: Option<Instant>,
+    /// When the guest's secondary bus reset last reset it.
+    last_reset: Option<Instant>,
     _fd: Option<OwnedFd>,
     _managed: Vec<ManagedBinding>,
 }
@@ -410,16 +416,66 @@ impl HotplugSlots {
 
     /// The slot events of a guest config write (drained by the event loop).
     pub fn on_slot_events(&mut self, events: Vec<(usize, SlotEvent)>) {
+        let mut reset: Vec<usize> = Vec::new();
         for (port, event) in events {
-            if event == SlotEvent::PowerOff {
-                if let Some(t) = self.powered_off.get_mut(port) {
-                    *t = Some(Instant::now());
+            match event {
+                SlotEvent::PowerOff => {
+                    if let Some(t) = self.powered_off.get_mut(port) {
+                        *t = Some(Instant::now());
+                    }
+                    reset.retain(|p| *p != port);
+                    if let Some(i) = self.plugged.iter().position(|p| p.port == port) {
+                        self.take_out(i, "the guest powered its slot off");
+                    }
                 }
-                if let Some(i) = self.plugged.iter().position(|p| p.port == port) {
-                    self.take_out(i, "the guest powered its slot off");
-                }
+                // Several assertions drained at once are one reset of the card.
+                SlotEvent::SecondaryBusReset if !reset.contains(&port) => reset.push(port),
+                _ => {}
             }
         }
+        for port in reset {
+            self.reset_card(port);
+        }
+    }
+
+    /// The guest pulsed Secondary Bus Reset on `port` (Linux does it for a function
+    /// without a reset of its own, `reset_method` "bus", alone below its bridge): the
+    /// card below is reset as a power-on would, through VFIO (its own reset, else a hot
+    /// reset of its host bus when every function there is this VM's), with the model's
+    /// interrupts, BAR mappings and config state back at their start. The guest waits
+    /// for the link at least 100 ms after deasserting the reset, and restores the
+    /// config state it saved; the reset here takes milliseconds.
+    ///
+    /// At most one reset per [`MIN_RESET_INTERVAL`] a port: a guest pulsing the bit in
+    /// a loop would otherwise keep the event loop, which serves the VM's other devices,
+    /// in VFIO resets. A pulse sooner is dropped (logged, rate-limited).
+    fn reset_card(&mut self, port: usize) {
+        let Some(p) = self.plugged.iter_mut().find(|p| p.port == port) else {
+            return;
+        };
+        if p.last_reset
+            .is_some_and(|t| t.elapsed() < MIN_RESET_INTERVAL)
+        {
+            devices::warn_limited!(
+                "{}: the guest pulsed root port {}'s secondary bus reset again within {} ms; \
+                 not resetting the device again",
+                p.info.id,
+                port + 1,
+                MIN_RESET_INTERVAL.as_millis()
+            );
+            return;
+        }
+        p.last_reset = Some(Instant::now());
+        log::info!(
+            "{}: the guest reset root port {}'s secondary bus; resetting the device",
+            p.info.id,
+            port + 1
+        );
+        p.attached
+            .device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset();
     }
 
     /// Takes out devices whose guest did not let go in time.
@@ -643,6 +699,7 @@ impl HotplugSlots {
             port,
             inserted: boot,
             removing: None,
+            last_reset: None,
             _fd: fd,
             _managed: managed,
         });

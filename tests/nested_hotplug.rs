@@ -201,8 +201,9 @@ fn two_disks_on_two_ports_leave_in_another_order_after_adds_that_fail() {
 }
 
 /// A disk given at start behind a root port (`--device ...,port=2`): L2 finds it there
-/// at boot, vm.info lists it as a boot device on that port, and it leaves and comes
-/// back (on the free port 1) as a hot-added one would.
+/// at boot, vm.info lists it as a boot device on that port, L2 resets it through the
+/// port's secondary bus reset and uses it again, and it leaves and comes back (on the
+/// free port 1) as a hot-added one would.
 #[test]
 #[ignore = "nested bed (QEMU TCG, minutes): cargo test --test nested_hotplug -- --ignored"]
 fn a_boot_disk_behind_a_root_port_leaves_and_comes_back() {
@@ -231,6 +232,18 @@ fn a_boot_disk_behind_a_root_port_leaves_and_comes_back() {
         disks[1].ends_with(" h0 0000:01:00.0"),
         "back on the free port 1: {}",
         disks[1]
+    );
+    // L2 reset it through the port's secondary bus reset, and its driver took it again.
+    let sbr = out.l2_marker("hp_sbr").unwrap_or("");
+    let w: Vec<&str> = sbr.split_whitespace().collect();
+    assert_eq!(w.len(), 3, "{sbr}");
+    assert_eq!(w[0], "0", "the reset succeeded: {sbr}");
+    assert!(w[1].split(',').any(|m| m == "bus"), "a bus reset: {sbr}");
+    assert_eq!(w[2], "h0", "the disk reads its name after it: {sbr}");
+    assert!(
+        out.vmm_lines()
+            .any(|l| l.contains("hp0: the guest reset root port 2's secondary bus")),
+        "passvm reset the device for it"
     );
     assert_eq!(out.marker("remove1_rc"), Some("0"));
     assert_eq!(out.l2_markers("hp_gone"), vec!["1"]);

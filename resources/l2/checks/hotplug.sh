@@ -4,6 +4,8 @@
 # name is read and the disk check's line written ("hp_disk=ROUND DISK NAME BDF"), then
 # the check waits for it to leave (L1's remove-device: "hp_gone=1"). Round 2: the disk
 # comes back (added again) and is used the same way; init then reboots, ending the VM.
+# With passvm.hp.mode=boot (the disk came with the VM, behind a root port) round 1 also
+# resets the disk through its port's secondary bus reset and uses it again (hp_sbr).
 # With passvm.hp.last_leaves=1 round 2 also waits for the disk to leave (the host's
 # unbind takes it back) and reports "hp_after=alive" before the end.
 # passvm.hp.mode=pair: L1 adds and removes two disks in turn, so this check follows the
@@ -80,6 +82,28 @@ while [ "$round" -le 2 ]; do
         dd of="/dev/$d" bs=512 seek=$BED_WRITE_OFFSET_SECTORS conv=notrunc,sync,fsync 2>/dev/null ||
         bed_fail "write to $d failed in round $round"
     bed_report hp_disk "$round $d $name $(basename "$(readlink -f "/sys/block/$d/device/..")")"
+    if [ "$round" = 1 ] && [ "$mode" = boot ]; then
+        # The device's bus reset through passvm's root port: the driver lets go, the
+        # function is reset by the port's secondary bus reset ("bus"), the driver
+        # takes it again and the disk reads its name: "hp_sbr=RC METHODS NAME".
+        pci="$(basename "$(readlink -f "/sys/block/$d/device/..")")"
+        dev="/sys/bus/pci/devices/$pci"
+        methods="$(cat "$dev/reset_method" 2>/dev/null | tr ' ' ,)"
+        echo "$pci" >/sys/bus/pci/drivers/virtio-pci/unbind
+        echo bus >"$dev/reset_method"
+        echo 1 >"$dev/reset"
+        rc=$?
+        echo "$pci" >/sys/bus/pci/drivers/virtio-pci/bind
+        i=0
+        until [ -n "$(bed_disks)" ]; do
+            i=$((i + 1))
+            [ "$i" -le 150 ] || bed_fail "no disk after the bus reset"
+            sleep 0.2
+        done
+        d="$(bed_disks | head -n 1)"
+        echo 3 >/proc/sys/vm/drop_caches
+        bed_report hp_sbr "$rc ${methods:-none} $(bed_disk_name "$d")"
+    fi
     [ "$round" = 2 ] && [ "$last_leaves" = 0 ] && break
     i=0
     while [ -e "/sys/block/$d" ]; do
