@@ -53,29 +53,29 @@ ask() {
     bed_report "${key}_out" "$(echo "$out" | tr '\n' ' ')"
     sed 's/^/REMOTE| /' /tmp/.remote-err
 }
-# wait_for FILE PATTERN WHAT: until FILE has a line matching PATTERN (passvm running).
-wait_for() {
+# until_ok TRIES WHAT CMD...: runs CMD every 0.2 s until it succeeds, at most TRIES
+# times, failing the scenario if passvm exits first.
+until_ok() {
+    tries="$1" what="$2"
+    shift 2
     i=0
-    until grep -q "$2" "$1" 2>/dev/null; do
+    until "$@"; do
         i=$((i + 1))
-        [ "$i" -le 900 ] || { kill -9 "$pid"; dump; bed_fail "timed out waiting for $3"; }
-        kill -0 "$pid" 2>/dev/null || { dump; bed_fail "passvm exited while waiting for $3"; }
+        [ "$i" -le "$tries" ] || { kill -9 "$pid"; dump; bed_fail "timed out waiting for $what"; }
+        kill -0 "$pid" 2>/dev/null || { dump; bed_fail "passvm exited while waiting for $what"; }
         sleep 0.2
     done
 }
+has_line() { grep -q "$2" "$1" 2>/dev/null; }
+# wait_for FILE PATTERN WHAT: until FILE has a line matching PATTERN (passvm running).
+wait_for() { until_ok 900 "$3" has_line "$1" "$2"; }
 name_of() { c="$(bed_vfio_cdev "$1")"; echo "${c:-$1}"; }
 
+# The guest's console ends its lines with CR LF.
+last_set_is() { [ "$(tr -d '\r' </tmp/.l2 | sed -n 's/^BED hp_set=//p' | tail -n 1)" = "$1" ]; }
 # set_is NAMES WHAT: until L2's latest disk set (its last hp_set marker) is NAMES.
-set_is() {
-    i=0
-    # The guest's console ends its lines with CR LF.
-    until [ "$(tr -d '\r' </tmp/.l2 | sed -n 's/^BED hp_set=//p' | tail -n 1)" = "$1" ]; do
-        i=$((i + 1))
-        [ "$i" -le 900 ] || { kill -9 "$pid"; dump; bed_fail "timed out waiting for $2 (L2's disks: $1)"; }
-        kill -0 "$pid" 2>/dev/null || { dump; bed_fail "passvm exited while waiting for $2"; }
-        sleep 0.2
-    done
-}
+set_is() { until_ok 900 "$2 (L2's disks: $1)" last_set_is "$1"; }
+removed_twice() { [ "$(grep -c 'a: removed from root port' /tmp/.vmm)" -ge 2 ]; }
 # alive KEY: L2 still answers (a fresh hp_set line after asking it to look again: its
 # loop reports its set every 5 s anyway, so a new line within 15 s says it runs).
 alive() {
@@ -149,12 +149,7 @@ if [ "$mode" = pair ]; then
     set_is "none" "h0 to leave L2 again"
     # L2 loses the disk when pciehp unbinds its driver; passvm lets it go at the slot's
     # power-off just after.
-    i=0
-    until [ "$(grep -c 'a: removed from root port' /tmp/.vmm)" -ge 2 ]; do
-        i=$((i + 1))
-        [ "$i" -le 300 ] || { kill -9 "$pid"; dump; bed_fail "passvm did not let h0 go the second time"; }
-        sleep 0.2
-    done
+    until_ok 300 "passvm to let h0 go the second time" removed_twice
     ask info_end info
     ask power power-button
     wait "$pid"

@@ -67,14 +67,18 @@ if [ "$mode" = pair ]; then
     bed_report hp_power pressed
     return 0
 fi
-round=1
-while [ "$round" -le 2 ]; do
+# wait_disk TRIES WHY: until a disk is there (every 0.2 s), else fail with WHY.
+wait_disk() {
     i=0
     until [ -n "$(bed_disks)" ]; do
         i=$((i + 1))
-        [ "$i" -le 900 ] || bed_fail "no disk arrived in round $round"
+        [ "$i" -le "$1" ] || bed_fail "$2"
         sleep 0.2
     done
+}
+round=1
+while [ "$round" -le 2 ]; do
+    wait_disk 900 "no disk arrived in round $round"
     d="$(bed_disks | head -n 1)"
     name="$(bed_disk_name "$d")"
     [ -n "$name" ] || bed_fail "$d has no name in sector 0"
@@ -94,12 +98,7 @@ while [ "$round" -le 2 ]; do
         echo 1 >"$dev/reset"
         rc=$?
         echo "$pci" >/sys/bus/pci/drivers/virtio-pci/bind
-        i=0
-        until [ -n "$(bed_disks)" ]; do
-            i=$((i + 1))
-            [ "$i" -le 150 ] || bed_fail "no disk after the bus reset"
-            sleep 0.2
-        done
+        wait_disk 150 "no disk after the bus reset"
         d="$(bed_disks | head -n 1)"
         echo 3 >/proc/sys/vm/drop_caches
         bed_report hp_sbr "$rc ${methods:-none} $(bed_disk_name "$d")"
